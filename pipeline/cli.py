@@ -1,0 +1,200 @@
+"""The `pipeline` command: data, train, export, eval, run, losses, doctor."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import click
+
+from pipeline.errors import PipelineError, user_errors_exit_2
+from pipeline.options import config_from_options, train_options
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def cli(verbose: bool) -> None:
+    """Train detectors with soft-sampling losses, deploy them, and measure what ships."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+@cli.group()
+def data() -> None:
+    """Datasets."""
+
+
+@data.command("synth")
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--num-train", type=click.IntRange(min=1), default=1200, show_default=True)
+@click.option("--num-val", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--label-noise",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Fraction of train annotations given a wrong class (val stays clean).",
+)
+@click.option("--overwrite", is_flag=True)
+@user_errors_exit_2
+def data_synth(
+    out: Path, num_train: int, num_val: int, seed: int, label_noise: float, overwrite: bool
+) -> None:
+    """Write the built-in synthetic shapes dataset (COCO json + PNG)."""
+    from train.data.synthetic import generate_synthetic_dataset
+
+    if (out / "annotations").exists() and not overwrite:
+        raise PipelineError(f"{out}: already holds a dataset; pass --overwrite to replace it")
+    root = generate_synthetic_dataset(
+        out, num_train=num_train, num_val=num_val, seed=seed, label_noise=label_noise
+    )
+    click.echo(f"wrote {num_train} train + {num_val} val images to {root}")
+
+
+@cli.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/exp"), show_default=True)
+@train_options
+@user_errors_exit_2
+def train(out: Path, **options: object) -> None:
+    """Train a RetinaNet-style detector with the chosen loss."""
+    from pipeline.training import run_training
+
+    result = run_training(config_from_options(out, options))
+    click.echo(f"best AP {result.best_ap:.4f}; checkpoints: {result.best_path}, {result.last_path}")
+
+
+@cli.command("export")
+@click.option("--weights", type=click.Path(path_type=Path), required=True)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output .onnx (default: model.onnx beside the weights).",
+)
+@click.option("--opset", type=click.IntRange(min=17), default=17, show_default=True)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Dataset for the parity check images (default: built-in).",
+)
+@click.option("--overwrite", is_flag=True)
+@user_errors_exit_2
+def export_cmd(
+    weights: Path, out: Path | None, opset: int, data: Path | None, overwrite: bool
+) -> None:
+    """Export a checkpoint to ONNX with decoding and NMS in the graph, and check parity."""
+    from pipeline.exporting import run_export
+
+    summary = run_export(weights, out, opset, data, overwrite)
+    click.echo(summary)
+
+
+@cli.command("eval")
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="A .pt checkpoint, .onnx model or .engine file.",
+)
+@click.option("--data", type=click.Path(path_type=Path), default=None)
+@click.option("--split", default="val", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--provider",
+    type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
+    default="auto",
+    show_default=True,
+    help="ONNX Runtime execution provider.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda"]),
+    default="cpu",
+    show_default=True,
+    help="Device for .pt checkpoints.",
+)
+@click.option("--max-images", type=click.IntRange(min=1), default=None)
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the report here.",
+)
+@click.option(
+    "--results",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write detections in COCO results format here.",
+)
+@user_errors_exit_2
+def eval_cmd(
+    model_path: Path,
+    data: Path | None,
+    split: str,
+    batch_size: int,
+    provider: str,
+    device: str,
+    max_images: int | None,
+    warmup: int,
+    json_path: Path | None,
+    results: Path | None,
+) -> None:
+    """Score a model with COCO mAP and time it (one evaluator for every format)."""
+    from deploy.report import format_metrics_table
+    from pipeline.evaluation import run_eval
+
+    report = run_eval(
+        model_path,
+        data,
+        split,
+        batch_size,
+        provider,
+        device,
+        max_images,
+        warmup,
+        json_path,
+        results,
+    )
+    click.echo(format_metrics_table([(model_path.name, report)]))
+
+
+@cli.command()
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True
+)
+@train_options
+@user_errors_exit_2
+def run(out: Path, **options: object) -> None:
+    """The main job: synthesize (if needed) -> train -> export -> eval PyTorch and ONNX."""
+    from pipeline.main_job import run_main_job
+
+    table = run_main_job(config_from_options(out, options))
+    click.echo(table)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable listing.")
+def losses(as_json: bool) -> None:
+    """List the losses with their options and defaults."""
+    from train.losses.registry import describe_losses
+
+    described = describe_losses()
+    if as_json:
+        click.echo(json.dumps(described, indent=2, default=str))
+        return
+    for entry in described:
+        click.echo(f"{entry['name']}: {entry['summary']}")
+        for key, value in entry["options"].items():
+            click.echo(f"    --loss-opt {key}={value}")
+
+
+def main() -> None:
+    cli(prog_name="pipeline")

@@ -1,0 +1,42 @@
+"""The user-facing error boundary: known input errors become one line and exit code 2."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from deploy.errors import DeployError
+from train.errors import InputError
+from train.losses import UnknownLossError
+
+
+class PipelineError(click.ClickException):
+    """An error in how the pipeline was asked to run (exit code 2, one line)."""
+
+    exit_code = 2
+
+
+USER_ERRORS = (InputError, DeployError, UnknownLossError, PipelineError)
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split())
+
+
+def user_errors_exit_2(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator for commands: our own error types print 'Error: ...' and exit 2, no traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except PipelineError:
+            raise
+        except USER_ERRORS as exc:
+            raise PipelineError(one_line(exc)) from exc
+
+    return wrapper

@@ -1,0 +1,43 @@
+"""`pipeline eval`: any model file -> the one evaluator -> report JSON + COCO results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from deploy.evaluate import environment_info, evaluate
+from deploy.report import write_json_atomic
+from pipeline.models import load_predictor
+from train.data.layout import resolve_split
+from train.data.synthetic import ensure_synthetic_dataset
+
+
+def run_eval(
+    model_path: Path,
+    data: Path | None,
+    split: str,
+    batch_size: int,
+    provider: str,
+    device: str,
+    max_images: int | None,
+    warmup: int,
+    json_path: Path | None,
+    results: Path | None,
+) -> dict[str, Any]:
+    predictor = load_predictor(model_path, provider=provider, device=device)
+    root = data if data is not None else ensure_synthetic_dataset()
+    ann_file, img_dir = resolve_split(root, split)
+    report = evaluate(
+        predictor,
+        ann_file,
+        img_dir,
+        batch_size=batch_size,
+        warmup=warmup,
+        max_images=max_images,
+        results_path=results,
+    )
+    report["model"] = str(model_path)
+    report["environment"] = environment_info()
+    if json_path is not None:
+        write_json_atomic(json_path, report)
+    return report

@@ -1,0 +1,68 @@
+"""Turn a model file (.pt, .onnx, .engine) into a predictor the one evaluator can score."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from deploy.errors import DeployError
+from deploy.metadata import ModelMetadata
+from pipeline.errors import PipelineError
+from train.checkpoint import load_checkpoint, model_from_checkpoint
+
+MODEL_SUFFIXES = (".pt", ".onnx", ".engine")
+
+
+def metadata_from_checkpoint(payload: dict[str, Any]) -> ModelMetadata:
+    """The metadata an exported model will carry, taken from a checkpoint dict."""
+    return ModelMetadata(
+        class_names=list(payload["class_names"]),
+        category_ids=[int(c) for c in payload["category_ids"]],
+        img_size=int(payload["img_size"]),
+        pad_value=int(payload.get("pad_value", 114)),
+        input_format=payload.get("input_format", "rgb-0-255-letterbox-topleft"),
+        loss=str(payload.get("loss", "unknown")),
+        extra={
+            "backbone": payload["model_config"].get("backbone", ""),
+            "loss_options": payload.get("loss_options", {}),
+        },
+    )
+
+
+def load_torch_predictor(path: Path, device: str = "cpu") -> Any:
+    from train.predict import TorchPredictor
+
+    payload = load_checkpoint(path)
+    model = model_from_checkpoint(payload, path)
+    return TorchPredictor(model, metadata_from_checkpoint(payload), device=device)
+
+
+def load_predictor(path: Path, provider: str = "auto", device: str = "cpu") -> Any:
+    """Dispatch on the file suffix; a wrong type is one clear error."""
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"{path}: model file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".pt":
+        return load_torch_predictor(path, device)
+    if suffix == ".onnx":
+        from deploy.backends.onnxruntime import OnnxRuntimePredictor
+
+        return OnnxRuntimePredictor(path, provider=provider)
+    if suffix == ".engine":
+        return _load_engine(path)
+    raise PipelineError(
+        f"{path}: unsupported model file type {suffix or '(none)'!r}; expected one of "
+        + ", ".join(MODEL_SUFFIXES)
+    )
+
+
+def _load_engine(path: Path) -> Any:
+    try:
+        from deploy.backends.tensorrt import TensorRTPredictor
+    except ImportError as exc:
+        raise DeployError(
+            f"{path}: running a TensorRT engine needs an NVIDIA GPU with TensorRT and cuda-python "
+            "(pip install '.[gpu]', or use the Docker image)"
+        ) from exc
+    return TensorRTPredictor(path)

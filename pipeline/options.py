@@ -1,0 +1,160 @@
+"""Training options shared by `train`, `run` and `compare`, and their mapping to TrainConfig."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from train.config import TrainConfig
+from train.losses import LOSSES
+from train.losses.regression import REG_LOSSES
+
+DEFAULTS = TrainConfig(out=Path("runs/exp"))
+
+
+def parse_loss_options(pairs: tuple[str, ...]) -> dict[str, str]:
+    """`key=value` strings -> dict; the loss registry parses and checks the values."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected key=value, got {pair!r}", param_hint="--loss-opt")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def _loss_help() -> str:
+    names = ", ".join(LOSSES)
+    return f"Classification/sampling loss: {names}. Options and defaults: `pipeline losses`."
+
+
+TRAIN_OPTIONS: list[Callable] = [
+    click.option(
+        "--data",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="COCO dataset folder (COCO 2017 or built-in layout). Default: built-in synthetic.",
+    ),
+    click.option(
+        "--loss",
+        type=click.Choice(list(LOSSES)),
+        default=DEFAULTS.loss,
+        show_default=True,
+        help=_loss_help(),
+    ),
+    click.option(
+        "--loss-opt",
+        "loss_opt",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Set a loss option, repeatable (e.g. --loss-opt gamma=1.5).",
+    ),
+    click.option(
+        "--reg-loss",
+        type=click.Choice(list(REG_LOSSES)),
+        default=None,
+        help="Box regression loss (default: the loss's own).",
+    ),
+    click.option("--backbone", default=DEFAULTS.backbone, show_default=True),
+    click.option(
+        "--pretrained",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=None,
+        help="Local backbone weights file (nothing is downloaded).",
+    ),
+    click.option(
+        "--epochs", type=click.IntRange(min=1), default=DEFAULTS.epochs, show_default=True
+    ),
+    click.option(
+        "--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size, show_default=True
+    ),
+    click.option(
+        "--img-size", type=click.IntRange(min=32), default=DEFAULTS.img_size, show_default=True
+    ),
+    click.option("--lr", type=float, default=DEFAULTS.lr, show_default=True),
+    click.option(
+        "--optimizer",
+        type=click.Choice(["adamw", "sgd"]),
+        default=DEFAULTS.optimizer,
+        show_default=True,
+    ),
+    click.option("--weight-decay", type=float, default=DEFAULTS.weight_decay, show_default=True),
+    click.option(
+        "--warmup-iters",
+        type=click.IntRange(min=0),
+        default=DEFAULTS.warmup_iters,
+        show_default=True,
+    ),
+    click.option(
+        "--grad-clip",
+        type=float,
+        default=None,
+        help="Max gradient norm; 0 disables (default: 35, or the loss's own).",
+    ),
+    click.option(
+        "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+    ),
+    click.option(
+        "--amp/--no-amp",
+        default=True,
+        show_default=True,
+        help="bf16 autocast on CPU, fp16 AMP on CUDA.",
+    ),
+    click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True),
+    click.option(
+        "--workers", type=click.IntRange(min=0), default=DEFAULTS.workers, show_default=True
+    ),
+    click.option(
+        "--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps."
+    ),
+    click.option("--max-val-images", type=click.IntRange(min=1), default=None),
+    click.option(
+        "--fpn-channels",
+        type=click.IntRange(min=8),
+        default=DEFAULTS.fpn_channels,
+        show_default=True,
+    ),
+    click.option(
+        "--head-convs", type=click.IntRange(min=0), default=DEFAULTS.head_convs, show_default=True
+    ),
+    click.option("--overwrite", is_flag=True, help="Replace an existing run in --out."),
+]
+
+
+def train_options(func: Callable) -> Callable:
+    for option in reversed(TRAIN_OPTIONS):
+        func = option(func)
+    return func
+
+
+def config_from_options(out: Path, options: dict[str, Any]) -> TrainConfig:
+    """Every training option lands in the config (a test checks each one)."""
+    return TrainConfig(
+        out=out,
+        data=options["data"],
+        loss=options["loss"],
+        loss_options=parse_loss_options(options["loss_opt"]),
+        reg_loss=options["reg_loss"],
+        backbone=options["backbone"],
+        pretrained=options["pretrained"],
+        img_size=options["img_size"],
+        epochs=options["epochs"],
+        batch_size=options["batch_size"],
+        lr=options["lr"],
+        optimizer=options["optimizer"],
+        weight_decay=options["weight_decay"],
+        warmup_iters=options["warmup_iters"],
+        grad_clip=options["grad_clip"],
+        device=options["device"],
+        amp=options["amp"],
+        seed=options["seed"],
+        workers=options["workers"],
+        max_steps=options["max_steps"],
+        max_val_images=options["max_val_images"],
+        fpn_channels=options["fpn_channels"],
+        head_convs=options["head_convs"],
+        overwrite=options["overwrite"],
+    )

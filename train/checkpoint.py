@@ -1,0 +1,85 @@
+"""Checkpoints: weights plus everything needed to rebuild and use the model.
+
+Written atomically (temporary file in the same folder, then rename) so a crash never leaves a
+half-written best.pt or last.pt; read with `weights_only=True` so a checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from train.errors import InputError
+from train.model.detector import ModelConfig, RetinaDetector
+
+FORMAT = "softsample-pipeline/1"
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to a temporary sibling, fsync, then os.replace onto `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def checkpoint_payload(
+    model: RetinaDetector,
+    class_names: list[str],
+    category_ids: list[int],
+    loss: str,
+    loss_options: dict[str, Any],
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """The dict stored in a .pt: only tensors and plain Python types."""
+    return {
+        "format": FORMAT,
+        "model_config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "class_names": list(class_names),
+        "category_ids": [int(c) for c in category_ids],
+        "img_size": model.config.img_size,
+        "input_format": "rgb-0-255-letterbox-topleft",
+        "pad_value": 114,
+        "loss": loss,
+        "loss_options": {
+            k: v for k, v in loss_options.items() if isinstance(v, (int, float, str, bool))
+        },
+        **extra,
+    }
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint dict, or InputError naming the file and what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and torch errors all mean "not a checkpoint of ours"
+        raise InputError(f"{path}: not a loadable checkpoint ({type(exc).__name__})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise InputError(f"{path}: not a checkpoint written by this pipeline")
+    return payload
+
+
+def model_from_checkpoint(payload: dict[str, Any], source: Path) -> RetinaDetector:
+    """Rebuild the detector a checkpoint describes and load its weights."""
+    config = ModelConfig(**payload["model_config"])
+    model = RetinaDetector(config)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise InputError(f"{source}: weights do not fit the stored model config") from exc
+    return model.eval()
