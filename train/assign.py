@@ -101,9 +101,13 @@ def assign_anchors(
     valid = positive | (max_iou < NEG_IOU)
     if crowd_boxes_per_image is not None and any(len(c) for c in crowd_boxes_per_image):
         crowd, _, crowd_mask = pad_targets(
-            crowd_boxes_per_image, [torch.zeros(len(c), dtype=torch.long) for c in crowd_boxes_per_image]
+            crowd_boxes_per_image,
+            [torch.zeros(len(c), dtype=torch.long) for c in crowd_boxes_per_image],
         )
-        ioa = _batched_ioa(anchors, crowd.to(anchors.device)) * crowd_mask.to(anchors.device)[:, None, :]
+        ioa = (
+            _batched_ioa(anchors, crowd.to(anchors.device))
+            * crowd_mask.to(anchors.device)[:, None, :]
+        )
         valid = valid & ~((ioa.max(dim=2).values > CROWD_IOA) & ~positive)
 
     matched_boxes = torch.gather(gt_boxes, 1, matched[..., None].expand(-1, -1, 4))
