@@ -196,5 +196,13 @@ def losses(as_json: bool) -> None:
             click.echo(f"    --loss-opt {key}={value}")
 
 
+@cli.command()
+def doctor() -> None:
+    """Print what this machine can run: torch/CUDA, ONNX Runtime providers, TensorRT."""
+    from pipeline.doctor import format_report, machine_report
+
+    click.echo(format_report(machine_report()))
+
+
 def main() -> None:
     cli(prog_name="pipeline")

@@ -1,0 +1,47 @@
+"""`pipeline doctor`: what this machine can run (and the Docker image's health check)."""
+
+from __future__ import annotations
+
+import importlib
+import platform
+from typing import Any
+
+
+def _version(module_name: str) -> str | None:
+    try:
+        module = importlib.import_module(module_name)
+    except Exception:  # an installed-but-broken GPU package must not crash the doctor
+        return None
+    return str(getattr(module, "__version__", "installed"))
+
+
+def machine_report() -> dict[str, Any]:
+    import onnxruntime
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torch_cuda": cuda,
+        "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "cpu_bf16_autocast": torch.backends.mkldnn.is_available(),
+        "onnxruntime": onnxruntime.__version__,
+        "onnxruntime_providers": onnxruntime.get_available_providers(),
+        "tensorrt": _version("tensorrt"),
+        "cuda_python": _version("cuda.bindings") or _version("cuda"),
+        "pycuda": _version("pycuda"),
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [
+        f"{key:24s} {value if value is not None else 'not available'}"
+        for key, value in report.items()
+    ]
+    can_trt = report["tensorrt"] is not None and report["torch_cuda"]
+    lines.append(
+        f"{'can build TensorRT':24s} {'yes' if can_trt else 'no (needs an NVIDIA GPU and pip install .[gpu])'}"
+    )
+    return "\n".join(lines)
