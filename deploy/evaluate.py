@@ -1,0 +1,319 @@
+"""One evaluator for every predictor: COCO bbox mAP plus per-stage latency on the same images.
+
+The loop per batch: read images (not timed: disk speed is not the model's), letterbox and stack
+(preprocess_ms), run the predictor (inference_ms), map detections back to original pixels and
+COCO category ids (postprocess_ms). Warm-up runs repeat the first batch before timing starts, so
+every image is scored once and timed once. `benchmark_latency` runs the same loop on random
+images without the scorer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import io
+import json
+import logging
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from deploy.errors import DeployError
+from deploy.latency import StageTimer
+from deploy.metadata import INPUT_FORMAT, ModelMetadata, Predictor
+from deploy.preprocess import letterbox, load_image, to_batch
+from deploy.report import write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+# Report name -> index in COCOeval.stats.
+METRIC_INDEX = {"AP": 0, "AP50": 1, "AP75": 2, "APs": 3, "APm": 4, "APl": 5, "AR100": 8}
+
+
+def evaluate(
+    predictor: Predictor,
+    ann_file: Path,
+    img_dir: Path,
+    batch_size: int = 1,
+    warmup: int = 3,
+    max_images: int | None = None,
+    results_path: Path | None = None,
+) -> dict[str, Any]:
+    """Score `predictor` on a COCO json + image folder; returns the report dict.
+
+    Metrics are COCOeval bbox stats (0..1; COCO's -1 where the dataset has no ground truth in
+    that size range; all 0.0 when the model detects nothing). Latency is per image, in ms.
+    """
+    ann_file, img_dir = Path(ann_file), Path(img_dir)
+    metadata = _checked_metadata(predictor)
+    _check_batch_args(batch_size, warmup, max_images)
+    coco_gt = load_coco(ann_file)
+    _check_categories(metadata, coco_gt, ann_file)
+    infos = sorted(coco_gt.dataset["images"], key=lambda info: info["id"])[:max_images]
+    if not infos:
+        raise DeployError(f"{ann_file}: no images to evaluate")
+    batches = [infos[i : i + batch_size] for i in range(0, len(infos), batch_size)]
+    timer = StageTimer()
+    first = _read_batch(batches[0], img_dir) if warmup else []
+    for _ in range(warmup):
+        _run_batch(predictor, metadata, first, batch_size, timer)
+        timer.discard_batch()
+    results: list[dict[str, Any]] = []
+    for batch in batches:
+        results += _run_batch(predictor, metadata, _read_batch(batch, img_dir), batch_size, timer)
+        timer.end_batch(len(batch))
+    metrics = score_coco(coco_gt, results, [info["id"] for info in infos])
+    if results_path is not None:
+        write_json_atomic(results_path, results)
+        logger.info("wrote %d detections to %s", len(results), results_path)
+    return {"metrics": metrics, **_timing_report(predictor, timer, batch_size)}
+
+
+def benchmark_latency(
+    predictor: Predictor, batch_size: int = 1, iterations: int = 100, warmup: int = 10
+) -> dict[str, Any]:
+    """Latency and throughput on random 4:3 images through the evaluator's timed loop (no mAP)."""
+    metadata = _checked_metadata(predictor)
+    _check_batch_args(batch_size, warmup, None)
+    if iterations < 1:
+        raise DeployError(f"iterations must be >= 1, got {iterations}")
+    rng = np.random.default_rng(0)
+    size = metadata.img_size
+    shape = (max(1, size * 3 // 4), size, 3)
+    images = [
+        (i, Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8))) for i in range(batch_size)
+    ]
+    timer = StageTimer()
+    for _ in range(warmup):
+        _run_batch(predictor, metadata, images, batch_size, timer)
+        timer.discard_batch()
+    for _ in range(iterations):
+        _run_batch(predictor, metadata, images, batch_size, timer)
+        timer.end_batch(batch_size)
+    return _timing_report(predictor, timer, batch_size)
+
+
+def _checked_metadata(predictor: Predictor) -> ModelMetadata:
+    """The preprocessing below only produces one input format; refuse any other."""
+    metadata = predictor.metadata
+    if metadata.input_format != INPUT_FORMAT:
+        raise DeployError(
+            f"{_backend_name(predictor)}: model expects input format {metadata.input_format!r}, "
+            f"this evaluator produces {INPUT_FORMAT!r}"
+        )
+    return metadata
+
+
+def _check_batch_args(batch_size: int, warmup: int, max_images: int | None) -> None:
+    if batch_size < 1:
+        raise DeployError(f"batch size must be >= 1, got {batch_size}")
+    if warmup < 0:
+        raise DeployError(f"warm-up must be >= 0, got {warmup}")
+    if max_images is not None and max_images < 1:
+        raise DeployError(f"max images must be >= 1, got {max_images}")
+
+
+def _read_batch(infos: list[dict[str, Any]], img_dir: Path) -> list[tuple[int, Image.Image]]:
+    """(image id, decoded image) pairs; warns when the json's size disagrees with the file's."""
+    pairs = []
+    for info in infos:
+        image = load_image(img_dir / info["file_name"])
+        expected = (info.get("width"), info.get("height"))
+        if None not in expected and tuple(image.size) != expected:
+            logger.warning(
+                "%s: size %s differs from %s in the annotations; boxes use the file's size",
+                img_dir / info["file_name"],
+                image.size,
+                expected,
+            )
+        pairs.append((info["id"], image))
+    return pairs
+
+
+def _run_batch(
+    predictor: Predictor,
+    metadata: ModelMetadata,
+    images: list[tuple[int, Image.Image]],
+    batch_size: int,
+    timer: StageTimer,
+) -> list[dict[str, Any]]:
+    """Preprocess, infer, postprocess one batch under the timer; COCO result dicts out.
+
+    A short last batch is padded with copies to `batch_size`, so fixed-batch models (TensorRT
+    engines, static ONNX exports) run every batch; the padding's outputs are dropped.
+    """
+    with timer.stage("preprocess_ms"):
+        boxed = [letterbox(image, metadata.img_size, metadata.pad_value) for _, image in images]
+        arrays = [array for array, _ in boxed]
+        batch = to_batch(arrays + [arrays[-1]] * (batch_size - len(arrays)))
+    with timer.stage("inference_ms"):
+        detections = predictor(batch)
+    with timer.stage("postprocess_ms"):
+        return postprocess_detections(
+            detections,
+            scales=[scale for _, scale in boxed],
+            image_sizes=[image.size for _, image in images],
+            image_ids=[image_id for image_id, _ in images],
+            category_ids=metadata.category_ids,
+        )
+
+
+def postprocess_detections(
+    detections: Any,
+    scales: list[float],
+    image_sizes: list[tuple[int, int]],
+    image_ids: list[int],
+    category_ids: list[int],
+) -> list[dict[str, Any]]:
+    """Padded letterboxed detections -> COCO results (xywh in original pixels, category ids).
+
+    Only the first num_dets rows of each image count, and rows with label -1 (padding) are
+    dropped; boxes are divided by the letterbox scale and clipped to the (width, height) given.
+    """
+    num_dets = np.asarray(detections.num_dets).reshape(-1)
+    all_boxes = np.asarray(detections.boxes, dtype=np.float64)
+    all_scores = np.asarray(detections.scores, dtype=np.float64)
+    all_labels = np.asarray(detections.labels).astype(np.int64)
+    results: list[dict[str, Any]] = []
+    for i, (scale, (width, height), image_id) in enumerate(
+        zip(scales, image_sizes, image_ids, strict=True)
+    ):
+        count = int(np.clip(num_dets[i], 0, all_boxes.shape[1]))
+        labels = all_labels[i, :count]
+        keep = labels >= 0
+        if np.any(labels >= len(category_ids)):
+            raise DeployError(
+                f"model predicted class index {int(labels.max())} but its metadata lists "
+                f"{len(category_ids)} classes"
+            )
+        boxes = all_boxes[i, :count][keep] / scale
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+        boxes[:, 2:] -= boxes[:, :2]
+        cats = np.asarray(category_ids, dtype=np.int64)[labels[keep]].tolist()
+        scores = all_scores[i, :count][keep].tolist()
+        for box, score, cat in zip(boxes.tolist(), scores, cats, strict=True):
+            results.append(
+                {"image_id": image_id, "category_id": int(cat), "bbox": box, "score": score}
+            )
+    return results
+
+
+def load_coco(ann_file: Path) -> Any:
+    """A pycocotools COCO from a json file, with DeployError for anything unusable.
+
+    Annotations without `area` get w * h, since COCOeval's size ranges need it.
+    """
+    from pycocotools.coco import COCO
+
+    ann_file = Path(ann_file)
+    if not ann_file.is_file():
+        raise DeployError(f"{ann_file}: annotation file not found")
+    try:
+        dataset = json.loads(ann_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DeployError(f"{ann_file}: not valid JSON ({exc})") from exc
+    if not isinstance(dataset, dict) or not isinstance(dataset.get("images"), list):
+        raise DeployError(f"{ann_file}: not a COCO detection file (no 'images' list)")
+    if not isinstance(dataset.get("categories"), list):
+        raise DeployError(f"{ann_file}: not a COCO detection file (no 'categories' list)")
+    dataset.setdefault("annotations", [])
+    try:
+        for ann in dataset["annotations"]:
+            if "area" not in ann:
+                ann["area"] = float(ann["bbox"][2] * ann["bbox"][3])
+        coco = COCO()
+        coco.dataset = dataset
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco.createIndex()
+    except (KeyError, TypeError, IndexError) as exc:
+        raise DeployError(
+            f"{ann_file}: malformed COCO entry ({type(exc).__name__}: {exc})"
+        ) from exc
+    return coco
+
+
+def _check_categories(metadata: ModelMetadata, coco_gt: Any, ann_file: Path) -> None:
+    """A model whose category ids are not the dataset's would score 0 AP with no hint why."""
+    dataset_ids = set(coco_gt.getCatIds())
+    missing = [cid for cid in metadata.category_ids if cid not in dataset_ids]
+    if missing and len(missing) == len(metadata.category_ids):
+        raise DeployError(
+            f"{ann_file}: none of the model's category ids {metadata.category_ids[:10]} "
+            "are in this dataset; was the model trained on it?"
+        )
+    if missing:
+        logger.warning("%s: model category ids %s are not in this dataset", ann_file, missing)
+
+
+def score_coco(
+    coco_gt: Any, results: list[dict[str, Any]], image_ids: list[int]
+) -> dict[str, float]:
+    """COCOeval bbox over `image_ids` only (so --max-images does not count unseen gt as missed)."""
+    from pycocotools.cocoeval import COCOeval
+
+    if not results:
+        return {name: 0.0 for name in METRIC_INDEX}
+    with contextlib.redirect_stdout(io.StringIO()):
+        # loadRes adds keys to each dict it gets; hand it copies so `results` stays clean.
+        coco_dt = coco_gt.loadRes([dict(result) for result in results])
+        evaluator = COCOeval(coco_gt, coco_dt, "bbox")
+        evaluator.params.imgIds = list(image_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {name: float(evaluator.stats[index]) for name, index in METRIC_INDEX.items()}
+
+
+def _backend_name(predictor: Predictor) -> str:
+    return str(getattr(predictor, "backend_name", type(predictor).__name__))
+
+
+def _timing_report(predictor: Predictor, timer: StageTimer, batch_size: int) -> dict[str, Any]:
+    return {
+        "latency": timer.summary(),
+        "throughput_ips": timer.throughput_ips(),
+        "num_images": timer.images,
+        "batch_size": batch_size,
+        "backend": _backend_name(predictor),
+        "precision": str(getattr(predictor, "precision", "fp32")),
+    }
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _cpu_name() -> str:
+    """platform.processor() is often empty on Linux; /proc/cpuinfo has the model name."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def environment_info() -> dict[str, Any]:
+    """Versions and hardware for a report, so a latency number says where it was measured."""
+    import onnxruntime
+
+    return {
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "onnxruntime_providers": onnxruntime.get_available_providers(),
+        "onnx": _version("onnx"),
+        "pycocotools": _version("pycocotools"),
+        "pillow": _version("pillow"),
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+    }

@@ -1,0 +1,172 @@
+"""The predictor contract shared by every model format, and the metadata an exported model carries.
+
+A predictor is any object with `.metadata: ModelMetadata` and
+`__call__(images) -> Detections`, where `images` is float32 (B, 3, S, S), RGB, raw 0..255 values,
+letterboxed to the top-left (normalization happens inside the model). PyTorch checkpoints, ONNX
+files and TensorRT engines all expose this, so one evaluator scores them all.
+
+The metadata travels inside the ONNX file as `metadata_props` (string -> string), each value
+JSON-encoded under `softsample.<field>`, so a deployed model can be scored without the checkpoint
+or the training config. JSON only: a model file must never be able to run code when it is read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from deploy.errors import DeployError
+
+logger = logging.getLogger(__name__)
+
+PROP_PREFIX = "softsample."
+INPUT_FORMAT = "rgb-0-255-letterbox-topleft"
+
+
+@dataclass
+class Detections:
+    """Padded detections for a batch, in letterboxed-input pixels.
+
+    num_dets: int64 (B,), how many leading rows of each image are real.
+    boxes:    float32 (B, D, 4), x1 y1 x2 y2.
+    scores:   float32 (B, D); padding rows score 0.
+    labels:   int64 (B, D), class index (not category id); padding rows -1.
+    """
+
+    num_dets: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+
+    @classmethod
+    def from_arrays(cls, num_dets: Any, boxes: Any, scores: Any, labels: Any) -> Detections:
+        """Cast runtime outputs (int32 labels, (B, 1) counts, fp16 boxes...) to the contract."""
+        boxes_arr = np.asarray(boxes, dtype=np.float32)
+        batch = boxes_arr.shape[0]
+        return cls(
+            num_dets=np.asarray(num_dets).reshape(batch).astype(np.int64),
+            boxes=boxes_arr,
+            scores=np.asarray(scores, dtype=np.float32),
+            labels=np.asarray(labels).astype(np.int64),
+        )
+
+
+class Predictor(Protocol):
+    """What the evaluator needs from a model, whatever runs it."""
+
+    metadata: ModelMetadata
+
+    def __call__(self, images: np.ndarray) -> Detections: ...
+
+
+@dataclass
+class ModelMetadata:
+    """Everything needed to feed a deployed model and to turn its outputs into COCO results.
+
+    category_ids[i] is the COCO category id of class index i (ids may be any integers).
+    """
+
+    class_names: list[str]
+    category_ids: list[int]
+    img_size: int
+    pad_value: int = 114
+    input_format: str = INPUT_FORMAT
+    loss: str = "unknown"
+    max_detections: int = 100
+    score_threshold: float = 0.05
+    nms_iou: float = 0.5
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_props(self) -> dict[str, str]:
+        """Flat string props for ONNX metadata_props (or a TensorRT sidecar), JSON per value."""
+        return {PROP_PREFIX + name: json.dumps(value) for name, value in asdict(self).items()}
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], source: str) -> ModelMetadata:
+        """Parse and type-check props; `source` (the file) goes into every error message."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = PROP_PREFIX + f.name
+            if key not in props:
+                if f.name in _OPTIONAL:
+                    continue
+                raise DeployError(
+                    f"{source}: not a model exported by this pipeline (missing metadata key {key})"
+                )
+            try:
+                value = json.loads(props[key])
+            except json.JSONDecodeError as exc:
+                raise DeployError(
+                    f"{source}: metadata key {key} is not valid JSON ({exc.msg})"
+                ) from exc
+            values[f.name] = _check_type(f.name, value, source)
+        if len(values["class_names"]) != len(values["category_ids"]):
+            raise DeployError(
+                f"{source}: metadata lists {len(values['class_names'])} class names but "
+                f"{len(values['category_ids'])} category ids"
+            )
+        return cls(**values)
+
+
+_OPTIONAL = frozenset({"extra"})
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_type(name: str, value: Any, source: str) -> Any:
+    """Reject values of the wrong JSON type, so a bad file fails here and not mid-evaluation."""
+    checks = {
+        "class_names": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
+        "category_ids": (lambda v: isinstance(v, list) and all(_is_int(x) for x in v)),
+        "img_size": (lambda v: _is_int(v) and v > 0),
+        "pad_value": (lambda v: _is_int(v) and 0 <= v <= 255),
+        "input_format": (lambda v: isinstance(v, str)),
+        "loss": (lambda v: isinstance(v, str)),
+        "max_detections": (lambda v: _is_int(v) and v > 0),
+        "score_threshold": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+        "nms_iou": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+        "extra": (lambda v: isinstance(v, dict)),
+    }
+    if not checks[name](value):
+        raise DeployError(
+            f"{source}: metadata key {PROP_PREFIX}{name} has an invalid value {str(value)[:80]!r}"
+        )
+    if name in ("score_threshold", "nms_iou"):
+        return float(value)
+    return value
+
+
+def read_onnx_metadata(path: str | Path) -> ModelMetadata:
+    """Read ModelMetadata from an ONNX file without loading its weights (external data skipped)."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DeployError(f"{path}: model file not found")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, OSError) as exc:
+        raise DeployError(f"{path}: not an ONNX model ({type(exc).__name__})") from exc
+    # protobuf parses many non-ONNX byte strings (an empty file, say) into an empty message.
+    if model.ir_version == 0 or not model.HasField("graph"):
+        raise DeployError(f"{path}: not an ONNX model (no graph or IR version)")
+    props = {p.key: p.value for p in model.metadata_props}
+    return ModelMetadata.from_props(props, str(path))
+
+
+def write_onnx_metadata(model: Any, metadata: ModelMetadata) -> None:
+    """Replace this pipeline's props on an onnx.ModelProto in place (other props are kept)."""
+    kept = [(p.key, p.value) for p in model.metadata_props if not p.key.startswith(PROP_PREFIX)]
+    del model.metadata_props[:]
+    for key, value in [*kept, *metadata.to_props().items()]:
+        entry = model.metadata_props.add()
+        entry.key = key
+        entry.value = value
