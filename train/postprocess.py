@@ -1,0 +1,149 @@
+"""RetinaNet post-processing in PyTorch: top-k per level, decode, clip, class-aware NMS, pad.
+
+This is the reference definition of the post-processing. export/graph_postprocess.py builds the
+same steps as ONNX nodes, and the parity tests hold the two to the same detections, so a change
+here must be mirrored there. Order of operations, per image:
+
+1. per FPN level, the top `K_l = min(topk_per_level, N_l * K)` (anchor, class) pairs by logit
+   (TopK on logits picks the same set as TopK on sigmoid scores, sigmoid being monotonic, without
+   the ties that saturated float32 sigmoids create);
+2. score = sigmoid(logit); pairs with score <= score_threshold are dropped;
+3. boxes decoded with the box coder (dw/dh clamped) and clipped to [0, S];
+4. class-aware NMS at IoU `nms_iou` over the candidates of all levels together;
+5. the `max_detections` highest scores are kept, in decreasing score order, padded with rows of
+   box 0, score 0, label -1.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import torch
+from torchvision.ops import batched_nms
+
+from train.errors import InputError
+from train.model.box_coder import decode_boxes
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Thresholds shared by training-time validation, the PyTorch predictor and the ONNX graph."""
+
+    score_threshold: float = 0.05
+    nms_iou: float = 0.5
+    topk_per_level: int = 1000
+    max_detections: int = 100
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.score_threshold < 1.0:
+            raise InputError(f"score_threshold must be in [0, 1), got {self.score_threshold}")
+        if not 0.0 <= self.nms_iou <= 1.0:
+            raise InputError(f"nms_iou must be in [0, 1], got {self.nms_iou}")
+        if self.topk_per_level < 1:
+            raise InputError(f"topk_per_level must be >= 1, got {self.topk_per_level}")
+        if self.max_detections < 1:
+            raise InputError(f"max_detections must be >= 1, got {self.max_detections}")
+
+    def to_json(self) -> str:
+        """Compact JSON, the form stored in the ONNX metadata under "postprocess"."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> PostprocessConfig:
+        try:
+            values = json.loads(text)
+            return cls(**values)
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"bad post-processing config {text!r}: {exc}") from exc
+
+
+def candidates_per_level(
+    anchors_per_level: list[int], num_classes: int, config: PostprocessConfig
+) -> list[int]:
+    """K_l for each level: how many (anchor, class) pairs its TopK keeps."""
+    return [min(config.topk_per_level, n * num_classes) for n in anchors_per_level]
+
+
+def select_candidates(
+    cls_logits: torch.Tensor,
+    box_deltas: torch.Tensor,
+    anchors: torch.Tensor,
+    anchors_per_level: list[int],
+    img_size: int,
+    config: PostprocessConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Steps 1-3 for the whole batch at once.
+
+    Args:
+        cls_logits: (B, N, K) raw logits, anchors in level-major order.
+        box_deltas: (B, N, 4) deltas for the same anchors.
+        anchors: (N, 4) xyxy anchors in input pixels.
+        anchors_per_level: N_l per level, summing to N.
+        img_size: S, the side of the square input; boxes are clipped to [0, S].
+
+    Returns:
+        scores (B, M) sigmoid scores (not yet thresholded), labels (B, M) int64 class index,
+        boxes (B, M, 4) decoded and clipped, where M = sum of K_l, levels concatenated in order.
+    """
+    batch, num_anchors, num_classes = cls_logits.shape
+    if sum(anchors_per_level) != num_anchors or anchors.shape[0] != num_anchors:
+        raise InputError(
+            f"anchors_per_level sums to {sum(anchors_per_level)}, anchors has "
+            f"{anchors.shape[0]} rows, logits have {num_anchors} anchors: they must agree"
+        )
+    sizes = candidates_per_level(anchors_per_level, num_classes, config)
+    logits_per_level, flat_idx_per_level = [], []
+    start = 0
+    for count, k in zip(anchors_per_level, sizes, strict=True):
+        level = cls_logits[:, start : start + count].reshape(batch, count * num_classes)
+        values, idx = level.topk(k, dim=1, largest=True, sorted=True)
+        logits_per_level.append(values)
+        flat_idx_per_level.append(idx + start * num_classes)  # index into the flat (N * K)
+        start += count
+    flat_idx = torch.cat(flat_idx_per_level, dim=1)
+    anchor_idx = torch.div(flat_idx, num_classes, rounding_mode="floor")
+    labels = flat_idx - anchor_idx * num_classes
+    scores = torch.sigmoid(torch.cat(logits_per_level, dim=1))
+    deltas = torch.gather(box_deltas, 1, anchor_idx.unsqueeze(-1).expand(-1, -1, 4))
+    boxes = decode_boxes(deltas, anchors[anchor_idx]).clamp(min=0.0, max=float(img_size))
+    return scores, labels, boxes
+
+
+def postprocess(
+    cls_logits: torch.Tensor,
+    box_deltas: torch.Tensor,
+    anchors: torch.Tensor,
+    anchors_per_level: list[int],
+    img_size: int,
+    config: PostprocessConfig | None = None,
+) -> dict[str, torch.Tensor]:
+    """Padded detections from raw head outputs; see the module docstring for the steps.
+
+    Inputs are those of `select_candidates` (any float dtype; the math runs in float32).
+
+    Returns:
+        num_dets (B,) int64, boxes (B, D, 4) float32 xyxy pixels, scores (B, D) float32,
+        labels (B, D) int64, D = config.max_detections; rows past num_dets are box 0, score 0,
+        label -1.
+    """
+    config = config or PostprocessConfig()
+    scores, labels, boxes = select_candidates(
+        cls_logits.float(), box_deltas.float(), anchors.float(), anchors_per_level, img_size, config
+    )
+    batch, max_dets = scores.shape[0], config.max_detections
+    device = scores.device
+    out_boxes = torch.zeros(batch, max_dets, 4, device=device)
+    out_scores = torch.zeros(batch, max_dets, device=device)
+    out_labels = torch.full((batch, max_dets), -1, dtype=torch.int64, device=device)
+    num_dets = torch.zeros(batch, dtype=torch.int64, device=device)
+    for b in range(batch):  # NMS output sizes differ per image
+        cand = torch.nonzero(scores[b] > config.score_threshold).squeeze(1)
+        keep = batched_nms(boxes[b, cand], scores[b, cand], labels[b, cand], config.nms_iou)
+        sel = cand[keep[:max_dets]]  # batched_nms returns decreasing score order
+        n = sel.numel()
+        num_dets[b] = n
+        out_boxes[b, :n] = boxes[b, sel]
+        out_scores[b, :n] = scores[b, sel]
+        out_labels[b, :n] = labels[b, sel]
+    return {"num_dets": num_dets, "boxes": out_boxes, "scores": out_scores, "labels": out_labels}

@@ -1,0 +1,107 @@
+"""A PyTorch predictor with the same numpy-in, numpy-out contract as deploy's runtime backends.
+
+`pipeline eval` on a checkpoint hands this to the same evaluator that scores ONNX and TensorRT
+files, so the only difference between the scores is the runtime. train/ must not import deploy/,
+so `Detections` is redefined here with the same field names, dtypes and shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from train.errors import InputError
+from train.model.anchors import anchors_per_level
+from train.postprocess import PostprocessConfig, postprocess
+
+_PRECISION_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+@dataclass
+class Detections:
+    """Padded detections for a batch: D rows per image, the first `num_dets[b]` valid.
+
+    num_dets (B,) int64; boxes (B, D, 4) float32 xyxy in input pixels; scores (B, D) float32;
+    labels (B, D) int64 class index. Padding rows: box 0, score 0, label -1.
+    """
+
+    num_dets: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+
+
+class TorchPredictor:
+    """Runs a RetinaDetector plus `train.postprocess.postprocess` on numpy batches.
+
+    Args:
+        model: a RetinaDetector (anything with `forward(images) -> (cls_logits, box_deltas)`,
+            an `anchors` buffer and an `anchor_spec`). It is moved to `device`; its train/eval
+            mode is restored after each call, so a trainer can reuse one predictor per epoch.
+        metadata: stored as given on `.metadata` (class names, category ids, ...) for the
+            evaluator; this class does not read it.
+        device: torch device string.
+        config: post-processing thresholds; the architecture's defaults when None.
+    """
+
+    backend_name = "pytorch"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        metadata: Any,
+        device: str = "cpu",
+        config: PostprocessConfig | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.metadata = metadata
+        self.config = config or PostprocessConfig()
+        self.img_size = int(model.anchor_spec.img_size)
+        self._anchors_per_level = anchors_per_level(model.anchor_spec)
+
+    @property
+    def precision(self) -> str:
+        """ "fp32", "fp16" or "bf16": the dtype of the model's weights."""
+        dtype = next(self.model.parameters()).dtype
+        return _PRECISION_NAMES.get(dtype, str(dtype).removeprefix("torch."))
+
+    def _check_images(self, images: np.ndarray) -> None:
+        expected = (3, self.img_size, self.img_size)
+        if not isinstance(images, np.ndarray) or images.ndim != 4 or images.shape[1:] != expected:
+            shape = getattr(images, "shape", type(images).__name__)
+            raise InputError(
+                f"TorchPredictor expects a numpy array (B, {', '.join(map(str, expected))}) "
+                f"of raw 0..255 letterboxed pixels, got {shape}"
+            )
+
+    def __call__(self, images: np.ndarray) -> Detections:
+        """(B, 3, S, S) float32 raw 0..255 letterboxed pixels -> padded `Detections`."""
+        self._check_images(images)
+        dtype = next(self.model.parameters()).dtype
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+                cls_logits, box_deltas = self.model(batch.to(self.device, dtype))
+                out = postprocess(
+                    cls_logits,
+                    box_deltas,
+                    self.model.anchors,
+                    self._anchors_per_level,
+                    self.img_size,
+                    self.config,
+                )
+        finally:
+            self.model.train(was_training)
+        return Detections(
+            num_dets=out["num_dets"].cpu().numpy().astype(np.int64),
+            boxes=out["boxes"].cpu().numpy().astype(np.float32),
+            scores=out["scores"].cpu().numpy().astype(np.float32),
+            labels=out["labels"].cpu().numpy().astype(np.int64),
+        )
