@@ -1,0 +1,36 @@
+"""Find a split's annotation file and image folder in the dataset layouts we accept.
+
+Two layouts load: the built-in one (`annotations/instances_{split}.json`, images in `{split}/`) and
+COCO 2017's own (`annotations/instances_{split}2017.json`, images in `{split}2017/`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from train.errors import InputError
+
+SPLITS = ("train", "val")
+
+
+def _candidates(data: Path, split: str) -> list[tuple[Path, Path]]:
+    return [
+        (data / "annotations" / f"instances_{split}.json", data / split),
+        (data / "annotations" / f"instances_{split}2017.json", data / f"{split}2017"),
+    ]
+
+
+def resolve_split(data: Path, split: str) -> tuple[Path, Path]:
+    """(annotation json, image dir) of `split` under the dataset root `data`."""
+    if split not in SPLITS:
+        raise InputError(f"split: must be one of {', '.join(SPLITS)}, got {split!r}")
+    data = Path(data)
+    if not data.is_dir():
+        raise InputError(f"{data}: dataset directory not found")
+    for ann_file, img_dir in _candidates(data, split):
+        if ann_file.is_file():
+            if not img_dir.is_dir():
+                raise InputError(f"{img_dir}: image directory for {ann_file.name} not found")
+            return ann_file, img_dir
+    looked = " or ".join(str(a.relative_to(data)) for a, _ in _candidates(data, split))
+    raise InputError(f"{data}: no {split} annotations (looked for {looked})")
