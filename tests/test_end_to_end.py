@@ -1,0 +1,86 @@
+"""The whole flow through the CLI on a tiny synthetic dataset: data -> train -> export -> eval."""
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import cli
+
+TINY = ["--epochs", "1", "--batch-size", "4", "--img-size", "64", "--max-steps", "3",
+        "--fpn-channels", "16", "--head-convs", "1", "--workers", "0", "--warmup-iters", "1"]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "synth"
+    result = invoke("data", "synth", "--out", root, "--num-train", 12, "--num-val", 6)
+    assert result.exit_code == 0, result.output
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    result = invoke("train", "--data", tiny_data, "--out", out, *TINY)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_train_writes_checkpoints_and_history(tiny_run):
+    assert (tiny_run / "best.pt").is_file() and (tiny_run / "last.pt").is_file()
+    history = json.loads((tiny_run / "history.json").read_text())
+    assert history[0]["epoch"] == 1 and "AP" in history[0] and history[0]["step"] == 3
+
+
+def test_export_and_eval_both_formats_agree(tiny_run, tiny_data, tmp_path):
+    result = invoke("export", "--weights", tiny_run / "best.pt", "--data", tiny_data)
+    assert result.exit_code == 0, result.output
+    assert "detections match: True" in result.output
+    reports = {}
+    for name in ("best.pt", "model.onnx"):
+        report_path = tmp_path / f"{name}.json"
+        result = invoke("eval", "--model", tiny_run / name, "--data", tiny_data, "--json", report_path,
+                        "--results", tmp_path / f"{name}.dets.json", "--warmup", 1)
+        assert result.exit_code == 0, result.output
+        reports[name] = json.loads(report_path.read_text())
+    for key in ("AP", "AP50", "AP75"):
+        assert abs(reports["best.pt"]["metrics"][key] - reports["model.onnx"]["metrics"][key]) <= 1e-3
+    torch_dets = json.loads((tmp_path / "best.pt.dets.json").read_text())
+    onnx_dets = json.loads((tmp_path / "model.onnx.dets.json").read_text())
+    assert len(torch_dets) == len(onnx_dets)
+
+
+def test_existing_run_is_not_overwritten(tiny_run, tiny_data):
+    before = (tiny_run / "best.pt").read_bytes()
+    result = CliRunner().invoke(cli, ["train", "--data", str(tiny_data), "--out", str(tiny_run), *TINY])
+    assert result.exit_code == 2
+    assert "--overwrite" in result.output and "Traceback" not in result.output
+    assert (tiny_run / "best.pt").read_bytes() == before
+
+
+def test_missing_data_folder_is_one_clear_error(tmp_path):
+    missing = tmp_path / "nope"
+    result = CliRunner().invoke(cli, ["train", "--data", str(missing), "--out", str(tmp_path / "r"), *TINY])
+    assert result.exit_code == 2
+    assert str(missing) in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_wrong_model_file_type(tmp_path):
+    bogus = tmp_path / "model.txt"
+    bogus.write_text("hello")
+    result = CliRunner().invoke(cli, ["eval", "--model", str(bogus)])
+    assert result.exit_code == 2 and "unsupported model file type" in result.output
+
+
+def test_engine_without_gpu_is_a_clear_error(tmp_path):
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"\0" * 16)
+    result = CliRunner().invoke(cli, ["eval", "--model", str(engine)])
+    assert result.exit_code == 2 and "pip install" in result.output
