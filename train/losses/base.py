@@ -4,11 +4,15 @@ A detection loss is a callable `(cls_logits, box_deltas, assignment) -> dict[str
 cls_logits (B, N, C) raw logits, box_deltas (B, N, 4) predicted deltas, assignment the
 `AnchorAssignment` of the batch. It returns named scalar parts; the trainer sums them. Keeping the
 assignment in the signature lets GHM and PISA see IoUs and object ids without reaching into the head.
+
+Every loss is a dataclass whose fields are its options; `option()` attaches the help text and the
+allowed values that `pipeline losses` shows and that `check_choices` enforces.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import dataclasses
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -22,11 +26,45 @@ class DetectionLoss(Protocol):
     ) -> dict[str, torch.Tensor]: ...
 
 
+def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field carrying its CLI help and, for string options, the allowed values."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def check_choices(loss: Any) -> None:
+    """Raise ValueError naming the option when a string option is not one of its choices."""
+    for f in dataclasses.fields(loss):
+        choices = f.metadata.get("choices")
+        value = getattr(loss, f.name)
+        if choices and value not in choices:
+            raise ValueError(f"option {f.name}={value!r} is not one of {', '.join(choices)}")
+
+
 def one_hot_targets(assignment: AnchorAssignment, num_classes: int) -> torch.Tensor:
-    """(B, N, C) float targets: 1 at each positive's class, 0 elsewhere (negatives all zero)."""
-    labels = assignment.labels.clamp(min=0)
-    targets = torch.nn.functional.one_hot(labels, num_classes).to(torch.float32)
-    return targets * assignment.positive[..., None]
+    """(B, N, C) float targets: 1 at each positive's class, 0 elsewhere (negatives all zero).
+
+    Built with one zero-filled buffer and a scatter: `F.one_hot` would first materialize an
+    int64 tensor twice the size, which at RetinaNet scale costs more than the loss itself.
+    """
+    labels = assignment.labels
+    targets = torch.zeros(*labels.shape, num_classes, device=labels.device)
+    hit = assignment.positive[..., None].to(targets.dtype)
+    return targets.scatter_(-1, labels.clamp(min=0)[..., None], hit)
+
+
+def mean_over_ranks(value: torch.Tensor, sync: bool = True) -> torch.Tensor:
+    """`value` summed over ranks and divided by the world size (itself when not distributed).
+
+    Each rank divides its loss by the mean count, so the gradient DDP averages equals the
+    single-process gradient of the same global batch.
+    """
+    if not value.is_floating_point():
+        value = value.to(torch.float32)
+    if sync and dist.is_available() and dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value)
+        value = value / dist.get_world_size()
+    return value
 
 
 def positive_normalizer(assignment: AnchorAssignment, sync: bool = True) -> torch.Tensor:
@@ -35,9 +73,17 @@ def positive_normalizer(assignment: AnchorAssignment, sync: bool = True) -> torc
     Averaging the global count over ranks keeps each rank's gradient at the scale the
     single-process run with the same global batch would have after DDP averages the gradients.
     """
-    count = assignment.positive.sum().to(torch.float32)
-    if sync and dist.is_available() and dist.is_initialized():
-        count = count.clone()
-        dist.all_reduce(count)
-        count = count / dist.get_world_size()
-    return count.clamp(min=1.0)
+    return mean_over_ranks(assignment.positive.sum(), sync).clamp(min=1.0)
+
+
+def loss_state_dict(loss: Any) -> dict[str, Any]:
+    """The state a loss carries between iterations (GHM's EMA), {} for stateless losses."""
+    return loss.state_dict() if hasattr(loss, "state_dict") else {}
+
+
+def load_loss_state_dict(loss: Any, state: dict[str, Any]) -> None:
+    """Restore what `loss_state_dict` saved; a stateless loss accepts only an empty dict."""
+    if hasattr(loss, "load_state_dict"):
+        loss.load_state_dict(state)
+    elif state:
+        raise ValueError(f"{type(loss).__name__} keeps no state, got keys {sorted(state)}")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torchvision.ops import generalized_box_iou_loss
 
+from train.assign import AnchorAssignment
+from train.losses.base import option
 from train.model.box_coder import decode_boxes, encode_boxes
 
 
@@ -45,3 +49,46 @@ def regression_loss_per_positive(
     if kind == "asl1":
         return asl1(pred_deltas.float(), target, mu).sum(-1)
     raise ValueError(f"unknown regression loss {kind!r}; valid: {', '.join(REG_LOSSES)}")
+
+
+def regression_per_anchor(
+    kind: str,
+    box_deltas: torch.Tensor,
+    assignment: AnchorAssignment,
+    beta: float = 0.11,
+    mu: float = 0.02,
+) -> torch.Tensor:
+    """(B, N) regression loss of every anchor, zero (with zero gradient) off the positives.
+
+    Computed over all anchors rather than the gathered positives: no boolean indexing, so no
+    host sync on GPU, and the (B, N, 4) tensors are small next to the classification tensor.
+    Non-positive anchors regress onto themselves, so nothing there can be inf or NaN.
+    """
+    batch = box_deltas.shape[0]
+    pos = assignment.positive
+    anchors = assignment.anchors.to(torch.float32).expand(batch, -1, -1)
+    targets = torch.where(pos[..., None], assignment.gt_boxes.to(torch.float32), anchors)
+    loss = regression_loss_per_positive(
+        kind, box_deltas.reshape(-1, 4), targets.reshape(-1, 4), anchors.reshape(-1, 4), beta, mu
+    ).view(pos.shape)
+    return torch.where(pos, loss, torch.zeros_like(loss))
+
+
+@dataclass(kw_only=True)
+class RegressionOptions:
+    """The regression options every detection loss shares (`--reg-loss`, `--loss-opt reg_*`)."""
+
+    reg_loss: str = option(
+        "smooth-l1", "box regression loss on positives (deltas, or boxes for giou)", REG_LOSSES
+    )
+    reg_beta: float = option(0.11, "smooth-l1 beta (RetinaNet: 0.11)")
+    reg_mu: float = option(0.02, "asl1 mu (GHM-R's sqrt(d^2 + mu^2) - mu)")
+    reg_weight: float = option(1.0, "weight of the regression part")
+
+    def regression_per_anchor(
+        self, box_deltas: torch.Tensor, assignment: AnchorAssignment
+    ) -> torch.Tensor:
+        """(B, N) loss per anchor with this loss's settings (zero off the positives)."""
+        return regression_per_anchor(
+            self.reg_loss, box_deltas, assignment, beta=self.reg_beta, mu=self.reg_mu
+        )
