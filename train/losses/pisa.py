@@ -1,0 +1,305 @@
+"""Prime Sample Attention (Cao et al., CVPR 2020, arXiv 1904.04821): IoU-HLR, ISR-P and CARL.
+
+Prime samples are the positives with the highest IoU to their object (IoU of the *regressed*
+box), because they decide recall and precision at high IoU thresholds. IoU-HLR orders the
+positives of each class: all objects' best sample first (sorted by IoU), then all second-best,
+and so on. ISR-P turns that rank into a loss weight, CARL lets the regression loss supervise the
+classification score.
+
+Everything here is sorting and segment arithmetic over the positives at once: no loop over
+classes or objects, no host syncs. Ties (equal IoU) are broken by position in the input (for the
+detection loss: image, then level, location, anchor), so ranks are deterministic; the reference
+implementation's unstable sort leaves them arbitrary.
+
+`pisa-center` (ours; the article's "effective prime samples"): IoU-HLR over the effective IoU
+    iou_eff = iou + center_margin * [anchor centre inside the ground-truth box]
+(inclusive box edges), and at equal iou_eff the centre-inside sample ranks first. So, within an
+object and across objects of a rank level, a sample whose anchor centre lies inside the object
+outranks one whose centre lies outside unless the latter's IoU is more than `center_margin`
+higher; with margin 0 only exact IoU ties are decided by the centre. CARL is unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from train.assign import AnchorAssignment
+from train.losses.base import option, positive_normalizer
+from train.losses.focal import FocalDetectionLoss
+from train.model.box_coder import decode_boxes
+
+NORMALIZERS = ("class", "global")
+_SENTINEL = torch.iinfo(torch.long).max
+
+
+def _refine(order: torch.Tensor, key: torch.Tensor, descending: bool = False) -> torch.Tensor:
+    """`order` stably re-sorted by `key` (earlier sorts break ties: least significant first)."""
+    return order[torch.argsort(key[order], descending=descending, stable=True)]
+
+
+def _run_starts(*sorted_keys: torch.Tensor) -> torch.Tensor:
+    """For sorted keys, the position where each element's run of equal keys starts."""
+    n = sorted_keys[0].numel()
+    position = torch.arange(n, device=sorted_keys[0].device)
+    change = torch.zeros(n, dtype=torch.bool, device=position.device)
+    change[:1] = True
+    for key in sorted_keys:  # one or two key tensors, not data
+        change[1:] |= key[1:] != key[:-1]
+    return torch.cummax(torch.where(change, position, torch.zeros_like(position)), 0).values
+
+
+def _hlr(
+    ious: torch.Tensor,
+    labels: torch.Tensor,
+    gt_ids: torch.Tensor,
+    priority: torch.Tensor | None,
+    mask: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rank within class by IoU-HLR, number of samples of the class) for every element."""
+    n = ious.numel()
+    position = torch.arange(n, device=ious.device)
+    if mask is not None:  # excluded rows form their own trailing group
+        labels = torch.where(mask, labels, torch.full_like(labels, _SENTINEL))
+        gt_ids = torch.where(mask, gt_ids, torch.full_like(gt_ids, _SENTINEL))
+    by_iou = position
+    if priority is not None:
+        by_iou = _refine(by_iou, priority.to(torch.float32), descending=True)
+    by_iou = _refine(by_iou, ious.to(torch.float32), descending=True)
+    # Local rank: position within the (class, object) group, best IoU first.
+    grouped = _refine(_refine(by_iou, gt_ids), labels)
+    local = torch.empty_like(position)
+    local[grouped] = position - _run_starts(labels[grouped], gt_ids[grouped])
+    # Hierarchical rank: within the class, by local rank, then by IoU.
+    ranked = _refine(_refine(by_iou, local), labels)
+    sorted_labels = labels[ranked]
+    first = torch.searchsorted(sorted_labels, sorted_labels)
+    last = torch.searchsorted(sorted_labels, sorted_labels, right=True)
+    rank = torch.empty_like(position)
+    rank[ranked] = position - first
+    count = torch.empty_like(position)
+    count[ranked] = last - first
+    return rank, count
+
+
+def iou_hlr_rank(
+    ious: torch.Tensor,
+    labels: torch.Tensor,
+    gt_ids: torch.Tensor,
+    *,
+    priority: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """IoU hierarchical local rank of each positive within its class (0 = most important).
+
+    ious, labels, gt_ids: (P,) IoU of the regressed box with its object, class, object id.
+    Within each object, samples are ranked by IoU (local rank); the class's samples are then
+    ordered by (local rank, IoU descending). Equal IoU: higher `priority` first (if given), then
+    input order. `mask` (P,) bool marks the rows to rank; the others get arbitrary ranks (used to
+    keep fixed shapes on GPU).
+    """
+    return _hlr(ious, labels, gt_ids, priority, mask)[0]
+
+
+def isr_p_weights(
+    ious: torch.Tensor,
+    labels: torch.Tensor,
+    gt_ids: torch.Tensor,
+    k: float = 2.0,
+    bias: float = 0.0,
+    normalizer: str = "class",
+    *,
+    priority: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(P,) un-normalized ISR-P weights w = ((1 - bias) u + bias)^k, u = (n - rank) / n.
+
+    normalizer "class": n = n_j, the class's own positive count (the paper). "global": n = M,
+    the largest per-class count in the batch for every class (the reference implementation).
+    Rows outside `mask` get weight 0. The caller rescales so the positives' loss sum is kept.
+    """
+    if normalizer not in NORMALIZERS:
+        raise ValueError(f"normalizer must be one of {NORMALIZERS}, not {normalizer!r}")
+    rank, count = _hlr(ious, labels, gt_ids, priority, mask)
+    if normalizer == "global":
+        counted = count if mask is None else torch.where(mask, count, torch.zeros_like(count))
+        count = counted.max().expand_as(rank) if rank.numel() else count
+    n = count.to(torch.float32).clamp(min=1.0)
+    weights = ((1 - bias) * (n - rank.to(torch.float32)) / n + bias).pow(k)
+    return weights if mask is None else torch.where(mask, weights, torch.zeros_like(weights))
+
+
+def carl_loss(
+    scores: torch.Tensor,
+    reg_loss: torch.Tensor,
+    k: float = 1.0,
+    bias: float = 0.2,
+    avg_factor: float | torch.Tensor | None = None,
+    *,
+    mask: torch.Tensor | None = None,
+    rescale: bool = False,
+) -> torch.Tensor:
+    """Classification-aware regression loss: sum_i c_i L_i / avg_factor.
+
+    scores (P,): predicted probability of each positive's class; gradient flows into them, so
+    the regression loss supervises the classifier. reg_loss (P,) or (P, 4). v = ((1 - b) p + b)^k,
+    c = v / mean(v) (the mean is not detached, as in the reference). avg_factor None: P.
+    rescale=True: the paper's c' = c * sum(L) / sum(c L) with that factor detached, so the loss
+    value is sum(L) / avg_factor and only its gradient carries the classification awareness.
+    `mask` (P,) bool limits everything to those rows.
+    """
+    per_sample = reg_loss.sum(-1) if reg_loss.dim() > 1 else reg_loss
+    weights = ((1 - bias) * scores.to(torch.float32) + bias).pow(k)
+    if mask is None:
+        count = torch.tensor(float(scores.numel()), device=scores.device)
+    else:
+        weights = torch.where(mask, weights, torch.zeros_like(weights))
+        per_sample = torch.where(mask, per_sample, torch.zeros_like(per_sample))
+        count = mask.sum().to(torch.float32)
+    weights = weights * (count / weights.sum().clamp(min=1e-12))
+    if rescale:
+        with torch.no_grad():
+            factor = per_sample.sum() / (weights * per_sample).sum().clamp(min=1e-12)
+        weights = weights * factor
+    avg = count.clamp(min=1.0) if avg_factor is None else avg_factor
+    return (weights * per_sample).sum() / avg
+
+
+def _selected_rows(positive: torch.Tensor) -> torch.Tensor:
+    """Rows to run the per-positive work on: the positives on CPU, every row on GPU.
+
+    On CPU gathering the positives is free and sorting 200k rows is not; on GPU the sort is
+    cheap and gathering (nonzero) would be a host sync. Both give the same result: the GPU path
+    masks the non-positive rows.
+    """
+    if positive.is_cuda:
+        return torch.arange(positive.numel(), device=positive.device)
+    return torch.nonzero(positive).view(-1)
+
+
+def aligned_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """(P,) IoU of row i of (P, 4) boxes1 with row i of boxes2."""
+    lt = torch.maximum(boxes1[:, :2], boxes2[:, :2])
+    rb = torch.minimum(boxes1[:, 2:], boxes2[:, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area1 = (boxes1[:, 2:] - boxes1[:, :2]).clamp(min=0).prod(-1)
+    area2 = (boxes2[:, 2:] - boxes2[:, :2]).clamp(min=0).prod(-1)
+    return inter / (area1 + area2 - inter).clamp(min=1e-6)
+
+
+@dataclass
+class _Positives:
+    """The selected rows of the flattened batch and what PISA needs about them."""
+
+    rows: torch.Tensor  # (S,) indices into B * N
+    mask: torch.Tensor  # (S,) bool, True for real positives
+    labels: torch.Tensor
+    gt_ids: torch.Tensor
+    anchors: torch.Tensor  # (S, 4)
+    gt_boxes: torch.Tensor  # (S, 4)
+
+
+def _positives(assignment: AnchorAssignment) -> _Positives:
+    positive = assignment.positive.reshape(-1)
+    rows = _selected_rows(positive)
+    num_anchors = assignment.anchors.shape[0]
+    return _Positives(
+        rows=rows,
+        mask=positive[rows],
+        labels=assignment.labels.reshape(-1)[rows],
+        gt_ids=assignment.gt_ids.reshape(-1)[rows],
+        anchors=assignment.anchors.to(torch.float32)[rows % num_anchors],
+        gt_boxes=assignment.gt_boxes.reshape(-1, 4).to(torch.float32)[rows],
+    )
+
+
+@dataclass(kw_only=True)
+class PisaDetectionLoss(FocalDetectionLoss):
+    """Focal loss with ISR-P weights on the positives, + regression, + CARL (RetinaNet PISA)."""
+
+    isr_k: float = option(2.0, "ISR-P exponent k (gamma in the paper)")
+    isr_bias: float = option(0.0, "ISR-P bias: the smallest weight before normalization")
+    isr_normalizer: str = option(
+        "class",
+        "ISR-P u = (n - r) / n with n per class (paper) | global M (reference)",
+        NORMALIZERS,
+    )
+    carl_k: float = option(1.0, "CARL exponent k")
+    carl_bias: float = option(0.2, "CARL bias b")
+    carl_weight: float = option(1.0, "weight of the CARL part")
+    carl_rescale: bool = option(False, "paper's c' rescaling (detached) instead of the reference's")
+
+    def _ranking_keys(
+        self, ious: torch.Tensor, pos: _Positives
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """IoU-HLR's sort key and tie priority: plain PISA ranks by IoU, input order at ties."""
+        return ious, None
+
+    def _isr_weights(
+        self, box_deltas: torch.Tensor, pos: _Positives, row_loss: torch.Tensor
+    ) -> torch.Tensor:
+        """(S,) ISR-P weights of the selected rows, rescaled to keep the positives' loss sum."""
+        with torch.no_grad():
+            deltas = box_deltas.reshape(-1, 4)[pos.rows].to(torch.float32)
+            ious = aligned_iou(decode_boxes(deltas, pos.anchors), pos.gt_boxes)
+            keys, priority = self._ranking_keys(ious, pos)
+            weights = isr_p_weights(
+                keys,
+                pos.labels,
+                pos.gt_ids,
+                self.isr_k,
+                self.isr_bias,
+                self.isr_normalizer,
+                priority=priority,
+                mask=pos.mask,
+            )
+            loss = torch.where(pos.mask, row_loss.detach()[pos.rows], torch.zeros_like(weights))
+            return weights * (loss.sum() / (weights * loss).sum().clamp(min=1e-12))
+
+    def __call__(
+        self, cls_logits: torch.Tensor, box_deltas: torch.Tensor, assignment: AnchorAssignment
+    ) -> dict[str, torch.Tensor]:
+        num_classes = cls_logits.shape[-1]
+        rows = self.classification_rows(cls_logits, assignment)
+        pos = _positives(assignment)
+        isr = self._isr_weights(box_deltas, pos, rows)
+        valid = assignment.valid.reshape(-1).to(torch.float32)
+        row_weights = valid.index_put((pos.rows,), torch.where(pos.mask, isr, valid[pos.rows]))
+        normalizer = positive_normalizer(assignment, self.sync_normalizer)
+        cls = (torch.where(row_weights > 0, rows, torch.zeros_like(rows)) * row_weights).sum()
+        reg_rows = self.regression_per_anchor(box_deltas, assignment).reshape(-1)
+        logits_at_label = cls_logits.reshape(-1, num_classes)[pos.rows].to(torch.float32)
+        scores = torch.sigmoid(logits_at_label.gather(1, pos.labels.clamp(min=0)[:, None])[:, 0])
+        carl = carl_loss(
+            scores,
+            reg_rows[pos.rows],
+            self.carl_k,
+            self.carl_bias,
+            normalizer,
+            mask=pos.mask,
+            rescale=self.carl_rescale,
+        )
+        return {
+            "cls": cls / normalizer,
+            "reg": self.reg_weight * reg_rows.sum() / normalizer,
+            "carl": self.carl_weight * carl,
+        }
+
+
+@dataclass(kw_only=True)
+class PisaCenterDetectionLoss(PisaDetectionLoss):
+    """PISA whose IoU-HLR prefers samples whose anchor centre lies inside the object.
+
+    Ranks by iou + center_margin * [centre inside], centre-inside first at equal values (module
+    docstring). Everything else is `pisa`.
+    """
+
+    center_margin: float = option(0.05, "IoU bonus of a centre-inside sample in IoU-HLR")
+
+    def _ranking_keys(
+        self, ious: torch.Tensor, pos: _Positives
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        centre = (pos.anchors[:, :2] + pos.anchors[:, 2:]) / 2
+        inside = ((centre >= pos.gt_boxes[:, :2]) & (centre <= pos.gt_boxes[:, 2:])).all(dim=1)
+        return ious + self.center_margin * inside.to(ious.dtype), inside
