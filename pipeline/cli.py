@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from pipeline.errors import PipelineError, user_errors_exit_2
-from pipeline.options import config_from_options, train_options
+from pipeline.options import config_from_options, format_loss_listing, train_options
 
 
 @click.group()
@@ -55,7 +55,14 @@ def data_synth(
     click.echo(f"wrote {num_train} train + {num_val} val images to {root}")
 
 
-@cli.command()
+def _loss_epilog() -> str:
+    from train.losses.registry import describe_losses
+
+    blocks = "\n\n".join("\b\n" + format_loss_listing([entry]) for entry in describe_losses())
+    return "Loss options (--loss-opt KEY=VALUE) with their defaults:\n\n" + blocks
+
+
+@cli.command(epilog=_loss_epilog())
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/exp"), show_default=True)
 @train_options
 @user_errors_exit_2
@@ -190,10 +197,7 @@ def losses(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(described, indent=2, default=str))
         return
-    for entry in described:
-        click.echo(f"{entry['name']}: {entry['summary']}")
-        for key, value in entry["options"].items():
-            click.echo(f"    --loss-opt {key}={value}")
+    click.echo(format_loss_listing(described))
 
 
 @cli.command()

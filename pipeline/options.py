@@ -26,6 +26,18 @@ def parse_loss_options(pairs: tuple[str, ...]) -> dict[str, str]:
     return options
 
 
+def format_loss_listing(described: list[dict[str, Any]]) -> str:
+    """Plain-text listing of every loss and its `--loss-opt` keys with defaults."""
+    lines = []
+    for entry in described:
+        clip = f" (grad clip {entry['grad_clip']:g})" if entry.get("grad_clip") else ""
+        lines.append(f"{entry['name']}: {entry['summary']}{clip}")
+        for option in entry["options"]:
+            choices = f" [{'|'.join(option['choices'])}]" if option["choices"] else ""
+            lines.append(f"    {option['name']}={option['default']}{choices}  {option['help']}")
+    return "\n".join(lines)
+
+
 def _loss_help() -> str:
     names = ", ".join(LOSSES)
     return f"Classification/sampling loss: {names}. Options and defaults: `pipeline losses`."
