@@ -102,10 +102,11 @@ class GradientDensity(nn.Module):
     def slot_index(
         self, g: torch.Tensor, valid: torch.Tensor, level_ids: torch.Tensor | None
     ) -> torch.Tensor:
-        """(numel,) long slot of each element of g (R, K); `valid` and `level_ids` index rows."""
-        scaled = g * self.bins
-        index = scaled.long().clamp_(0, self.bins - 1)
-        del scaled
+        """(numel,) long slot of each element of g (R, K); `valid` and `level_ids` index rows.
+
+        Overwrites g (it is scaled in place: one 4-byte temporary less at 16M elements).
+        """
+        index = g.mul_(self.bins).long().clamp_(0, self.bins - 1)
         if self.levels > 1 and level_ids is not None:
             index.add_(
                 (level_ids.clamp(0, MAX_LEVELS - 1) * self.bins).view(-1, *[1] * (g.dim() - 1))
@@ -162,7 +163,7 @@ class _HarmonizedBce(torch.autograd.Function):
         diff = torch.sigmoid(x).sub_(t)  # dBCE/dx, and |diff| is GHM's g
         weights = weights_for(diff.abs())
         bce = F.softplus(x).addcmul_(x, t, value=-1.0)
-        loss = torch.dot(bce.view(-1), weights.view(-1))
+        loss = bce.mul_(weights).sum()  # torch.sum accumulates pairwise; BLAS dot drifts
         ctx.elem_grad = diff.mul_(weights) if ctx.needs_input_grad[0] else None
         return loss
 

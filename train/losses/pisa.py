@@ -31,23 +31,29 @@ from train.losses.focal import FocalDetectionLoss
 from train.model.box_coder import decode_boxes
 
 NORMALIZERS = ("class", "global")
-_SENTINEL = torch.iinfo(torch.long).max
+# Stands in for the class / object of rows outside `mask`: sorts after every real id, and
+# label * (n + 1) + local rank stays far from int64 overflow.
+_EXCLUDED = 2**31
 
 
-def _refine(order: torch.Tensor, key: torch.Tensor, descending: bool = False) -> torch.Tensor:
-    """`order` stably re-sorted by `key` (earlier sorts break ties: least significant first)."""
-    return order[torch.argsort(key[order], descending=descending, stable=True)]
+def _run_starts(sorted_keys: torch.Tensor) -> torch.Tensor:
+    """For sorted keys, the position where each element's run of equal keys starts.
 
-
-def _run_starts(*sorted_keys: torch.Tensor) -> torch.Tensor:
-    """For sorted keys, the position where each element's run of equal keys starts."""
-    n = sorted_keys[0].numel()
-    position = torch.arange(n, device=sorted_keys[0].device)
-    change = torch.zeros(n, dtype=torch.bool, device=position.device)
-    change[:1] = True
-    for key in sorted_keys:  # one or two key tensors, not data
-        change[1:] |= key[1:] != key[:-1]
+    cummax over "start positions or 0" rather than searchsorted: on CPU searchsorted always
+    goes parallel, and waking threads costs more than the whole ranking at this size.
+    """
+    position = torch.arange(sorted_keys.numel(), device=sorted_keys.device)
+    change = torch.ones_like(sorted_keys, dtype=torch.bool)
+    change[1:] = sorted_keys[1:] != sorted_keys[:-1]
     return torch.cummax(torch.where(change, position, torch.zeros_like(position)), 0).values
+
+
+def _descending_order(ious: torch.Tensor, priority: torch.Tensor | None) -> torch.Tensor:
+    """Permutation by IoU descending; equal IoU: higher priority first, then input order."""
+    if priority is None:
+        return torch.argsort(ious, descending=True, stable=True)
+    order = torch.argsort(priority.to(torch.float32), descending=True, stable=True)
+    return order[torch.argsort(ious[order], descending=True, stable=True)]
 
 
 def _hlr(
@@ -57,29 +63,28 @@ def _hlr(
     priority: torch.Tensor | None,
     mask: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rank within class by IoU-HLR, number of samples of the class) for every element."""
+    """(rank within class by IoU-HLR, number of samples of the class) for every element.
+
+    Three stable sorts: by IoU, then by object (giving each sample's local rank), then by
+    (class, local rank) on the IoU order (giving the hierarchical order).
+    """
     n = ious.numel()
     position = torch.arange(n, device=ious.device)
     if mask is not None:  # excluded rows form their own trailing group
-        labels = torch.where(mask, labels, torch.full_like(labels, _SENTINEL))
-        gt_ids = torch.where(mask, gt_ids, torch.full_like(gt_ids, _SENTINEL))
-    by_iou = position
-    if priority is not None:
-        by_iou = _refine(by_iou, priority.to(torch.float32), descending=True)
-    by_iou = _refine(by_iou, ious.to(torch.float32), descending=True)
-    # Local rank: position within the (class, object) group, best IoU first.
-    grouped = _refine(_refine(by_iou, gt_ids), labels)
+        labels = torch.where(mask, labels, torch.full_like(labels, _EXCLUDED))
+        gt_ids = torch.where(mask, gt_ids, torch.full_like(gt_ids, _EXCLUDED))
+    by_iou = _descending_order(ious.to(torch.float32), priority)
+    grouped = by_iou[torch.argsort(gt_ids[by_iou], stable=True)]  # object-major, best IoU first
     local = torch.empty_like(position)
-    local[grouped] = position - _run_starts(labels[grouped], gt_ids[grouped])
-    # Hierarchical rank: within the class, by local rank, then by IoU.
-    ranked = _refine(_refine(by_iou, local), labels)
-    sorted_labels = labels[ranked]
-    first = torch.searchsorted(sorted_labels, sorted_labels)
-    last = torch.searchsorted(sorted_labels, sorted_labels, right=True)
+    local[grouped] = position - _run_starts(gt_ids[grouped])
+    class_then_local = labels * (n + 1) + local
+    ranked = by_iou[torch.argsort(class_then_local[by_iou], stable=True)]
+    starts = _run_starts(labels[ranked])
     rank = torch.empty_like(position)
-    rank[ranked] = position - first
+    rank[ranked] = position - starts
+    run_sizes = torch.zeros_like(position).scatter_add_(0, starts, torch.ones_like(position))
     count = torch.empty_like(position)
-    count[ranked] = last - first
+    count[ranked] = run_sizes[starts]
     return rank, count
 
 
@@ -93,8 +98,9 @@ def iou_hlr_rank(
 ) -> torch.Tensor:
     """IoU hierarchical local rank of each positive within its class (0 = most important).
 
-    ious, labels, gt_ids: (P,) IoU of the regressed box with its object, class, object id.
-    Within each object, samples are ranked by IoU (local rank); the class's samples are then
+    ious, labels, gt_ids: (P,) IoU of the regressed box with its object, class, object id; ids
+    must identify objects across the whole batch (AnchorAssignment's do; the reference's
+    per-image offsets collide, see the module docstring). Within each object, samples are ranked by IoU (local rank); the class's samples are then
     ordered by (local rank, IoU descending). Equal IoU: higher `priority` first (if given), then
     input order. `mask` (P,) bool marks the rows to rank; the others get arbitrary ranks (used to
     keep fixed shapes on GPU).
