@@ -190,14 +190,14 @@ def test_ghm_detection_loss_level_modes_run(level_mode: str) -> None:
 def test_ghmc_sum_is_accurate_at_scale() -> None:
     """Millions of elements: the float32 sum must stay pairwise-accurate (a BLAS dot drifts)."""
     gen = torch.Generator().manual_seed(8)
-    logits = torch.randn(40_000, 80, generator=gen) * 1.5 - 4.6
+    logits = torch.randn(25_000, 80, generator=gen) * 1.5 - 4.6
     targets = torch.zeros_like(logits)
     targets[:200, 3] = 1
-    lw = torch.ones(40_000)
+    lw = torch.ones(25_000)
     ours = GHMC(momentum=0.0)(logits, targets, lw).item()
     x, t = logits.double(), targets.double()
     index = ((torch.sigmoid(x) - t).abs() * 30).long().clamp(max=29)
     counts = torch.bincount(index.view(-1), minlength=30).double()
     weights = 1.0 / (counts[index] * (counts > 0).sum())
     expected = (F.binary_cross_entropy_with_logits(x, t, reduction="none") * weights).sum().item()
-    assert ours == pytest.approx(expected, rel=2e-6)
+    assert ours == pytest.approx(expected, rel=5e-7)

@@ -158,7 +158,7 @@ def carl_loss(
     per_sample = reg_loss.sum(-1) if reg_loss.dim() > 1 else reg_loss
     weights = ((1 - bias) * scores.to(torch.float32) + bias).pow(k)
     if mask is None:
-        count = torch.tensor(float(scores.numel()), device=scores.device)
+        count = torch.full((), float(scores.numel()), device=scores.device)
     else:
         weights = torch.where(mask, weights, torch.zeros_like(weights))
         per_sample = torch.where(mask, per_sample, torch.zeros_like(per_sample))
