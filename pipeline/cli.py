@@ -1,4 +1,4 @@
-"""The `pipeline` command: data, train, export, eval, run, losses, doctor."""
+"""The `pipeline` command: data, train, export, eval, run, compare, analyze, losses, doctor."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from pipeline.compare_options import compare_options
 from pipeline.errors import PipelineError, user_errors_exit_2
 from pipeline.options import config_from_options, format_loss_listing, train_options
 
@@ -185,6 +186,44 @@ def run(out: Path, **options: object) -> None:
 
     table = run_main_job(config_from_options(out, options))
     click.echo(table)
+
+
+@cli.command()
+@compare_options
+@user_errors_exit_2
+def compare(**options: object) -> None:
+    """Train, deploy and score every loss x seed; write report.md, report.json and plots.
+
+    Resumes: finished runs in OUT/runs/ are reused, never retrained or deleted.
+    --loss-opt LOSS.KEY=VALUE sets an option of one loss; KEY=VALUE sets it for every compared
+    loss that has it.
+    """
+    from pipeline.compare import run_compare, spec_from_options
+
+    click.echo(f"wrote {run_compare(spec_from_options(options))}")
+
+
+@cli.command()
+@click.option("--weights", type=click.Path(path_type=Path), required=True)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Dataset (default: the one the checkpoint was trained on).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output folder (default: analysis/ beside the weights).",
+)
+@click.option("--max-images", type=click.IntRange(min=1), default=None)
+@user_errors_exit_2
+def analyze(weights: Path, data: Path | None, out: Path | None, max_images: int | None) -> None:
+    """The papers' analyses of a trained model: FL loss CDF, GHM gradient norms, PISA samples."""
+    from pipeline.analyze import run_analyze
+
+    click.echo(run_analyze(weights, data, out, max_images))
 
 
 @cli.command()

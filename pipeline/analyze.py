@@ -1,0 +1,93 @@
+"""`pipeline analyze`: the papers' analyses of a trained model on the validation set.
+
+Writes analysis.json (every number behind the figures) and three PNGs: focal_loss_cdf.png,
+ghm_gradients.png and pisa_samples.png. The computations live in train/analysis.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from deploy.report import write_json_atomic
+from pipeline.analysis_plots import plot_focal_cdf, plot_ghm_gradients, plot_pisa_samples
+from train.analysis import (
+    collect_samples,
+    focal_loss_cdfs,
+    ghm_gradient_stats,
+    pisa_sample_groups,
+)
+from train.checkpoint import load_checkpoint, model_from_checkpoint
+from train.data.coco import CocoDetection
+from train.data.layout import resolve_split
+from train.data.synthetic import ensure_synthetic_dataset
+
+log = logging.getLogger(__name__)
+
+FIGURES = {
+    "focal_loss_cdf": "focal_loss_cdf.png",
+    "ghm_gradients": "ghm_gradients.png",
+    "pisa_samples": "pisa_samples.png",
+}
+
+
+def _dataset_root(data: Path | None, payload: dict[str, Any]) -> Path:
+    """--data, else the dataset the checkpoint was trained on, else the built-in one."""
+    if data is not None:
+        return data
+    trained_on = (payload.get("train_config") or {}).get("data")
+    return Path(trained_on) if trained_on else ensure_synthetic_dataset()
+
+
+def analyze_checkpoint(
+    weights: Path, data: Path | None, max_images: int | None, batch_size: int = 8
+) -> dict[str, Any]:
+    """Every analysis's numbers for the checkpoint `weights` on the validation split."""
+    payload = load_checkpoint(weights)
+    model = model_from_checkpoint(payload, weights)
+    root = _dataset_root(data, payload)
+    ann_file, img_dir = resolve_split(root, "val")
+    dataset = CocoDetection(
+        ann_file, img_dir, int(payload["img_size"]), category_ids=payload["category_ids"]
+    )
+    samples = collect_samples(model, dataset, batch_size, max_images)
+    log.info(
+        "%d images: %d samples, %d positive anchors",
+        samples.num_images,
+        samples.logits.numel(),
+        samples.pos_iou.numel(),
+    )
+    return {
+        "weights": str(weights),
+        "loss": payload.get("loss"),
+        "data": str(root),
+        "num_images": samples.num_images,
+        "focal_loss_cdf": focal_loss_cdfs(samples.logits, samples.targets),
+        "ghm_gradients": ghm_gradient_stats(samples.logits, samples.targets),
+        "pisa_samples": pisa_sample_groups(samples),
+        "figures": dict(FIGURES),
+    }
+
+
+def run_analyze(weights: Path, data: Path | None, out: Path | None, max_images: int | None) -> str:
+    """Compute, write analysis.json and the figures; returns a short summary for the CLI."""
+    results = analyze_checkpoint(weights, data, max_images)
+    out = out or Path(weights).parent / "analysis"
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "analysis.json", results)
+    plot_focal_cdf(results["focal_loss_cdf"], out / FIGURES["focal_loss_cdf"])
+    plot_ghm_gradients(results["ghm_gradients"], out / FIGURES["ghm_gradients"])
+    plot_pisa_samples(results["pisa_samples"], out / FIGURES["pisa_samples"])
+    negatives = results["focal_loss_cdf"]["negatives"]["curves"]
+    pisa = results["pisa_samples"]["groups"]
+    lines = [
+        f"wrote {out / 'analysis.json'} and {len(FIGURES)} figures",
+        "share of the negatives' loss in the hardest 1%: "
+        + ", ".join(
+            f"gamma {g}: {c['share_of_loss_in_hardest_1pct']:.2f}" for g, c in negatives.items()
+        ),
+        "mean IoU of random / hard / prime positives: "
+        + " / ".join(f"{pisa[n]['mean_iou'] or 0:.2f}" for n in ("random", "hard", "prime")),
+    ]
+    return "\n".join(lines)

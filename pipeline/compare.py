@@ -1,0 +1,235 @@
+"""`pipeline compare`: every loss x seed trained, deployed and scored, then one report.
+
+Layout: OUT/runs/{loss}-s{seed}/ per run (best.pt, history.json, model.onnx, report_*.json,
+detections_*.json and run.json last), OUT/report.md, report.json and the PNG plots.
+
+Resuming: a run is finished when its run.json exists; finished runs are reused as they are and
+never deleted or retrained. An unfinished run continues from its last finished stage (training
+is finished when history.json exists; an interrupted training restarts from scratch, since the
+trainer cannot resume mid-run). A finished run trained with other options than the ones asked
+for is an error, not a silent mix of budgets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from deploy.report import write_json_atomic
+from pipeline.compare_backends import build_deployed_model, check_backend
+from pipeline.errors import PipelineError
+from pipeline.evaluation import run_eval
+from pipeline.options import config_from_options
+from pipeline.training import run_training
+from train.checkpoint import load_checkpoint
+from train.config import TrainConfig
+from train.losses import LOSSES, resolve_options
+from train.trainer import NonFiniteLossError, resolve_device
+
+log = logging.getLogger(__name__)
+
+# Fields that do not change what a run learns, so a resumed run may differ in them.
+NOT_COMPARED = ("out", "overwrite", "workers")
+DEFAULT_BASELINE = "focal"
+
+
+@dataclass
+class CompareSpec:
+    """What to compare. `base` is the training config every run starts from."""
+
+    out: Path
+    losses: list[str]
+    seeds: list[int]
+    backend: str
+    baseline: str
+    resamples: int
+    base: TrainConfig
+    loss_options: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def run_config(self, loss: str, seed: int) -> TrainConfig:
+        return replace(
+            self.base,
+            out=run_dir(self.out, loss, seed),
+            loss=loss,
+            seed=seed,
+            loss_options=dict(self.loss_options.get(loss, {})),
+            overwrite=False,
+        )
+
+
+def run_dir(out: Path, loss: str, seed: int) -> Path:
+    return Path(out) / "runs" / f"{loss}-s{seed}"
+
+
+def parse_losses(text: str) -> list[str]:
+    """'ce, focal,ghm' -> ['ce', 'focal', 'ghm'] (order kept, repeats dropped, names checked)."""
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in LOSSES]
+    if unknown or not names:
+        raise PipelineError(
+            f"--losses {text!r}: unknown {', '.join(unknown) or '(empty)'}; "
+            f"valid: {', '.join(LOSSES)}"
+        )
+    return names
+
+
+def split_loss_options(raw: dict[str, str], losses: list[str]) -> dict[str, dict[str, str]]:
+    """`loss.key=value` applies to that loss, `key=value` to every compared loss that has `key`.
+
+    Each loss's options are checked against the registry now, before anything trains.
+    """
+    per_loss: dict[str, dict[str, str]] = {loss: {} for loss in losses}
+    for key, value in raw.items():
+        scope, dot, option = key.rpartition(".")
+        if dot and scope not in per_loss:
+            raise PipelineError(f"--loss-opt {key}={value}: {scope!r} is not a compared loss")
+        targets = [scope] if dot else [n for n in losses if option in LOSSES[n].defaults]
+        if not targets:
+            raise PipelineError(f"--loss-opt {key}={value}: no compared loss has option {key!r}")
+        for loss in targets:
+            per_loss[loss][option] = value
+    for loss, options in per_loss.items():
+        resolve_options(loss, options)
+    return per_loss
+
+
+def spec_from_options(options: dict[str, Any]) -> CompareSpec:
+    """CompareSpec from the click options of `pipeline compare`."""
+    losses = parse_losses(str(options["losses"]))
+    baseline = options["baseline"] or (
+        DEFAULT_BASELINE if DEFAULT_BASELINE in losses else losses[0]
+    )
+    if baseline not in losses:
+        raise PipelineError(f"--baseline {baseline!r} is not one of --losses {', '.join(losses)}")
+    out = Path(options["out"])
+    base = config_from_options(out, {**options, "loss": losses[0], "overwrite": False})
+    first_seed = int(options["seed"])
+    return CompareSpec(
+        out=out,
+        losses=losses,
+        seeds=list(range(first_seed, first_seed + int(options["seeds"]))),
+        backend=str(options["backend"]),
+        baseline=baseline,
+        resamples=int(options["resamples"]),
+        base=replace(base, loss_options={}),
+        loss_options=split_loss_options(base.loss_options, losses),
+    )
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in NOT_COMPARED}
+
+
+def _check_same_config(where: Path, stored: dict[str, Any], wanted: TrainConfig) -> None:
+    stored_c, wanted_c = _comparable(stored), _comparable(wanted.to_dict())
+    # Only fields both know: a field added to TrainConfig later had its default value before.
+    diff = sorted(k for k in set(stored_c) & set(wanted_c) if stored_c[k] != wanted_c[k])
+    if diff:
+        details = ", ".join(
+            f"{k}: {stored_c.get(k)!r} there, {wanted_c.get(k)!r} now" for k in diff
+        )
+        raise PipelineError(
+            f"{where}: this run was trained with other options ({details}); finished runs are "
+            "never replaced, so compare into a new --out"
+        )
+
+
+def _train(config: TrainConfig) -> float | None:
+    """Train unless history.json says training finished; the wall seconds when it trained."""
+    out = Path(config.out)
+    if (out / "history.json").is_file() and (out / "best.pt").is_file():
+        _check_same_config(out, load_checkpoint(out / "best.pt")["train_config"], config)
+        log.info("%s: training already finished, reusing it", out)
+        return None
+    interrupted = (out / "best.pt").exists() or (out / "last.pt").exists()
+    if interrupted:
+        log.info("%s: unfinished training found; training again from the start", out)
+    for stale in [*out.glob("report_*.json"), *out.glob("detections_*.json")]:
+        stale.unlink()  # scores of weights that are about to be replaced
+    started = time.perf_counter()
+    run_training(replace(config, overwrite=interrupted))
+    return time.perf_counter() - started
+
+
+def _evaluate(name: str, model: Callable[[], Path], config: TrainConfig) -> dict[str, Any]:
+    """Score the model `model()` builds, once: a report and detections on disk are reused."""
+    out = Path(config.out)
+    report_path, dets_path = out / f"report_{name}.json", out / f"detections_{name}.json"
+    if report_path.is_file() and dets_path.is_file():
+        return json.loads(report_path.read_text())
+    device = resolve_device(config.device).type  # PyTorch is timed where it trained
+    return run_eval(
+        model(), config.data, "val", 1, "auto", device, config.max_val_images, 5, report_path,
+        dets_path,
+    )  # fmt: skip
+
+
+def training_summary(history: list[dict[str, Any]]) -> dict[str, float]:
+    """Training-loop seconds (validation excluded) and images per second over all epochs."""
+    seconds = sum(float(r.get("seconds", 0.0)) for r in history)
+    images = sum(
+        float(r.get("seconds", 0.0)) * float(r.get("images_per_second", 0.0)) for r in history
+    )
+    return {
+        "train_seconds": seconds,
+        "train_images_per_second": images / seconds if seconds else 0.0,
+    }
+
+
+def ensure_run(spec: CompareSpec, loss: str, seed: int) -> dict[str, Any]:
+    """Train, deploy and score one (loss, seed) unless finished; returns its run.json content."""
+    config = spec.run_config(loss, seed)
+    out = Path(config.out)
+    summary_path = out / "run.json"
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        _check_same_config(out, summary["train_config"], config)
+        log.info("%s: finished earlier, reused", out)
+        return summary
+    summary: dict[str, Any] = {"loss": loss, "seed": seed, "train_config": config.to_dict()}
+    try:
+        wall = _train(config)
+    except NonFiniteLossError as exc:  # a diverged loss is a result of the study, not a crash
+        log.warning("%s: %s", out, exc)
+        summary.update(status="failed", error=str(exc))
+        write_json_atomic(summary_path, summary)
+        return summary
+    weights = out / "best.pt"
+    reports = {
+        "pytorch": _evaluate("pytorch", lambda: weights, config),
+        spec.backend: _evaluate(
+            spec.backend,
+            lambda: build_deployed_model(spec.backend, weights, out, config.data),
+            config,
+        ),
+    }
+    history = json.loads((out / "history.json").read_text())
+    summary.update(
+        status="ok",
+        backend=spec.backend,
+        train_wall_seconds=wall,
+        **training_summary(history),
+        metrics={name: report["metrics"] for name, report in reports.items()},
+        latency_ms={name: report["latency"]["total_ms"] for name, report in reports.items()},
+    )
+    write_json_atomic(summary_path, summary)
+    return summary
+
+
+def run_compare(spec: CompareSpec) -> Path:
+    """Every run, then the report; returns the path of report.md."""
+    from pipeline.compare_report import write_report
+
+    check_backend(spec.backend)
+    runs = []
+    total = len(spec.losses) * len(spec.seeds)
+    for loss in spec.losses:
+        for seed in spec.seeds:
+            log.info("run %d/%d: %s seed %d", len(runs) + 1, total, loss, seed)
+            runs.append(ensure_run(spec, loss, seed))
+    return write_report(spec, runs)

@@ -1,0 +1,72 @@
+"""The options of `pipeline compare`: its own, plus every shared training option but two.
+
+`--loss` is replaced by `--losses`, and `--overwrite` is left out: a comparison resumes and never
+replaces a finished run, so accepting the flag would mean parsing it and ignoring it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from pipeline.compare_backends import BACKENDS
+from pipeline.options import TRAIN_OPTIONS
+
+EXCLUDED_TRAIN_OPTIONS = ("loss", "overwrite")
+DEFAULT_LOSSES = "ce,focal,ghm,pisa"
+
+
+def _option_name(decorator: Callable) -> str:
+    """The parameter name a click.option decorator declares (applied to a throwaway function)."""
+
+    def probe() -> None: ...
+
+    decorator(probe)
+    return probe.__click_params__[0].name  # type: ignore[attr-defined]
+
+
+COMPARE_OPTIONS: list[Callable] = [
+    click.option(
+        "--out", type=click.Path(path_type=Path), default=Path("runs/compare"), show_default=True
+    ),
+    click.option(
+        "--losses",
+        default=DEFAULT_LOSSES,
+        show_default=True,
+        help="Comma-separated losses to compare (`pipeline losses` lists them).",
+    ),
+    click.option(
+        "--seeds",
+        type=click.IntRange(min=1),
+        default=3,
+        show_default=True,
+        help="Seeds per loss: --seed, --seed + 1, ...",
+    ),
+    click.option(
+        "--backend",
+        type=click.Choice(BACKENDS),
+        default="onnx",
+        show_default=True,
+        help="Deployed engine to score (PyTorch is always scored too, for parity).",
+    ),
+    click.option(
+        "--baseline",
+        default=None,
+        help="Loss the others are compared against (default: focal if compared, else the first).",
+    ),
+    click.option(
+        "--resamples",
+        type=click.IntRange(min=10),
+        default=200,
+        show_default=True,
+        help="Bootstrap resamples for the confidence intervals.",
+    ),
+] + [opt for opt in TRAIN_OPTIONS if _option_name(opt) not in EXCLUDED_TRAIN_OPTIONS]
+
+
+def compare_options(func: Callable) -> Callable:
+    for option in reversed(COMPARE_OPTIONS):
+        func = option(func)
+    return func
