@@ -10,9 +10,13 @@ from train.losses import (
     FocalDetectionLoss,
     PisaCenterDetectionLoss,
     PisaDetectionLoss,
+    build_loss,
     carl_loss,
+    fused,
+    ghm,
     iou_hlr_rank,
     isr_p_weights,
+    regression,
 )
 from train.losses import pisa as pisa_module
 from train.losses.reference import reference_carl, reference_hlr_rank, reference_isr_p
@@ -142,16 +146,28 @@ def test_pisa_pieces_match_the_reference_loops() -> None:
     assert torch.allclose(scores_a.grad, scores_b.grad, rtol=1e-4, atol=1e-8)
 
 
-def test_pisa_loss_gpu_style_masked_path_equals_compact_path(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("name", ["focal", "ghm", "pisa", "pisa-center", "ohem"])
+def test_gpu_style_masked_path_equals_compact_path(
+    name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The GPU path (all rows, masked) computes what the CPU path (gathered positives) does."""
     batch = random_batch(seed=14)
-    args = (batch.cls_logits, batch.box_deltas, batch.assignment)
-    compact = PisaCenterDetectionLoss()(*args)
-    monkeypatch.setattr(pisa_module, "_selected_rows", lambda p: torch.arange(p.numel()))
-    masked = PisaCenterDetectionLoss()(*args)
+    results = []
+    for gpu_style in (False, True):
+        if gpu_style:
+            for module in (fused, regression, ghm, pisa_module):
+                monkeypatch.setattr(module, "selected_rows", lambda p: (torch.arange(p.numel()), p))
+        logits = batch.cls_logits.clone().requires_grad_()
+        deltas = batch.box_deltas.clone().requires_grad_()
+        torch.manual_seed(0)
+        parts = build_loss(name)(logits, deltas, batch.assignment)
+        sum(parts.values()).backward()
+        results.append((parts, logits.grad, deltas.grad))
+    (compact, c_logits, c_deltas), (masked, m_logits, m_deltas) = results
     for key in compact:
-        assert masked[key].item() == pytest.approx(compact[key].item(), rel=1e-5)
+        assert masked[key].item() == pytest.approx(compact[key].item(), rel=1e-5), key
+    assert torch.allclose(c_logits, m_logits, atol=1e-7)
+    assert torch.allclose(c_deltas, m_deltas, atol=1e-7)
 
 
 def test_pisa_center_prefers_centre_inside_at_near_equal_iou() -> None:

@@ -52,6 +52,19 @@ def one_hot_targets(assignment: AnchorAssignment, num_classes: int) -> torch.Ten
     return targets.scatter_(-1, labels.clamp(min=0)[..., None], hit)
 
 
+def selected_rows(positive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rows for per-positive work over a flat (R,) mask: (row indices, mask of real positives).
+
+    CPU: the positives themselves and mask None; gathering them (nonzero) costs nothing there,
+    while every op over all R rows pays for a parallel region. GPU: every row and the positive
+    mask, because nonzero would be a host sync and R-sized ops are cheap. Callers handle both by
+    masking when the mask is not None, so the two paths compute the same numbers.
+    """
+    if positive.is_cuda:
+        return torch.arange(positive.numel(), device=positive.device), positive
+    return torch.nonzero(positive).view(-1), None
+
+
 def mean_over_ranks(value: torch.Tensor, sync: bool = True) -> torch.Tensor:
     """`value` summed over ranks and divided by the world size (itself when not distributed).
 

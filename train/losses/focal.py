@@ -105,7 +105,7 @@ class SigmoidDetectionLoss(RegressionOptions):
         valid = assignment.valid.reshape(-1)
         normalizer = positive_normalizer(assignment, self.sync_normalizer)
         cls = torch.where(valid, rows, torch.zeros_like(rows)).sum() / normalizer
-        reg = self.regression_per_anchor(box_deltas, assignment).sum() / normalizer
+        reg = self.regression_sum(box_deltas, assignment) / normalizer
         return {"cls": cls, "reg": self.reg_weight * reg}
 
 

@@ -10,7 +10,8 @@ three buffers, and the backward pass is one multiply.
 The trick that keeps it cheap: targets are one-hot per anchor (at most one positive class), so
 every element is first treated as a negative (target 0) and then, for positive anchors only, the
 single element at the anchor's label is overwritten with the positive-target value. That is a
-(R,)-sized gather/scatter instead of a dense (R, C) target tensor.
+gather/scatter over the positives instead of a dense (R, C) target tensor (on CPU over the
+gathered positives, on GPU over all rows, masked: see `selected_rows`).
 
 The result is one loss per anchor row (summed over classes), so callers weight rows (ignored
 anchors, ISR weights, sampling masks) with ordinary autograd on (R,) tensors.
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from train.losses.base import selected_rows
 
 
 @dataclass(frozen=True)
@@ -97,35 +100,27 @@ def _positive_terms(x: torch.Tensor, fam: SigmoidFamily) -> tuple[torch.Tensor, 
     return q * ce, -q * (fam.gamma * p * ce + (1 - p))
 
 
-def _overwrite_at_labels(
-    values: torch.Tensor, labels: torch.Tensor, positive: torch.Tensor, new: torch.Tensor
-) -> None:
-    """values[r, labels[r]] = new[r] for positive rows r, in place, without boolean indexing."""
-    index = labels.clamp(min=0)[:, None]
-    old = values.gather(1, index)
-    values.scatter_(1, index, torch.where(positive[:, None], new[:, None], old))
-
-
 class _SigmoidRowLoss(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx, logits: torch.Tensor, labels: torch.Tensor, fam: SigmoidFamily
     ) -> torch.Tensor:  # type: ignore[override]
         x = logits.detach()
-        need_grad = ctx.needs_input_grad[0]
-        positive = labels >= 0
-        x_at_label = x.gather(1, labels.clamp(min=0)[:, None])[:, 0]
-        loss_pos, grad_pos = _positive_terms(x_at_label, fam)
-        loss, grad = _negative_terms(x, fam, need_grad)
-        _overwrite_at_labels(loss, labels, positive, torch.zeros_like(loss_pos))
-        rows = loss.sum(dim=1).mul_(fam.alpha_neg)
-        rows = rows + torch.where(positive, fam.alpha_pos * loss_pos, torch.zeros_like(loss_pos))
+        rows, mask = selected_rows(labels >= 0)
+        cols = labels[rows].clamp(min=0)
+        loss_pos, grad_pos = _positive_terms(x[rows, cols], fam)
+        loss, grad = _negative_terms(x, fam, ctx.needs_input_grad[0])
+        # Patch the positives' own element: drop its negative-target loss from the row sum and
+        # put the positive-target derivative in its place. Masked rows keep what they had.
+        loss[rows, cols] = _masked(mask, torch.zeros_like(loss_pos), loss[rows, cols])
+        row_loss = loss.sum(dim=1).mul_(fam.alpha_neg)
+        row_loss.index_add_(0, rows, _masked(mask, fam.alpha_pos * loss_pos, 0 * loss_pos))
         if grad is not None:
             if fam.alpha_neg != 1.0:
                 grad.mul_(fam.alpha_neg)
-            _overwrite_at_labels(grad, labels, positive, fam.alpha_pos * grad_pos)
+            grad[rows, cols] = _masked(mask, fam.alpha_pos * grad_pos, grad[rows, cols])
         ctx.elem_grad = grad
-        return rows
+        return row_loss
 
     @staticmethod
     def backward(ctx, grad_rows: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:  # type: ignore[override]
@@ -133,6 +128,11 @@ class _SigmoidRowLoss(torch.autograd.Function):
         if grad is None:
             return None, None, None
         return grad * grad_rows[:, None], None, None
+
+
+def _masked(mask: torch.Tensor | None, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """`new` where mask (or everywhere when mask is None), else `old`."""
+    return new if mask is None else torch.where(mask, new, old)
 
 
 def sigmoid_row_loss(

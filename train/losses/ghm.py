@@ -41,6 +41,7 @@ from train.losses.base import (
     one_hot_targets,
     option,
     positive_normalizer,
+    selected_rows,
 )
 from train.losses.regression import REG_LOSSES, RegressionOptions
 from train.model.box_coder import encode_boxes
@@ -338,9 +339,14 @@ class GhmDetectionLoss(RegressionOptions):
     ) -> torch.Tensor:
         if not self.ghm_r:
             normalizer = positive_normalizer(assignment, self.sync_normalizer)
-            return self.regression_per_anchor(box_deltas, assignment).sum() / normalizer
-        pos = assignment.positive
-        anchors = assignment.anchors.to(torch.float32).expand(pos.shape[0], -1, -1)
-        gt = torch.where(pos[..., None], assignment.gt_boxes.to(torch.float32), anchors)
-        target = encode_boxes(gt, anchors).view(-1, 4)
-        return self.ghm_reg(box_deltas.reshape(-1, 4), target, pos.reshape(-1), levels)
+            return self.regression_sum(box_deltas, assignment) / normalizer
+        # Only positives count in GHM-R, so it runs on the selected rows (see selected_rows).
+        rows, mask = selected_rows(assignment.positive.reshape(-1))
+        anchors = assignment.anchors.to(torch.float32)[rows % assignment.anchors.shape[0]]
+        gt = assignment.gt_boxes.reshape(-1, 4).to(torch.float32)[rows]
+        if mask is not None:
+            gt = torch.where(mask[:, None], gt, anchors)
+        weights = torch.ones_like(rows, dtype=torch.float32) if mask is None else mask.float()
+        pred = box_deltas.reshape(-1, 4)[rows]
+        row_levels = None if levels is None else levels[rows]
+        return self.ghm_reg(pred, encode_boxes(gt, anchors), weights, row_levels)

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 import torch
 
 from train.assign import AnchorAssignment
-from train.losses.base import option, positive_normalizer
+from train.losses.base import option, positive_normalizer, selected_rows
 from train.losses.focal import FocalDetectionLoss
+from train.losses.regression import regression_on_rows
 from train.model.box_coder import decode_boxes
 
 NORMALIZERS = ("class", "global")
@@ -172,18 +173,6 @@ def carl_loss(
     return (weights * per_sample).sum() / avg
 
 
-def _selected_rows(positive: torch.Tensor) -> torch.Tensor:
-    """Rows to run the per-positive work on: the positives on CPU, every row on GPU.
-
-    On CPU gathering the positives is free and sorting 200k rows is not; on GPU the sort is
-    cheap and gathering (nonzero) would be a host sync. Both give the same result: the GPU path
-    masks the non-positive rows.
-    """
-    if positive.is_cuda:
-        return torch.arange(positive.numel(), device=positive.device)
-    return torch.nonzero(positive).view(-1)
-
-
 def aligned_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     """(P,) IoU of row i of (P, 4) boxes1 with row i of boxes2."""
     lt = torch.maximum(boxes1[:, :2], boxes2[:, :2])
@@ -196,23 +185,25 @@ def aligned_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class _Positives:
-    """The selected rows of the flattened batch and what PISA needs about them."""
+    """The selected rows of the flattened batch (`selected_rows`) and what PISA needs of them."""
 
     rows: torch.Tensor  # (S,) indices into B * N
-    mask: torch.Tensor  # (S,) bool, True for real positives
+    mask: torch.Tensor | None  # (S,) bool, True for real positives; None: all are
     labels: torch.Tensor
     gt_ids: torch.Tensor
     anchors: torch.Tensor  # (S, 4)
     gt_boxes: torch.Tensor  # (S, 4)
 
+    def zero_outside(self, values: torch.Tensor) -> torch.Tensor:
+        return values if self.mask is None else torch.where(self.mask, values, 0 * values)
+
 
 def _positives(assignment: AnchorAssignment) -> _Positives:
-    positive = assignment.positive.reshape(-1)
-    rows = _selected_rows(positive)
+    rows, mask = selected_rows(assignment.positive.reshape(-1))
     num_anchors = assignment.anchors.shape[0]
     return _Positives(
         rows=rows,
-        mask=positive[rows],
+        mask=mask,
         labels=assignment.labels.reshape(-1)[rows],
         gt_ids=assignment.gt_ids.reshape(-1)[rows],
         anchors=assignment.anchors.to(torch.float32)[rows % num_anchors],
@@ -243,9 +234,9 @@ class PisaDetectionLoss(FocalDetectionLoss):
         return ious, None
 
     def _isr_weights(
-        self, box_deltas: torch.Tensor, pos: _Positives, row_loss: torch.Tensor
+        self, box_deltas: torch.Tensor, pos: _Positives, pos_loss: torch.Tensor
     ) -> torch.Tensor:
-        """(S,) ISR-P weights of the selected rows, rescaled to keep the positives' loss sum."""
+        """(S,) ISR-P weights, rescaled so sum(w * loss) over the positives is unchanged."""
         with torch.no_grad():
             deltas = box_deltas.reshape(-1, 4)[pos.rows].to(torch.float32)
             ious = aligned_iou(decode_boxes(deltas, pos.anchors), pos.gt_boxes)
@@ -260,26 +251,29 @@ class PisaDetectionLoss(FocalDetectionLoss):
                 priority=priority,
                 mask=pos.mask,
             )
-            loss = torch.where(pos.mask, row_loss.detach()[pos.rows], torch.zeros_like(weights))
+            loss = pos.zero_outside(pos_loss.detach())
             return weights * (loss.sum() / (weights * loss).sum().clamp(min=1e-12))
 
     def __call__(
         self, cls_logits: torch.Tensor, box_deltas: torch.Tensor, assignment: AnchorAssignment
     ) -> dict[str, torch.Tensor]:
         num_classes = cls_logits.shape[-1]
-        rows = self.classification_rows(cls_logits, assignment)
+        row_loss = self.classification_rows(cls_logits, assignment)
         pos = _positives(assignment)
-        isr = self._isr_weights(box_deltas, pos, rows)
-        valid = assignment.valid.reshape(-1).to(torch.float32)
-        row_weights = valid.index_put((pos.rows,), torch.where(pos.mask, isr, valid[pos.rows]))
+        pos_loss = row_loss[pos.rows]
+        isr = self._isr_weights(box_deltas, pos, pos_loss)
         normalizer = positive_normalizer(assignment, self.sync_normalizer)
-        cls = (torch.where(row_weights > 0, rows, torch.zeros_like(rows)) * row_weights).sum()
-        reg_rows = self.regression_per_anchor(box_deltas, assignment).reshape(-1)
-        logits_at_label = cls_logits.reshape(-1, num_classes)[pos.rows].to(torch.float32)
-        scores = torch.sigmoid(logits_at_label.gather(1, pos.labels.clamp(min=0)[:, None])[:, 0])
+        # Positives are always valid: reweighting them is adding (w - 1) * their row loss.
+        valid = assignment.valid.reshape(-1)
+        cls = torch.where(valid, row_loss, torch.zeros_like(row_loss)).sum()
+        cls = cls + pos.zero_outside((isr - 1) * pos_loss).sum()
+        reg = regression_on_rows(
+            self.reg_loss, box_deltas, assignment, pos.rows, pos.mask, self.reg_beta, self.reg_mu
+        )
+        logits = cls_logits.reshape(-1, num_classes)[pos.rows, pos.labels.clamp(min=0)]
         carl = carl_loss(
-            scores,
-            reg_rows[pos.rows],
+            torch.sigmoid(logits.to(torch.float32)),
+            reg,
             self.carl_k,
             self.carl_bias,
             normalizer,
@@ -288,7 +282,7 @@ class PisaDetectionLoss(FocalDetectionLoss):
         )
         return {
             "cls": cls / normalizer,
-            "reg": self.reg_weight * reg_rows.sum() / normalizer,
+            "reg": self.reg_weight * reg.sum() / normalizer,
             "carl": self.carl_weight * carl,
         }
 

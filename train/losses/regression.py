@@ -8,7 +8,7 @@ import torch
 from torchvision.ops import generalized_box_iou_loss
 
 from train.assign import AnchorAssignment
-from train.losses.base import option
+from train.losses.base import option, selected_rows
 from train.model.box_coder import decode_boxes, encode_boxes
 
 
@@ -51,6 +51,29 @@ def regression_loss_per_positive(
     raise ValueError(f"unknown regression loss {kind!r}; valid: {', '.join(REG_LOSSES)}")
 
 
+def regression_on_rows(
+    kind: str,
+    box_deltas: torch.Tensor,
+    assignment: AnchorAssignment,
+    rows: torch.Tensor,
+    mask: torch.Tensor | None,
+    beta: float = 0.11,
+    mu: float = 0.02,
+) -> torch.Tensor:
+    """(S,) regression loss of the flat rows `rows` of the (B, N) batch (see `selected_rows`).
+
+    Rows outside `mask` (when given) regress onto their own anchor and get loss 0 with zero
+    gradient, so nothing there can be inf or NaN.
+    """
+    anchors = assignment.anchors.to(torch.float32)[rows % assignment.anchors.shape[0]]
+    targets = assignment.gt_boxes.reshape(-1, 4).to(torch.float32)[rows]
+    if mask is not None:
+        targets = torch.where(mask[:, None], targets, anchors)
+    deltas = box_deltas.reshape(-1, 4)[rows]
+    loss = regression_loss_per_positive(kind, deltas, targets, anchors, beta, mu)
+    return loss if mask is None else torch.where(mask, loss, torch.zeros_like(loss))
+
+
 def regression_per_anchor(
     kind: str,
     box_deltas: torch.Tensor,
@@ -58,20 +81,11 @@ def regression_per_anchor(
     beta: float = 0.11,
     mu: float = 0.02,
 ) -> torch.Tensor:
-    """(B, N) regression loss of every anchor, zero (with zero gradient) off the positives.
-
-    Computed over all anchors rather than the gathered positives: no boolean indexing, so no
-    host sync on GPU, and the (B, N, 4) tensors are small next to the classification tensor.
-    Non-positive anchors regress onto themselves, so nothing there can be inf or NaN.
-    """
-    batch = box_deltas.shape[0]
-    pos = assignment.positive
-    anchors = assignment.anchors.to(torch.float32).expand(batch, -1, -1)
-    targets = torch.where(pos[..., None], assignment.gt_boxes.to(torch.float32), anchors)
-    loss = regression_loss_per_positive(
-        kind, box_deltas.reshape(-1, 4), targets.reshape(-1, 4), anchors.reshape(-1, 4), beta, mu
-    ).view(pos.shape)
-    return torch.where(pos, loss, torch.zeros_like(loss))
+    """(B, N) regression loss of every anchor, zero (with zero gradient) off the positives."""
+    rows, mask = selected_rows(assignment.positive.reshape(-1))
+    loss = regression_on_rows(kind, box_deltas, assignment, rows, mask, beta, mu)
+    flat = loss.new_zeros(assignment.positive.numel()).index_put((rows,), loss)
+    return flat.view(assignment.positive.shape)
 
 
 @dataclass(kw_only=True)
@@ -92,3 +106,12 @@ class RegressionOptions:
         return regression_per_anchor(
             self.reg_loss, box_deltas, assignment, beta=self.reg_beta, mu=self.reg_mu
         )
+
+    def regression_sum(
+        self, box_deltas: torch.Tensor, assignment: AnchorAssignment
+    ) -> torch.Tensor:
+        """Sum of the positives' regression loss (no (B, N) scatter on the CPU path)."""
+        rows, mask = selected_rows(assignment.positive.reshape(-1))
+        return regression_on_rows(
+            self.reg_loss, box_deltas, assignment, rows, mask, self.reg_beta, self.reg_mu
+        ).sum()
