@@ -169,3 +169,15 @@ def test_asl1_value_and_gradient() -> None:
         assert loss[i].item() == pytest.approx(math.sqrt(di * di + mu * mu) - mu, abs=1e-12)
         assert d.grad[i].item() == pytest.approx(di / math.sqrt(di * di + mu * mu), abs=1e-12)
         assert abs(d.grad[i].item()) < 1
+
+
+@pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (-1.0, 1.0)])
+def test_sigmoid_focal_loss_matches_torchvision(alpha: float, gamma: float) -> None:
+    from torchvision.ops import sigmoid_focal_loss as tv_focal
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(50, 7, generator=gen) * 4
+    y = (torch.rand(50, 7, generator=gen) < 0.2).float()
+    for reduction in ("none", "mean", "sum"):
+        ours = sigmoid_focal_loss(x, y, alpha, gamma, reduction)
+        assert torch.allclose(ours, tv_focal(x, y, alpha, gamma, reduction), atol=1e-6)
