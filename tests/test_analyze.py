@@ -1,0 +1,122 @@
+"""`pipeline analyze` on a tiny model, and the analyses' numbers against hand-worked values."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from pipeline.cli import cli
+from train.analysis import (
+    ValidationSamples,
+    focal_loss_cdfs,
+    ghm_gradient_stats,
+    loss_cdf,
+    pisa_sample_groups,
+)
+from train.checkpoint import checkpoint_payload, save_atomic
+from train.data.coco import CocoDetection
+from train.data.layout import resolve_split
+from train.model.detector import ModelConfig, RetinaDetector
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> tuple[Path, Path]:
+    """An untrained tiny detector saved as a checkpoint: the analyses only need its outputs."""
+    root = tmp_path_factory.mktemp("analyze")
+    data = root / "synth"
+    result = CliRunner().invoke(
+        cli, ["data", "synth", "--out", str(data), "--num-train", "4", "--num-val", "6"]
+    )
+    assert result.exit_code == 0, result.output
+    train_set = CocoDetection(*resolve_split(data, "train"), img_size=64)
+    torch.manual_seed(0)
+    config = ModelConfig(len(train_set.category_ids), img_size=64, fpn_channels=16, head_convs=1)
+    payload = checkpoint_payload(
+        RetinaDetector(config), train_set.class_names, train_set.category_ids, "focal", {}, {}
+    )
+    weights = root / "run" / "best.pt"
+    save_atomic(payload, weights)
+    return weights, data
+
+
+def test_analyze_writes_json_and_figures(tiny_checkpoint, tmp_path):
+    weights, data = tiny_checkpoint
+    out = tmp_path / "analysis"
+    result = CliRunner().invoke(
+        cli, ["analyze", "--weights", str(weights), "--data", str(data), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    numbers = json.loads((out / "analysis.json").read_text())
+    assert numbers["num_images"] == 6
+    cdf = numbers["focal_loss_cdf"]
+    assert set(cdf["positives"]["curves"]) == {"0", "0.5", "1", "2"}
+    assert cdf["positives"]["count"] > 0 and cdf["negatives"]["count"] > cdf["positives"]["count"]
+    for curve in cdf["negatives"]["curves"].values():
+        assert curve["cdf"][0] == 0.0 and curve["cdf"][-1] == pytest.approx(1.0)
+        assert np.all(np.diff(curve["cdf"]) >= -1e-12)
+    ghm = numbers["ghm_gradients"]
+    assert sum(ghm["distribution"]) == pytest.approx(1.0)
+    assert set(ghm["reweighted"]) == {"ce", "fl_gamma2", "ghm_c"}
+    assert set(numbers["pisa_samples"]["groups"]) == {"random", "hard", "prime"}
+    for name in numbers["figures"].values():
+        with Image.open(out / name) as image:
+            image.verify()
+            assert image.format == "PNG"
+
+
+def test_focal_cdf_at_gamma_0_matches_hand_values():
+    # Positives with p = 0.5, 0.75, 0.9, 0.25: CE = ln 2, ln 4/3, ln 10/9, ln 4; one negative.
+    logits = torch.tensor([0.0, math.log(3), math.log(9), -math.log(3), 1.0])
+    targets = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0])
+    cdfs = focal_loss_cdfs(logits, targets)
+    positives = cdfs["positives"]
+    assert positives["count"] == 4 and cdfs["negatives"]["count"] == 1
+    total = math.log(10 / 9 * 4 / 3 * 2 * 4)
+    curve = positives["curves"]["0"]["cdf"]  # on fractions 0, 0.01, ..., 1
+    assert curve[25] == pytest.approx(math.log(10 / 9) / total)
+    assert curve[50] == pytest.approx(math.log(10 / 9 * 4 / 3) / total)
+    assert curve[75] == pytest.approx(math.log(10 / 9 * 4 / 3 * 2) / total)
+    assert positives["curves"]["0"]["share_of_loss_in_hardest_10pct"] == pytest.approx(
+        0.4 * math.log(4) / total
+    )
+
+
+def test_loss_cdf_of_equal_losses_is_the_diagonal():
+    fractions = np.array([0.0, 0.3, 1.0])
+    assert loss_cdf(torch.ones(10), fractions) == pytest.approx([0.0, 0.3, 1.0])
+
+
+def test_ghm_curves_at_one_gradient_norm():
+    # Every sample at p = 0.5, y = 0: g = 0.5 in one bin, so GHM-C's weight is 1 (= CE), and
+    # |dFL/dx| = (1 - p_t)^2 |2 p_t log p_t + p_t - 1| at p_t = 0.5.
+    stats = ghm_gradient_stats(torch.zeros(8), torch.zeros(8), bins=10)
+    assert stats["distribution"][5] == 1.0
+    assert stats["reweighted"]["ce"][5] == pytest.approx(0.5)
+    assert stats["reweighted"]["ghm_c"][5] == pytest.approx(0.5)
+    fl = 0.25 * abs(2 * 0.5 * math.log(0.5) + 0.5 - 1)
+    assert stats["reweighted"]["fl_gamma2"][5] == pytest.approx(fl, rel=1e-5)
+    assert stats["reweighted"]["ce"][0] is None
+
+
+def test_pisa_prime_samples_are_each_objects_best():
+    ious = torch.tensor([0.5, 0.9, 0.6, 0.7, 0.55, 0.8, 0.52, 0.51, 0.53, 0.54])
+    losses = torch.tensor([5.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 4.0])
+    samples = ValidationSamples(
+        logits=torch.zeros(1),
+        targets=torch.zeros(1),
+        pos_iou=ious,
+        pos_cls_loss=losses,
+        pos_labels=torch.zeros(10, dtype=torch.long),
+        pos_gt_ids=torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 1, 1]),
+        num_images=1,
+    )
+    groups = pisa_sample_groups(samples, fraction=0.2)
+    assert groups["k"] == 2
+    assert sorted(groups["groups"]["prime"]["iou"]) == pytest.approx([0.8, 0.9])
+    assert sorted(groups["groups"]["hard"]["loss"]) == pytest.approx([4.0, 5.0])
+    assert groups["groups"]["random"]["count"] == 2

@@ -1,0 +1,229 @@
+"""`pipeline compare` end to end on a tiny budget, its resume rules, and the paired bootstrap."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from deploy.evaluate import load_coco, score_coco
+from pipeline.cli import cli
+from pipeline.coco_bootstrap import match_run, paired_bootstrap, weighted_ap
+from pipeline.compare import split_loss_options
+from pipeline.errors import PipelineError
+
+TINY = ["--epochs", "1", "--batch-size", "4", "--img-size", "64", "--max-steps", "3",
+        "--fpn-channels", "16", "--head-convs", "1", "--workers", "0", "--warmup-iters", "1"]  # fmt: skip
+LOSSES = ("ce", "focal")
+
+
+def invoke(*args: object):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "synth"
+    result = invoke("data", "synth", "--out", root, "--num-train", 12, "--num-val", 6)
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def compare_args(data: Path, out: Path, *extra: object) -> list[object]:
+    return ["compare", "--out", out, "--data", data, "--losses", ",".join(LOSSES), "--seeds", 1,
+            "--resamples", 20, *TINY, *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def comparison(tiny_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("compare") / "study"
+    result = invoke(*compare_args(tiny_data, out))
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.mark.slow
+def test_report_matches_the_runs(comparison):
+    report = json.loads((comparison / "report.json").read_text())
+    assert report["losses"] == list(LOSSES) and report["baseline"] == "focal"
+    assert report["backend"] == "onnx" and report["num_val_images"] == 6
+    for loss in LOSSES:
+        run = comparison / "runs" / f"{loss}-s0"
+        engine = json.loads((run / "report_onnx.json").read_text())
+        torch_report = json.loads((run / "report_pytorch.json").read_text())
+        row = report["per_loss"][loss]
+        assert row["runs"] == 1 and row["failed"] == []
+        for metric in ("AP", "AP50", "AP75"):
+            assert row["engine"][metric]["values"] == [engine["metrics"][metric]]
+        assert row["pytorch_AP"]["mean"] == torch_report["metrics"]["AP"]
+        expected_diff = engine["metrics"]["AP"] - torch_report["metrics"]["AP"]
+        assert row["engine_minus_pytorch_AP"]["mean"] == pytest.approx(expected_diff)
+        assert row["latency_p50_ms"]["mean"] == engine["latency"]["total_ms"]["p50"]
+        assert row["train_seconds"]["mean"] > 0
+    effect = report["effects"]["ce"]
+    aps = {loss: report["per_loss"][loss]["engine"]["AP"]["mean"] for loss in LOSSES}
+    assert effect["delta"] == pytest.approx(aps["ce"] - aps["focal"], abs=1e-9)
+    assert effect["ci"][0] <= effect["delta"] <= effect["ci"][1]
+    assert set(report["pr_curves"]["ce"]) == {"0.5", "0.75"}
+    markdown = (comparison / "report.md").read_text()
+    assert "Paired bootstrap" in markdown and "| ce |" in markdown
+
+
+@pytest.mark.slow
+def test_plots_are_valid_pngs(comparison):
+    for name in ("ap_bars.png", "pr_curves.png", "training_curves.png"):
+        with Image.open(comparison / name) as image:
+            image.verify()
+            assert image.format == "PNG" and image.size[0] > 200
+
+
+@pytest.mark.slow
+def test_resume_reuses_finished_runs_and_continues_unfinished_ones(comparison, tiny_data):
+    weights = {loss: comparison / "runs" / f"{loss}-s0" / "best.pt" for loss in LOSSES}
+    before = {loss: path.stat().st_mtime_ns for loss, path in weights.items()}
+    killed = comparison / "runs" / "ce-s0"  # as if killed while scoring the deployed model
+    (killed / "run.json").unlink()
+    (killed / "report_onnx.json").unlink()
+    result = invoke(*compare_args(tiny_data, comparison))
+    assert result.exit_code == 0, result.output
+    assert {loss: path.stat().st_mtime_ns for loss, path in weights.items()} == before
+    assert (killed / "run.json").is_file() and (killed / "report_onnx.json").is_file()
+
+
+@pytest.mark.slow
+def test_finished_runs_with_other_options_are_an_error_not_replaced(comparison, tiny_data):
+    best = comparison / "runs" / "ce-s0" / "best.pt"
+    before = best.stat().st_mtime_ns
+    result = CliRunner().invoke(
+        cli, [str(a) for a in compare_args(tiny_data, comparison, "--lr", 0.1)]
+    )
+    assert result.exit_code == 2
+    assert "other options" in result.output and "lr" in result.output
+    assert best.stat().st_mtime_ns == before
+
+
+def test_unavailable_backend_fails_before_training(tiny_data, tmp_path):
+    out = tmp_path / "trt"
+    result = CliRunner().invoke(
+        cli, [str(a) for a in compare_args(tiny_data, out, "--backend", "tensorrt")]
+    )
+    assert result.exit_code == 2 and "TensorRT" in result.output
+    assert not (out / "runs").exists()
+
+
+def test_unknown_loss_is_one_clear_error(tmp_path):
+    result = CliRunner().invoke(cli, ["compare", "--out", str(tmp_path), "--losses", "focal,nope"])
+    assert result.exit_code == 2 and "nope" in result.output and "valid:" in result.output
+
+
+def test_loss_options_scoped_or_shared():
+    losses = ["ce", "focal", "ghm"]
+    shared = split_loss_options({"gamma": "1"}, losses)
+    assert shared == {"ce": {"gamma": "1"}, "focal": {"gamma": "1"}, "ghm": {}}
+    scoped = split_loss_options({"focal.gamma": "1"}, losses)
+    assert scoped == {"ce": {}, "focal": {"gamma": "1"}, "ghm": {}}
+    with pytest.raises(PipelineError, match="no compared loss"):
+        split_loss_options({"nope": "1"}, losses)
+    with pytest.raises(PipelineError, match="not a compared loss"):
+        split_loss_options({"pisa.isr_k": "1"}, losses)
+
+
+# --- the bootstrap on constructed detections ---------------------------------------------
+
+
+def _dataset(tmp_path: Path, seed: int = 1, num_images: int = 30):
+    """Random ground truth in 3 classes, and near-miss, wrong-class and random detections."""
+    rng = np.random.default_rng(seed)
+    images, anns, dets = [], [], []
+    for i in range(1, num_images + 1):
+        images.append({"id": i, "file_name": f"{i}.png", "width": 200, "height": 200})
+        for _ in range(rng.integers(0, 4)):
+            x, y, w, h = (*rng.uniform(0, 150, 2), *rng.uniform(5, 50, 2))
+            cat = int(rng.integers(1, 4))
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": cat, "iscrowd": 0,
+                         "bbox": [x, y, w, h], "area": w * h})  # fmt: skip
+            jitter = rng.normal(0, 4, 4)
+            box = [x + jitter[0], y + jitter[1], max(1, w + jitter[2]), max(1, h + jitter[3])]
+            dets.append({"image_id": i, "category_id": cat, "bbox": box, "score": rng.random()})
+        dets.append({"image_id": i, "category_id": int(rng.integers(1, 4)),
+                     "bbox": list(rng.uniform(1, 100, 4)), "score": rng.random()})  # fmt: skip
+    categories = [{"id": c, "name": str(c)} for c in (1, 2, 3)]
+    path = tmp_path / f"gt{seed}.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": categories}))
+    return load_coco(path), anns, dets, [img["id"] for img in images]
+
+
+def _copies(tmp_path: Path, coco_gt, anns, dets, ids, weights):
+    """The dataset with image i present weights[i] times (new ids), and its detections."""
+    images, copy_anns, copy_dets = [], [], []
+    for image_id, count in zip(ids, weights, strict=True):
+        for _ in range(count):
+            new_id = len(images) + 1
+            images.append({"id": new_id, "file_name": "x.png", "width": 200, "height": 200})
+            for ann in (a for a in anns if a["image_id"] == image_id):
+                copy_anns.append({**ann, "id": len(copy_anns) + 1, "image_id": new_id})
+            copy_dets += [{**d, "image_id": new_id} for d in dets if d["image_id"] == image_id]
+    path = tmp_path / "copies.json"
+    categories = coco_gt.dataset["categories"]
+    path.write_text(
+        json.dumps({"images": images, "annotations": copy_anns, "categories": categories})
+    )
+    return load_coco(path), copy_dets, [img["id"] for img in images]
+
+
+def test_weighted_ap_is_cocoeval_and_weights_are_copies(tmp_path):
+    coco_gt, anns, dets, ids = _dataset(tmp_path)
+    matches = match_run(coco_gt, dets, ids)
+    reference = score_coco(coco_gt, dets, ids)
+    assert weighted_ap(matches) == pytest.approx(reference["AP"], abs=1e-12)
+    assert weighted_ap(matches, iou=0.5) == pytest.approx(reference["AP50"], abs=1e-12)
+    weights = np.random.default_rng(0).integers(0, 3, len(ids))
+    copied = score_coco(*_copies(tmp_path, coco_gt, anns, dets, ids, weights))
+    assert weighted_ap(matches, weights) == pytest.approx(copied["AP"], abs=1e-12)
+
+
+def test_identical_models_differ_by_zero(tmp_path):
+    coco_gt, _, dets, ids = _dataset(tmp_path)
+    matches = match_run(coco_gt, dets, ids)
+    result = paired_bootstrap([(matches, matches), (matches, matches)], resamples=50)
+    assert result["delta"] == 0.0 and result["ci"][0] <= 0.0 <= result["ci"][1]
+    assert result["effect"] is False
+
+
+def test_a_clearly_better_model_is_an_effect(tmp_path):
+    coco_gt, anns, dets, ids = _dataset(tmp_path)
+    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
+                "score": 0.99} for a in anns]  # fmt: skip
+    better, worse = match_run(coco_gt, perfect, ids), match_run(coco_gt, dets, ids)
+    result = paired_bootstrap([(better, worse)], resamples=100)
+    assert result["delta"] > 0.3 and result["ci"][0] > 0 and result["effect"] is True
+
+
+def test_no_detections_scores_zero(tmp_path):
+    coco_gt, _, _, ids = _dataset(tmp_path)
+    assert weighted_ap(match_run(coco_gt, [], ids)) == 0.0
+
+
+def test_every_compare_option_reaches_the_spec(monkeypatch, tmp_path):
+    import pipeline.compare
+    from tests.test_cli_options import NON_DEFAULTS
+
+    captured = []
+    monkeypatch.setattr(pipeline.compare, "run_compare", lambda s: captured.append(s) or "r.md")
+    shared = {k: v for k, v in NON_DEFAULTS.items() if k not in ("--loss", "--overwrite")}
+    args = ["compare", "--out", str(tmp_path), "--losses", "ghm,pisa", "--seeds", "2",
+            "--backend", "onnx-int8", "--baseline", "pisa", "--resamples", "50"]  # fmt: skip
+    for flag, (value, _, _) in shared.items():
+        args += [flag] if value is None else [flag, value]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    spec = captured[0]
+    assert (spec.out, spec.losses, spec.backend) == (tmp_path, ["ghm", "pisa"], "onnx-int8")
+    assert (spec.baseline, spec.resamples, spec.seeds) == ("pisa", 50, [11, 12])
+    assert spec.loss_options == {"ghm": {}, "pisa": {"gamma": "1.5"}}
+    for flag, (_, field, expected) in shared.items():
+        if flag not in ("--loss-opt", "--seed"):
+            assert getattr(spec.base, field) == expected, flag
+    assert {p.name for p in cli.commands["compare"].params}.isdisjoint({"loss", "overwrite"})
