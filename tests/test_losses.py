@@ -181,3 +181,11 @@ def test_sigmoid_focal_loss_matches_torchvision(alpha: float, gamma: float) -> N
     for reduction in ("none", "mean", "sum"):
         ours = sigmoid_focal_loss(x, y, alpha, gamma, reduction)
         assert torch.allclose(ours, tv_focal(x, y, alpha, gamma, reduction), atol=1e-6)
+
+
+def test_second_backward_through_a_fused_loss_is_refused() -> None:
+    x = torch.randn(10, 3, requires_grad=True)
+    loss = sigmoid_row_loss(x, torch.full((10,), -1), SigmoidFamily()).sum()
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="already used"):
+        loss.backward()

@@ -43,6 +43,7 @@ from train.losses.base import (
     positive_normalizer,
     selected_rows,
 )
+from train.losses.fused import consume_saved_grad
 from train.losses.regression import REG_LOSSES, RegressionOptions
 from train.model.box_coder import encode_boxes
 
@@ -170,8 +171,7 @@ class _HarmonizedBce(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:  # type: ignore[override]
-        grad = ctx.elem_grad
-        return (None if grad is None else grad * grad_out), None, None
+        return consume_saved_grad(ctx).mul_(grad_out), None, None
 
 
 def _valid_elements(label_weights: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -204,7 +204,8 @@ class GHMC(nn.Module):
         def weights_for(g: torch.Tensor) -> torch.Tensor:
             index = self.density.slot_index(g, valid, level_ids)
             table, _ = self.density.slot_weights(index)
-            return torch.index_select(table, 0, index).view(g.shape)
+            # g's float buffer is free once the index exists: the weights reuse it.
+            return torch.index_select(table, 0, index, out=g.view(-1)).view(g.shape)
 
         return weights_for
 
