@@ -217,7 +217,12 @@ def compare(**options: object) -> None:
     default=None,
     help="Output folder (default: analysis/ beside the weights).",
 )
-@click.option("--max-images", type=click.IntRange(min=1), default=None)
+@click.option(
+    "--max-images",
+    type=click.IntRange(min=1),
+    default=None,
+    help="First N validation images (memory grows with images x anchors x classes).",
+)
 @user_errors_exit_2
 def analyze(weights: Path, data: Path | None, out: Path | None, max_images: int | None) -> None:
     """The papers' analyses of a trained model: FL loss CDF, GHM gradient norms, PISA samples."""

@@ -113,8 +113,7 @@ def format_markdown(report: dict[str, Any]) -> str:
         "",
         *_effects_table(report),
         "",
-        f"Method: {report['method']} Resamples: "
-        f"{next(iter(report['effects'].values()), {}).get('resamples', 0)}.",
+        f"Method: {report['method']} Resamples: {report['resamples']}.",
         "",
         "## Plots",
         "",

@@ -64,7 +64,8 @@ def plot_pr_curves(curves: dict[str, dict[str, Any]], backend: str, path: Path) 
         axes.set_xlabel("recall")
         axes.set_ylabel("precision")
         axes.set_title(f"IoU {iou}, {backend} (mean over classes and seeds)")
-        axes.legend()
+        if axes.lines:
+            axes.legend()
     save(figure, path)
 
 

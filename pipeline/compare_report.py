@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from deploy.errors import DeployError
 from deploy.evaluate import environment_info, load_coco
+from deploy.preprocess import load_image
 from deploy.report import write_json_atomic
 from pipeline.coco_bootstrap import (
     METHOD,
@@ -70,12 +72,33 @@ def _loss_stats(runs: list[dict[str, Any]], backend: str) -> dict[str, Any]:
     }
 
 
+def _skipped_images(spec: CompareSpec, run: dict[str, Any]) -> int:
+    """How many unreadable images the evaluator left out of a run's engine score."""
+    path = run_dir(spec.out, run["loss"], run["seed"]) / f"report_{spec.backend}.json"
+    if run.get("status") != "ok" or not path.is_file():
+        return 0
+    return int(json.loads(path.read_text()).get("skipped_images", 0))
+
+
+def _readable(path: Path) -> bool:
+    """The evaluator's rule for an image it scores: load_image succeeds."""
+    try:
+        load_image(path)
+    except DeployError:
+        return False
+    return True
+
+
 def _matches(spec: CompareSpec, runs: list[dict[str, Any]]) -> dict[tuple[str, int], RunMatches]:
-    """COCO matching of every finished run's deployed-engine detections (one COCOeval each)."""
-    ann_file, _ = resolve_split(data_root(spec.base), "val")
+    """COCO matching of every finished run's deployed-engine detections (one COCOeval each),
+    over the images the evaluator scored (unreadable ones, which it skips, are left out)."""
+    ann_file, img_dir = resolve_split(data_root(spec.base), "val")
     coco_gt = load_coco(ann_file)
     infos = sorted(coco_gt.dataset["images"], key=lambda info: info["id"])
-    image_ids = [info["id"] for info in infos[: spec.base.max_val_images]]
+    infos = infos[: spec.base.max_val_images]
+    if any(_skipped_images(spec, run) for run in runs):
+        infos = [info for info in infos if _readable(img_dir / info["file_name"])]
+    image_ids = [info["id"] for info in infos]
     matches = {}
     for run in runs:
         if run.get("status") != "ok":
@@ -153,6 +176,7 @@ def build_report(spec: CompareSpec, runs: list[dict[str, Any]]) -> dict[str, Any
         },
         "effects": _effects(spec, matches),
         "method": METHOD,
+        "resamples": spec.resamples,
         "pr_curves": _pr_curves(spec, matches),
         "runs": [{k: v for k, v in run.items() if k != "train_config"} for run in runs],
         "plots": dict(PLOTS),
