@@ -1,0 +1,349 @@
+"""Reduced precision on the ONNX side: static INT8 (QDQ) and mixed FP16, post-processing in float.
+
+INT8 uses ONNX Runtime's static quantizer with calibration images from the dataset. The model is
+split at the head's raw outputs (`cls_logits`, `box_deltas`): only the network before them is
+quantized, and the decode + NMS tail (export/graph_postprocess.py) is re-attached untouched, so
+box arithmetic, sigmoid scores and NMS stay float32. By default the head's last convolutions and
+the reshapes/concats that lay their outputs out per anchor run in float too: the logits then keep
+their float resolution, which is what the score ranking (and so AP) depends on.
+
+Two targets: "cpu" (uint8 activations, int8 per-channel weights, int32 bias: what ONNX Runtime's
+x86 kernels are fastest with) and "tensorrt" (symmetric int8 activations and weights, float bias:
+the only Q/DQ form TensorRT's explicit quantization accepts; TensorRT 11 has no other INT8 path).
+
+FP16 (for TensorRT 11's strongly typed networks, or ONNX Runtime on CUDA) converts the network to
+float16 with float32 inputs/outputs and keeps the tail and the normalization layers in float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from export.onnx import _save_atomic
+from train.errors import InputError
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "images"
+RAW_OUTPUTS = ("cls_logits", "box_deltas")
+TARGETS = ("cpu", "tensorrt")
+# Ops that only move data: the head's per-anchor layout chain between its last convs and outputs.
+_LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
+FP16_FLOAT_OPS = ("InstanceNormalization", "LayerNormalization", "BatchNormalization")
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """How to quantize. `op_types`: ONNX ops given Q/DQ (everything else stays float)."""
+
+    target: str = "cpu"
+    op_types: tuple[str, ...] = ("Conv", "Add", "MaxPool", "Resize")
+    float_head_outputs: bool = True
+    per_channel: bool = True
+    method: str = "minmax"  # or "entropy", "percentile"
+    batch_size: int = 8
+
+
+class BatchReader:
+    """onnxruntime.quantization CalibrationDataReader over (3, S, S) float32 images.
+
+    Images are grouped into batches of `batch_size` (the model's batch axis is dynamic).
+    """
+
+    def __init__(self, images: Iterable[np.ndarray], batch_size: int = 8) -> None:
+        self._images = iter(images)
+        self._batch_size = batch_size
+        self.count = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = [image for _, image in zip(range(self._batch_size), self._images, strict=False)]
+        if not batch:
+            return None
+        self.count += len(batch)
+        return {INPUT_NAME: np.ascontiguousarray(np.stack(batch), dtype=np.float32)}
+
+
+def _named(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every node a unique name: exclusion lists and the tail split work by name."""
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_n{i}"
+        seen.add(node.name)
+    return model
+
+
+def split_raw_and_tail(
+    model: onnx.ModelProto,
+) -> tuple[onnx.ModelProto, list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """(network up to cls_logits/box_deltas as its own model, tail nodes, tail initializers).
+
+    The tail is every node the raw outputs do not depend on, i.e. the appended post-processing.
+    """
+    produced = {out for node in model.graph.node for out in node.output}
+    missing = [name for name in RAW_OUTPUTS if name not in produced]
+    if missing:
+        raise ValueError(f"model has no tensors {missing}: not an export of this pipeline")
+    inferred = onnx.shape_inference.infer_shapes(model)  # the extractor needs their value_info
+    raw = onnx.utils.Extractor(inferred).extract_model([INPUT_NAME], list(RAW_OUTPUTS))
+    raw_names = {node.name for node in raw.graph.node}
+    tail = [node for node in model.graph.node if node.name not in raw_names]
+    used = {name for node in tail for name in node.input}
+    tail_inits = [init for init in model.graph.initializer if init.name in used]
+    raw.opset_import.extend(o for o in model.opset_import if o.domain not in ("", "ai.onnx"))
+    return raw, tail, tail_inits
+
+
+def head_output_nodes(raw: onnx.ModelProto) -> list[str]:
+    """Nodes from the head's last convolutions to the raw outputs (the convs included).
+
+    Walks back from the outputs through Concat (all inputs) and layout ops (data input only), so
+    shape arithmetic feeding a Reshape is not followed into the towers.
+    """
+    producer = {out: node for node in raw.graph.node for out in node.output}
+    found: list[str] = []
+    stack = list(RAW_OUTPUTS)
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or node.name in found:
+            continue
+        found.append(node.name)
+        if node.op_type == "Concat":
+            stack.extend(node.input)
+        elif node.op_type in _LAYOUT_OPS:
+            stack.append(node.input[0])
+        elif node.op_type != "Conv":
+            found.pop()  # something else (e.g. a norm or activation): not part of the chain
+    return found
+
+
+def _toposort(graph: onnx.GraphProto) -> None:
+    """Reorder nodes so each comes after its inputs' producers (the fp16 converter appends the
+    casts it adds for float32 graph inputs at the end, which ONNX's checker rejects)."""
+    producer = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
+    done: set[int] = set()
+    order: list[int] = []
+
+    def visit(i: int) -> None:
+        stack = [(i, False)]
+        while stack:
+            index, expanded = stack.pop()
+            if index in done:
+                continue
+            if expanded:
+                done.add(index)
+                order.append(index)
+                continue
+            stack.append((index, True))
+            deps = [producer[name] for name in graph.node[index].input if name in producer]
+            stack.extend((d, False) for d in deps if d not in done)
+
+    for i in range(len(graph.node)):
+        visit(i)
+    nodes = [graph.node[i] for i in order]
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _fold_constant_casts(graph: onnx.GraphProto) -> int:
+    """Replace Cast(constant) by a constant of the cast type; returns how many were folded.
+
+    The fp16 converter casts float16 constants back to float32 in front of the ops it keeps in
+    float32; TensorRT needs some of those inputs (InstanceNormalization's scale and bias) to be
+    constants, not Cast outputs.
+    """
+    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    folded = [n for n in graph.node if n.op_type == "Cast" and n.input[0] in constants]
+    for node in folded:
+        to = next(helper.get_attribute_value(a) for a in node.attribute if a.name == "to")
+        value = constants[node.input[0]].astype(helper.tensor_dtype_to_np_dtype(to))
+        graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+    folded_ids = {id(n) for n in folded}
+    keep = [n for n in graph.node if id(n) not in folded_ids]
+    used = {name for n in keep for name in n.input} | {o.name for o in graph.output}
+    keep = [n for n in keep if n.op_type != "Constant" or n.output[0] in used]
+    del graph.node[:]
+    graph.node.extend(keep)
+    return len(folded)
+
+
+def _attach_tail(
+    raw: onnx.ModelProto,
+    original: onnx.ModelProto,
+    tail: list[onnx.NodeProto],
+    tail_inits: list[onnx.TensorProto],
+) -> onnx.ModelProto:
+    """The converted network plus the original float tail, outputs and metadata."""
+    model = onnx.ModelProto()
+    model.CopyFrom(raw)
+    model.graph.node.extend(tail)
+    have = {init.name for init in model.graph.initializer}
+    model.graph.initializer.extend(init for init in tail_inits if init.name not in have)
+    del model.graph.output[:]
+    model.graph.output.extend(original.graph.output)
+    model.graph.name = original.graph.name
+    del model.metadata_props[:]
+    model.metadata_props.extend(original.metadata_props)
+    model.producer_name = original.producer_name
+    return model
+
+
+class _QuantizerChatter(logging.Filter):
+    """Drop the quantizer's root-logger INFO lines (one per bias copy) and its advice to run
+    pre-processing (the export is already constant-folded); real warnings still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "onnxruntime" not in record.pathname or "quantization" not in record.pathname:
+            return True
+        return record.levelno >= logging.WARNING and "pre-processing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    chatter = _QuantizerChatter()
+    root = logging.getLogger()
+    root.addFilter(chatter)
+    try:
+        yield
+    finally:
+        root.removeFilter(chatter)
+
+
+def _ort_settings(options: QuantizeOptions) -> dict:
+    """quantize_static keyword arguments for the target."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
+    if options.method not in methods:
+        raise ValueError(f"calibration method {options.method!r}; valid: {', '.join(methods)}")
+    if options.target not in TARGETS:
+        raise ValueError(f"quantization target {options.target!r}; valid: {', '.join(TARGETS)}")
+    extra: dict = {}
+    activation = QuantType.QUInt8
+    if options.target == "tensorrt":
+        activation = QuantType.QInt8
+        extra |= {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
+    return {
+        "quant_format": QuantFormat.QDQ,
+        "activation_type": activation,
+        "weight_type": QuantType.QInt8,
+        "per_channel": options.per_channel,
+        "calibrate_method": methods[options.method],
+        "op_types_to_quantize": list(options.op_types),
+        "extra_options": extra,
+    }
+
+
+def quantize_int8(
+    onnx_path: str | Path,
+    out_path: str | Path,
+    calibration_images: Iterable[np.ndarray],
+    options: QuantizeOptions | None = None,
+) -> dict:
+    """Write a static INT8 QDQ copy of an exported model; returns what was done (JSON-ready).
+
+    `calibration_images` yields (3, S, S) float32 raw 0..255 letterboxed images (as deployed).
+    Metadata and output names are kept; the post-processing tail stays float32.
+    """
+    from onnxruntime.quantization import quantize_static
+
+    options = options or QuantizeOptions()
+    settings = _ort_settings(options)
+    original = _named(onnx.load(str(onnx_path)))
+    raw, tail, tail_inits = split_raw_and_tail(original)
+    excluded = head_output_nodes(raw) if options.float_head_outputs else []
+    reader = BatchReader(calibration_images, options.batch_size)
+    with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
+        raw_path, q_path = Path(tmp) / "raw.onnx", Path(tmp) / "raw.int8.onnx"
+        onnx.save(raw, str(raw_path))
+        try:
+            with _quiet_quantizer():
+                quantize_static(
+                    str(raw_path), str(q_path), reader, nodes_to_exclude=excluded, **settings
+                )
+        except ValueError as exc:
+            if reader.count == 0:
+                raise InputError(f"{onnx_path}: no calibration images to quantize with") from exc
+            raise
+        quantized = onnx.load(str(q_path))
+    model = _attach_tail(quantized, original, tail, tail_inits)
+    onnx.checker.check_model(model)
+    _save_atomic(model, Path(out_path))
+    q_nodes = sum(node.op_type == "QuantizeLinear" for node in model.graph.node)
+    log.info(
+        "wrote %s: %d QuantizeLinear nodes, %d calibration images", out_path, q_nodes, reader.count
+    )
+    return {
+        "target": options.target,
+        "calibration_images": reader.count,
+        "calibration_method": options.method,
+        "op_types": list(options.op_types),
+        "float_nodes": len(excluded) + len(tail),
+        "quantize_nodes": q_nodes,
+    }
+
+
+def convert_fp16(onnx_path: str | Path, out_path: str | Path) -> dict:
+    """Write a mixed FP16 copy: float16 network, float32 inputs/outputs, tail and norms."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    original = _named(onnx.load(str(onnx_path)))
+    raw, tail, tail_inits = split_raw_and_tail(original)
+    converted = convert_float_to_float16(
+        raw,
+        keep_io_types=True,
+        op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP16_FLOAT_OPS),
+    )
+    _toposort(converted.graph)
+    _fold_constant_casts(converted.graph)
+    model = _attach_tail(converted, original, tail, tail_inits)
+    onnx.checker.check_model(model)
+    _save_atomic(model, Path(out_path))
+    casts = sum(node.op_type == "Cast" for node in converted.graph.node)
+    log.info("wrote %s (fp16 network, %d casts, float32 tail)", out_path, casts)
+    return {"float_ops": list(FP16_FLOAT_OPS), "float_nodes": len(tail), "casts": casts}
+
+
+def spread_indices(total: int, count: int) -> list[int]:
+    """`count` indices spread evenly over range(total) (all of them if count >= total)."""
+    if count >= total:
+        return list(range(total))
+    return [int(i) for i in np.linspace(0, total - 1, count).round()]
+
+
+def calibration_images(
+    data: Path, img_size: int, count: int, pad_value: int = 114, split: str = "train"
+) -> Iterator[np.ndarray]:
+    """Up to `count` letterboxed (3, S, S) float32 images spread over a dataset split.
+
+    The training split by default, so the images the model is scored on never set its ranges.
+    """
+    import json
+
+    from PIL import Image
+
+    from train.data.layout import resolve_split
+    from train.data.transforms import letterbox
+
+    ann_file, img_dir = resolve_split(Path(data), split)
+    entries = sorted(json.loads(ann_file.read_text())["images"], key=lambda e: e["id"])
+    for index in spread_indices(len(entries), count):
+        with Image.open(img_dir / entries[index]["file_name"]) as image:
+            canvas, _ = letterbox(image, img_size, pad_value)
+        yield np.ascontiguousarray(canvas.transpose(2, 0, 1), dtype=np.float32)
