@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from deploy.errors import DeployError
 from deploy.metadata import ModelMetadata
 from pipeline.errors import PipelineError
 from train.checkpoint import load_checkpoint, model_from_checkpoint
@@ -37,8 +36,18 @@ def load_torch_predictor(path: Path, device: str = "cpu") -> Any:
     return TorchPredictor(model, metadata_from_checkpoint(payload), device=device)
 
 
-def load_predictor(path: Path, provider: str = "auto", device: str = "cpu") -> Any:
-    """Dispatch on the file suffix; a wrong type is one clear error."""
+def load_predictor(
+    path: Path,
+    provider: str = "auto",
+    device: str = "cpu",
+    cuda_api: str = "auto",
+    cuda_graph: bool = False,
+) -> Any:
+    """Dispatch on the file suffix; a wrong type is one clear error.
+
+    `provider` applies to .onnx, `device` to .pt, `cuda_api` ("auto", "cuda-python", "pycuda")
+    and `cuda_graph` (replay batch-1 launches from a CUDA graph) to .engine files.
+    """
     path = Path(path)
     if not path.exists():
         raise PipelineError(f"{path}: model file not found")
@@ -50,19 +59,15 @@ def load_predictor(path: Path, provider: str = "auto", device: str = "cpu") -> A
 
         return OnnxRuntimePredictor(path, provider=provider)
     if suffix == ".engine":
-        return _load_engine(path)
+        return _load_engine(path, cuda_api, cuda_graph)
     raise PipelineError(
         f"{path}: unsupported model file type {suffix or '(none)'!r}; expected one of "
         + ", ".join(MODEL_SUFFIXES)
     )
 
 
-def _load_engine(path: Path) -> Any:
-    try:
-        from deploy.backends.tensorrt import TensorRTPredictor
-    except ImportError as exc:
-        raise DeployError(
-            f"{path}: running a TensorRT engine needs an NVIDIA GPU with TensorRT and cuda-python "
-            "(pip install '.[gpu]', or use the Docker image)"
-        ) from exc
-    return TensorRTPredictor(path)
+def _load_engine(path: Path, cuda_api: str, cuda_graph: bool) -> Any:
+    """The module imports without TensorRT; the constructor says what is missing (DeployError)."""
+    from deploy.backends.tensorrt import TensorRTPredictor
+
+    return TensorRTPredictor(path, cuda_api=cuda_api, cuda_graph=cuda_graph)

@@ -1,0 +1,254 @@
+"""TensorRT predictor: a `.engine` built by `pipeline export --trt` -> the predictor contract.
+
+The tensor-name API of TensorRT 10 and 11 (num_io_tensors, set_input_shape, set_tensor_address,
+execute_async_v3). Device buffers, pinned host buffers, one stream and the copies go through
+deploy/backends/cuda_memory.py (cuda-python, or pycuda), never torch. Buffers are allocated once
+for the engine's largest batch; each call sets the input shape and reads the output shapes back
+from the execution context. With `cuda_graph=True`, batch-1 calls replay a captured CUDA graph
+(less launch overhead for latency); an engine whose kernels cannot be captured falls back to
+plain launches with a warning.
+
+Importing this module needs neither TensorRT nor CUDA: both are loaded by the constructor, which
+raises DeployError naming what is missing and how to install it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deploy.backends.cuda_memory import open_cuda
+from deploy.engine_metadata import EngineInfo, check_engine_compat, read_engine_metadata
+from deploy.errors import DeployError
+from deploy.metadata import Detections, ModelMetadata
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("num_dets", "boxes", "scores", "labels")
+INSTALL_HINT = "pip install '.[gpu]', or use the Docker image"
+
+
+def import_tensorrt(what: str = "running a TensorRT engine") -> Any:
+    """The tensorrt module, or DeployError saying it is missing (a broken install counts too)."""
+    try:
+        import tensorrt
+    except (ImportError, OSError) as exc:
+        raise DeployError(
+            f"{what} needs an NVIDIA GPU with TensorRT, which is not installed here "
+            f"({INSTALL_HINT})"
+        ) from exc
+    return tensorrt
+
+
+def _python_logger(trt: Any) -> Any:
+    """A TensorRT logger that forwards to `logging` (TensorRT keeps it for the runtime's life)."""
+    levels = {
+        trt.ILogger.Severity.INTERNAL_ERROR: logging.ERROR,
+        trt.ILogger.Severity.ERROR: logging.ERROR,
+        trt.ILogger.Severity.WARNING: logging.WARNING,
+        trt.ILogger.Severity.INFO: logging.DEBUG,
+        trt.ILogger.Severity.VERBOSE: logging.DEBUG,
+    }
+
+    class _Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+
+        def log(self, severity: Any, msg: str) -> None:
+            logger.log(levels.get(severity, logging.INFO), "TensorRT: %s", msg)
+
+    return _Logger()
+
+
+class _Binding:
+    """One IO tensor: its device buffer (sized for the largest batch) and pinned host mirror."""
+
+    def __init__(self, name: str, dtype: np.dtype, max_shape: tuple[int, ...], cuda: Any) -> None:
+        self.name = name
+        self.host = cuda.host_empty(max_shape, dtype)
+        self.device = cuda.malloc(max(1, self.host.nbytes))
+
+
+class TensorRTPredictor:
+    """Runs a serialized TensorRT engine; same call contract as the ONNX Runtime predictor.
+
+    Attributes: metadata (from the sidecar), info (build info), precision, backend_name,
+    max_batch, cuda_api ("cuda-python" or "pycuda"), cuda_graph (whether batch-1 calls replay a
+    captured graph).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        cuda_api: str = "auto",
+        cuda_graph: bool = False,
+        device: int = 0,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DeployError(f"{self.path}: engine file not found")
+        self._trt = import_tensorrt(f"{self.path}: running a TensorRT engine")
+        try:
+            self._cuda = open_cuda(cuda_api, device)
+        except DeployError as exc:
+            raise DeployError(f"{self.path}: {exc}") from exc
+        self.cuda_api: str = self._cuda.name
+        metadata, info = read_engine_metadata(self.path)
+        self.metadata: ModelMetadata = metadata
+        self.info: EngineInfo = info
+        check_engine_compat(info, self._trt.__version__, *self._cuda.device_info(), self.path)
+        self._logger = _python_logger(self._trt)
+        self._runtime = self._trt.Runtime(self._logger)
+        self._engine = self._deserialize()
+        self._context = self._engine.create_execution_context()
+        if self._context is None:
+            raise DeployError(f"{self.path}: TensorRT could not create an execution context")
+        self.max_batch = self._check_io()
+        self._bindings = self._allocate()
+        self._stream = self._cuda.stream()
+        self.cuda_graph = cuda_graph
+        self._graph: Any = None
+        self.precision: str = info.precision
+        self.backend_name = "tensorrt"
+        logger.info(
+            "%s: TensorRT %s, %s, batch <= %d, %s%s",
+            self.path,
+            self._trt.__version__,
+            self.precision,
+            self.max_batch,
+            self.cuda_api,
+            ", CUDA graph for batch 1" if cuda_graph else "",
+        )
+
+    def _deserialize(self) -> Any:
+        engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if engine is None:
+            raise DeployError(
+                f"{self.path}: TensorRT {self._trt.__version__} cannot deserialize this engine "
+                "(corrupt, or built by another TensorRT/GPU); rebuild it with "
+                "`pipeline export --trt`"
+            )
+        return engine
+
+    def _check_io(self) -> int:
+        """The engine must expose the exporter's tensor names; returns its largest batch."""
+        engine, trt = self._engine, self._trt
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        if inputs != [INPUT_NAME]:
+            raise DeployError(f"{self.path}: expected one input {INPUT_NAME!r}, got {inputs}")
+        missing = [n for n in OUTPUT_NAMES if n not in names]
+        if missing:
+            raise DeployError(f"{self.path}: missing outputs {missing} (engine has {names})")
+        _, _, max_shape = engine.get_tensor_profile_shape(INPUT_NAME, 0)
+        size = self.metadata.img_size
+        if tuple(max_shape)[1:] != (3, size, size):
+            raise DeployError(
+                f"{self.path}: engine input {tuple(max_shape)} does not match the metadata's "
+                f"image size {size}"
+            )
+        return int(max_shape[0])
+
+    def _allocate(self) -> dict[str, _Binding]:
+        """Buffers for the largest batch; output shapes come from the context at that batch."""
+        size = self.metadata.img_size
+        self._set_batch(self.max_batch)
+        bindings = {}
+        for name in (INPUT_NAME, *OUTPUT_NAMES):
+            dtype = np.dtype(self._trt.nptype(self._engine.get_tensor_dtype(name)))
+            shape = tuple(self._context.get_tensor_shape(name))
+            if name == INPUT_NAME:
+                shape = (self.max_batch, 3, size, size)
+            bindings[name] = _Binding(name, dtype, shape, self._cuda)
+            if not self._context.set_tensor_address(name, bindings[name].device):
+                raise DeployError(f"{self.path}: TensorRT rejected the address for {name!r}")
+        return bindings
+
+    def _set_batch(self, batch: int) -> None:
+        size = self.metadata.img_size
+        if not self._context.set_input_shape(INPUT_NAME, (batch, 3, size, size)):
+            raise DeployError(
+                f"{self.path}: TensorRT rejected input shape ({batch}, 3, {size}, "
+                f"{size}) (engine batch range 1..{self.max_batch})"
+            )
+
+    def __call__(self, images: np.ndarray) -> Detections:
+        """images: float32 (B, 3, S, S) raw 0..255 letterboxed RGB -> padded Detections."""
+        size = self.metadata.img_size
+        if images.ndim != 4 or images.shape[1:] != (3, size, size):
+            raise DeployError(
+                f"{self.path}: expected input (B, 3, {size}, {size}), got {tuple(images.shape)}"
+            )
+        batch = images.shape[0]
+        if not 1 <= batch <= self.max_batch:
+            raise DeployError(
+                f"{self.path}: batch {batch} outside the engine's range 1..{self.max_batch} "
+                "(rebuild with a larger --batch)"
+            )
+        self._set_batch(batch)
+        binding = self._bindings[INPUT_NAME]
+        host_in = binding.host[:batch]
+        np.copyto(host_in, images, casting="same_kind")
+        self._cuda.h2d(binding.device, host_in, self._stream)
+        self._execute(batch)
+        views = {}
+        for name in OUTPUT_NAMES:
+            shape = tuple(self._context.get_tensor_shape(name))
+            out = self._bindings[name]
+            view = out.host.reshape(-1)[: int(np.prod(shape))].reshape(shape)
+            self._cuda.d2h(view, out.device, self._stream)
+            views[name] = view
+        self._cuda.synchronize(self._stream)
+        return Detections.from_arrays(*(views[name].copy() for name in OUTPUT_NAMES))
+
+    def _execute(self, batch: int) -> None:
+        if self.cuda_graph and batch == 1:
+            if self._graph is None:
+                self._graph = self._capture()
+            if self._graph is not False:
+                self._cuda.launch(self._graph, self._stream)
+                return
+        if not self._context.execute_async_v3(self._stream):
+            raise DeployError(f"{self.path}: TensorRT execute_async_v3 failed (see the log)")
+
+    def _capture(self) -> Any:
+        """Capture one batch-1 launch into a CUDA graph, or False if this engine cannot be.
+
+        TensorRT needs one plain launch after a shape change before capture. Engines with
+        data-dependent shapes (NMS sizes its output at run time) may refuse capture.
+        """
+        if not self._context.execute_async_v3(self._stream):
+            raise DeployError(f"{self.path}: TensorRT execute_async_v3 failed (see the log)")
+        self._cuda.synchronize(self._stream)
+        try:
+            self._cuda.begin_capture(self._stream)
+            ok = self._context.execute_async_v3(self._stream)
+            graph = self._cuda.end_capture(self._stream)
+            if not ok:
+                raise DeployError("execute_async_v3 returned False during capture")
+            return graph
+        except DeployError as exc:
+            self._cuda.abort_capture(self._stream)
+            logger.warning(
+                "%s: CUDA graph capture failed (%s); launching without it", self.path, exc
+            )
+            self.cuda_graph = False
+            return False
+
+    def close(self) -> None:
+        """Release the context, engine and CUDA memory (also done when garbage-collected)."""
+        if getattr(self, "_cuda", None) is None:
+            return
+        self._context = None
+        self._engine = None
+        self._cuda.close()
+        self._cuda = None
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter teardown: modules may be gone
+            self.close()
