@@ -81,24 +81,75 @@ def train(out: Path, **options: object) -> None:
     "--out",
     type=click.Path(path_type=Path),
     default=None,
-    help="Output .onnx (default: model.onnx beside the weights).",
+    help="Output .onnx (default: model.onnx beside the weights); other files take its stem.",
 )
 @click.option("--opset", type=click.IntRange(min=17), default=17, show_default=True)
 @click.option(
     "--data",
     type=click.Path(path_type=Path),
     default=None,
-    help="Dataset for the parity check images (default: built-in).",
+    help="Dataset for parity images (val) and int8 calibration images (train); default: built-in.",
+)
+@click.option(
+    "--trt",
+    is_flag=True,
+    help="Also build a TensorRT engine (model.<precision>.engine); needs an NVIDIA GPU.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "int8"]),
+    default="fp32",
+    show_default=True,
+    help="Engine precision with --trt; without it, fp16/int8 write model.<precision>.onnx "
+    "(int8: static QDQ quantization for ONNX Runtime, post-processing kept in float).",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Largest batch the engine accepts (its optimization profile is 1 / N / N).",
+)
+@click.option(
+    "--workspace",
+    type=click.FloatRange(min=0, min_open=True),
+    default=4.0,
+    show_default=True,
+    help="TensorRT builder workspace limit in GiB.",
+)
+@click.option(
+    "--calib-images",
+    type=click.IntRange(min=1),
+    default=128,
+    show_default=True,
+    help="Training images used to calibrate int8.",
 )
 @click.option("--overwrite", is_flag=True)
 @user_errors_exit_2
 def export_cmd(
-    weights: Path, out: Path | None, opset: int, data: Path | None, overwrite: bool
+    weights: Path,
+    out: Path | None,
+    opset: int,
+    data: Path | None,
+    trt: bool,
+    precision: str,
+    batch: int,
+    workspace: float,
+    calib_images: int,
+    overwrite: bool,
 ) -> None:
-    """Export a checkpoint to ONNX with decoding and NMS in the graph, and check parity."""
-    from pipeline.exporting import run_export
+    """Export a checkpoint to ONNX with decoding and NMS in the graph, and check parity;
+    optionally quantize it for ONNX Runtime or build a TensorRT engine."""
+    from pipeline.exporting import ExportOptions, run_export
 
-    summary = run_export(weights, out, opset, data, overwrite)
+    options = ExportOptions(
+        trt=trt,
+        precision=precision,
+        batch=batch,
+        workspace_gb=workspace,
+        calib_images=calib_images,
+    )
+    summary = run_export(weights, out, opset, data, overwrite, options)
     click.echo(summary)
 
 

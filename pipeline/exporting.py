@@ -1,20 +1,50 @@
-"""`pipeline export`: checkpoint -> ONNX (decode + NMS in the graph) -> parity check."""
+"""`pipeline export`: checkpoint -> ONNX (decode + NMS in the graph) -> parity check, and on request
+a reduced-precision ONNX for ONNX Runtime (int8 QDQ, fp16) or a TensorRT engine (fp32/fp16/int8).
+
+Files, beside the weights unless --out says otherwise (`model` is --out's stem):
+model.onnx (float32, always: the reference every other file is compared to),
+model.int8.onnx / model.fp16.onnx (without --trt), model.<precision>.engine + .engine.json
+(with --trt), and trt_timing.cache (reused by the next engine build in that folder).
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnx
 
+from deploy.metadata import Detections, ModelMetadata
 from deploy.preprocess import letterbox, load_image, to_batch
 from export.compat import check_tensorrt_compat
-from export.onnx import check_parity, export_onnx
+from export.onnx import (
+    check_parity,
+    compare_detections,
+    export_onnx,
+    run_onnxruntime,
+    update_metadata,
+)
 from pipeline.errors import PipelineError
 from pipeline.models import metadata_from_checkpoint
 from train.checkpoint import load_checkpoint, model_from_checkpoint
 from train.data.layout import resolve_split
 from train.data.synthetic import ensure_synthetic_dataset
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """The reduced-precision and TensorRT options of `pipeline export` (defaults: plain ONNX)."""
+
+    trt: bool = False
+    precision: str = "fp32"
+    batch: int = 1
+    workspace_gb: float = 4.0
+    calib_images: int = 128
 
 
 def parity_images(data: Path | None, img_size: int, count: int = 4) -> np.ndarray:
@@ -26,17 +56,162 @@ def parity_images(data: Path | None, img_size: int, count: int = 4) -> np.ndarra
     return to_batch(arrays)
 
 
+def _refuse_overwrite(paths: list[Path], overwrite: bool) -> None:
+    for path in paths:
+        if path.exists() and not overwrite:
+            raise PipelineError(f"{path}: already exists; pass --overwrite to replace it")
+
+
+def _outputs(out: Path, options: ExportOptions) -> list[Path]:
+    """Every file this export writes, the float32 ONNX first."""
+    paths = [out]
+    if options.trt:
+        paths.append(out.with_name(f"{out.stem}.{options.precision}.engine"))
+    elif options.precision != "fp32":
+        paths.append(out.with_name(f"{out.stem}.{options.precision}.onnx"))
+    return paths
+
+
+def _calibration(data: Path | None, metadata: ModelMetadata, count: int) -> Any:
+    from export.quantize import calibration_images
+
+    root = data if data is not None else ensure_synthetic_dataset()
+    return calibration_images(root, metadata.img_size, count, metadata.pad_value)
+
+
+def _with_precision(metadata: ModelMetadata, precision: str, detail: dict) -> ModelMetadata:
+    extra = {**metadata.extra, "precision": precision, "conversion": detail}
+    return ModelMetadata(**{**asdict(metadata), "extra": extra})
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(R, O) IoU of xyxy boxes a (R, 4) and b (O, 4)."""
+    low = np.maximum(a[:, None, :2], b[None, :, :2])
+    high = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(high - low, 0, None), axis=2)
+    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)[:, None]
+    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)[None, :]
+    return inter / np.maximum(area_a + area_b - inter, 1e-9)
+
+
+def agreement(reference: Any, other: Any, min_score: float = 0.3, min_iou: float = 0.8) -> tuple:
+    """(found, total): the reference's detections scoring >= min_score that `other` also has
+    (same label, IoU >= min_iou, any score). A reduced-precision model moves scores a little,
+    so exact row-by-row parity does not apply; AP itself comes from `pipeline eval`."""
+    found = total = 0
+    for b in range(len(reference.num_dets)):
+        n_ref, n_other = int(reference.num_dets[b]), int(other.num_dets[b])
+        keep = reference.scores[b, :n_ref] >= min_score
+        ref_boxes, ref_labels = reference.boxes[b, :n_ref][keep], reference.labels[b, :n_ref][keep]
+        total += len(ref_boxes)
+        if len(ref_boxes) and n_other:
+            same = ref_labels[:, None] == other.labels[b, :n_other][None, :]
+            close = _iou(ref_boxes, other.boxes[b, :n_other]) >= min_iou
+            found += int((same & close).any(axis=1).sum())
+    return found, total
+
+
+def _compare_line(name: str, reference: Any, other: Any) -> str:
+    found, total = agreement(reference, other)
+    exact = compare_detections(reference, other)["match"]
+    return (
+        f"{name} vs float32 ONNX on {len(reference.num_dets)} images: "
+        f"{int(other.num_dets.sum())} vs {int(reference.num_dets.sum())} detections; "
+        f"{found}/{total} of the float32 ones scoring >= 0.3 found again (same class, IoU >= 0.8)"
+        f"; exact parity: {exact}"
+    )
+
+
+def _onnx_variant(
+    out: Path, target: Path, options: ExportOptions, metadata: ModelMetadata, data: Path | None
+) -> list[str]:
+    """model.int8.onnx (static QDQ, calibrated on train images) or model.fp16.onnx."""
+    from export.quantize import convert_fp16, quantize_int8
+
+    if options.precision == "int8":
+        images = _calibration(data, metadata, options.calib_images)
+        detail = quantize_int8(out, target, images)
+    else:
+        detail = convert_fp16(out, target)
+    update_metadata(target, _with_precision(metadata, options.precision, detail).to_props())
+    check = parity_images(data, metadata.img_size)
+    lines = [f"wrote {target} ({options.precision}: {json.dumps(detail)})"]
+    if options.precision == "int8":  # fp16 runs on GPUs only; checked there
+        reference = run_onnxruntime(out, check)
+        lines.append(_compare_line("int8", reference, run_onnxruntime(target, check)))
+    return lines
+
+
+def _engine(
+    out: Path, target: Path, options: ExportOptions, metadata: ModelMetadata, data: Path | None
+) -> list[str]:
+    """model.<precision>.engine and its metadata sidecar, then engine vs ONNX Runtime."""
+    from deploy.backends.tensorrt import TensorRTPredictor
+    from deploy.engine_metadata import EngineInfo, write_engine_metadata
+    from export.tensorrt import EngineOptions, build_engine
+
+    engine_options = EngineOptions(options.precision, options.batch, None, options.workspace_gb)
+    images = _calibration(data, metadata, options.calib_images)
+    build = build_engine(
+        out, target, engine_options, images if options.precision == "int8" else None
+    )
+    info = EngineInfo(
+        tensorrt_version=build.tensorrt_version,
+        gpu_name=build.gpu_name,
+        compute_capability=build.compute_capability,
+        precision=build.precision,
+        min_batch=build.min_batch,
+        opt_batch=build.opt_batch,
+        max_batch=build.max_batch,
+        source_onnx=out.name,
+        build={k: v for k, v in asdict(build).items() if k not in ("engine_path",)},
+    )
+    props = {p.key: p.value for p in onnx.load(str(out), load_external_data=False).metadata_props}
+    detail = {"tensorrt_plan": build.plan, "calibration_images": build.calibration_images}
+    props |= _with_precision(metadata, options.precision, detail).to_props()
+    sidecar = write_engine_metadata(target, props, info)
+    check = parity_images(data, metadata.img_size)
+    predictor = TensorRTPredictor(target)
+    chunks = [
+        predictor(check[i : i + build.max_batch]) for i in range(0, len(check), build.max_batch)
+    ]
+    engine_dets = Detections(
+        *(
+            np.concatenate([getattr(c, f) for c in chunks])
+            for f in ("num_dets", "boxes", "scores", "labels")
+        )
+    )
+    return [
+        f"wrote {target} and {sidecar.name} (TensorRT {build.tensorrt_version}, {build.gpu_name}, "
+        f"{build.precision}, batch 1..{build.max_batch}, {build.build_seconds:.0f} s)",
+        _compare_line(f"engine {build.precision}", run_onnxruntime(out, check), engine_dets),
+    ]
+
+
 def run_export(
-    weights: Path, out: Path | None, opset: int, data: Path | None, overwrite: bool
+    weights: Path,
+    out: Path | None,
+    opset: int,
+    data: Path | None,
+    overwrite: bool,
+    options: ExportOptions | None = None,
 ) -> str:
+    """Export, check, and optionally convert; returns the summary lines for the CLI."""
+    options = options or ExportOptions()
+    if options.precision not in PRECISIONS:
+        raise PipelineError(f"--precision: must be one of {', '.join(PRECISIONS)}")
+    if options.trt:
+        from export.tensorrt import require_tensorrt
+
+        require_tensorrt()  # before any work: a CPU-only machine fails in a second
     payload = load_checkpoint(weights)
     model = model_from_checkpoint(payload, weights)
     out = out or weights.parent / "model.onnx"
-    if out.exists() and not overwrite:
-        raise PipelineError(f"{out}: already exists; pass --overwrite to replace it")
+    paths = _outputs(out, options)
+    _refuse_overwrite(paths, overwrite)
     metadata = metadata_from_checkpoint(payload)
+    images = parity_images(data, metadata.img_size)  # before writing: a bad dataset fails first
     export_onnx(model, out, metadata.to_props(), opset=opset)
-    images = parity_images(data, metadata.img_size)
     parity = check_parity(model, out, images)
     problems = check_tensorrt_compat(out)
     lines = [
@@ -45,4 +220,8 @@ def run_export(
         f"max score diff {parity['max_score_diff']:.2e}, detections match: {parity['match']}",
         "TensorRT compatibility: " + ("ok" if not problems else "; ".join(problems)),
     ]
+    if options.trt:
+        lines += _engine(out, paths[1], options, metadata, data)
+    elif options.precision != "fp32":
+        lines += _onnx_variant(out, paths[1], options, metadata, data)
     return "\n".join(lines)

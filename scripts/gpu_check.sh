@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# One GPU check, under 5 minutes on one recent NVIDIA GPU: train a small detector on the built-in
+# dataset, export ONNX (fp32 + int8 QDQ) and TensorRT engines (fp32/fp16/int8), score all of them
+# with the one evaluator on the same images, run the `gpu` tests, and print the comparison table
+# with the issue's targets (engine fp16 AP within 0.3 points of PyTorch, int8 within 1.0; fp16
+# engine latency at least 3x lower than PyTorch eager on the same GPU).
+#
+#   scripts/gpu_check.sh [WORK_DIR]      (default runs/gpu_check; needs: pip install '.[gpu]')
+#
+# Every number it prints comes from the report JSON files it leaves in WORK_DIR/reports.
+set -euo pipefail
+
+WORK=${1:-runs/gpu_check}
+PY=${PYTHON:-python}
+DATA=$WORK/data
+RUN=$WORK/run
+REPORTS=$WORK/reports
+EVAL_IMAGES=${EVAL_IMAGES:-200}
+EPOCHS=${EPOCHS:-6}
+mkdir -p "$REPORTS"
+step() { printf '\n== %s (%ss)\n' "$1" "$SECONDS"; }
+
+step "doctor"
+$PY -m pipeline doctor
+
+step "dataset"
+[ -d "$DATA/annotations" ] || $PY -m pipeline data synth --out "$DATA" --num-train 800 --num-val "$EVAL_IMAGES"
+
+step "train (resnet18, img 192, $EPOCHS epochs)"
+$PY -m pipeline train --data "$DATA" --out "$RUN" --device cuda --epochs "$EPOCHS" --batch-size 32 \
+    --img-size 192 --workers 4 --max-val-images 100 --overwrite
+
+step "export ONNX fp32 + int8 (ONNX Runtime QDQ)"
+$PY -m pipeline export --weights "$RUN/best.pt" --data "$DATA" --precision int8 --overwrite
+for precision in fp32 fp16 int8; do
+    step "export TensorRT $precision"
+    $PY -m pipeline export --weights "$RUN/best.pt" --data "$DATA" --trt --precision "$precision" \
+        --batch 1 --overwrite  # tuned for the batch-1 latency measured below
+done
+
+evaluate() {  # name, model, extra eval options...
+    local name=$1 model=$2
+    shift 2
+    step "eval $name"
+    $PY -m pipeline eval --model "$model" --data "$DATA" --max-images "$EVAL_IMAGES" --warmup 20 \
+        --json "$REPORTS/$name.json" "$@"
+}
+evaluate pytorch "$RUN/best.pt" --device cuda
+evaluate onnxruntime-cuda "$RUN/model.onnx" --provider cuda
+evaluate onnxruntime-cpu-int8 "$RUN/model.int8.onnx" --provider cpu
+for precision in fp32 fp16 int8; do
+    evaluate "tensorrt-$precision" "$RUN/model.$precision.engine"
+done
+
+step "gpu tests"
+$PY -m pytest -q -m gpu tests/test_tensorrt.py
+
+step "table"
+$PY - "$REPORTS" "$RUN/model.fp16.engine.json" <<'EOF'
+import json
+import sys
+from pathlib import Path
+
+reports = Path(sys.argv[1])
+names = ["pytorch", "onnxruntime-cuda", "onnxruntime-cpu-int8",
+         "tensorrt-fp32", "tensorrt-fp16", "tensorrt-int8"]
+rows = {n: json.loads((reports / f"{n}.json").read_text()) for n in names}
+base = rows["pytorch"]
+base_ap, base_ms = base["metrics"]["AP"], base["latency"]["inference_ms"]["p50"]
+gpu = json.loads(Path(sys.argv[2]).read_text())["engine"]["gpu_name"]
+print(f"{len(names)} models, {base['num_images']} val images, batch 1, on {gpu}; "
+      "'x faster' = PyTorch inference p50 / this model's inference p50")
+print(f"{'model':22s} {'precision':9s} {'AP':>6s} {'dAP pts':>8s} {'p50 ms':>8s} {'infer ms':>8s} "
+      f"{'x faster':>8s}")
+for name, report in rows.items():
+    ap, latency = report["metrics"]["AP"], report["latency"]
+    p50, infer = latency["total_ms"]["p50"], latency["inference_ms"]["p50"]
+    print(f"{name:22s} {report['precision']:9s} {ap:6.3f} {100 * (ap - base_ap):+8.2f} "
+          f"{p50:8.2f} {infer:8.2f} {base_ms / infer:8.2f}")
+
+def drop(name):
+    return 100 * (base_ap - rows[name]["metrics"]["AP"])
+
+speedup = base_ms / rows["tensorrt-fp16"]["latency"]["inference_ms"]["p50"]
+checks = [
+    (f"fp16 engine AP within 0.3 pts of PyTorch (drop {drop('tensorrt-fp16'):.2f})",
+     drop("tensorrt-fp16") <= 0.3),
+    (f"int8 engine AP within 1.0 pts of PyTorch (drop {drop('tensorrt-int8'):.2f})",
+     drop("tensorrt-int8") <= 1.0),
+    (f"fp16 engine >= 3x faster than PyTorch eager ({speedup:.1f}x)", speedup >= 3.0),
+]
+for text, ok in checks:
+    print(("PASS " if ok else "FAIL ") + text)
+sys.exit(0 if all(ok for _, ok in checks) else 1)
+EOF
