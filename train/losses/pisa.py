@@ -37,13 +37,12 @@ NORMALIZERS = ("class", "global")
 _EXCLUDED = 2**31
 
 
-def _run_starts(sorted_keys: torch.Tensor) -> torch.Tensor:
+def _run_starts(sorted_keys: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
     """For sorted keys, the position where each element's run of equal keys starts.
 
     cummax over "start positions or 0" rather than searchsorted: on CPU searchsorted always
     goes parallel, and waking threads costs more than the whole ranking at this size.
     """
-    position = torch.arange(sorted_keys.numel(), device=sorted_keys.device)
     change = torch.ones_like(sorted_keys, dtype=torch.bool)
     change[1:] = sorted_keys[1:] != sorted_keys[:-1]
     return torch.cummax(torch.where(change, position, torch.zeros_like(position)), 0).values
@@ -57,18 +56,32 @@ def _descending_order(ious: torch.Tensor, priority: torch.Tensor | None) -> torc
     return order[torch.argsort(ious[order], descending=True, stable=True)]
 
 
+@dataclass
+class _Ranking:
+    """IoU-HLR of n elements: rank within class, and the class-major order it came from."""
+
+    rank: torch.Tensor  # (n,) 0 = most important in its class
+    order: torch.Tensor  # (n,) element indices, class-major, best first
+    starts: torch.Tensor  # (n,) for each position of `order`, where its class's run starts
+
+    def class_sizes(self) -> torch.Tensor:
+        """(n,) number of elements in each element's class."""
+        ones = torch.ones_like(self.starts)
+        run_sizes = torch.zeros_like(self.starts).scatter_add_(0, self.starts, ones)
+        sizes = torch.empty_like(self.starts)
+        sizes[self.order] = run_sizes[self.starts]
+        return sizes
+
+
 def _hlr(
     ious: torch.Tensor,
     labels: torch.Tensor,
     gt_ids: torch.Tensor,
     priority: torch.Tensor | None,
     mask: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rank within class by IoU-HLR, number of samples of the class) for every element.
-
-    Three stable sorts: by IoU, then by object (giving each sample's local rank), then by
-    (class, local rank) on the IoU order (giving the hierarchical order).
-    """
+) -> _Ranking:
+    """IoU-HLR by three stable sorts: by IoU, then by object (giving each sample's local
+    rank), then by (class, local rank) on the IoU order (giving the hierarchical order)."""
     n = ious.numel()
     position = torch.arange(n, device=ious.device)
     if mask is not None:  # excluded rows form their own trailing group
@@ -77,16 +90,13 @@ def _hlr(
     by_iou = _descending_order(ious.to(torch.float32), priority)
     grouped = by_iou[torch.argsort(gt_ids[by_iou], stable=True)]  # object-major, best IoU first
     local = torch.empty_like(position)
-    local[grouped] = position - _run_starts(gt_ids[grouped])
+    local[grouped] = position - _run_starts(gt_ids[grouped], position)
     class_then_local = labels * (n + 1) + local
     ranked = by_iou[torch.argsort(class_then_local[by_iou], stable=True)]
-    starts = _run_starts(labels[ranked])
+    starts = _run_starts(labels[ranked], position)
     rank = torch.empty_like(position)
     rank[ranked] = position - starts
-    run_sizes = torch.zeros_like(position).scatter_add_(0, starts, torch.ones_like(position))
-    count = torch.empty_like(position)
-    count[ranked] = run_sizes[starts]
-    return rank, count
+    return _Ranking(rank, ranked, starts)
 
 
 def iou_hlr_rank(
@@ -106,7 +116,7 @@ def iou_hlr_rank(
     input order. `mask` (P,) bool marks the rows to rank; the others get arbitrary ranks (used to
     keep fixed shapes on GPU).
     """
-    return _hlr(ious, labels, gt_ids, priority, mask)[0]
+    return _hlr(ious, labels, gt_ids, priority, mask).rank
 
 
 def isr_p_weights(
@@ -128,11 +138,15 @@ def isr_p_weights(
     """
     if normalizer not in NORMALIZERS:
         raise ValueError(f"normalizer must be one of {NORMALIZERS}, not {normalizer!r}")
-    rank, count = _hlr(ious, labels, gt_ids, priority, mask)
-    if normalizer == "global":
-        counted = count if mask is None else torch.where(mask, count, torch.zeros_like(count))
-        count = counted.max().expand_as(rank) if rank.numel() else count
-    n = count.to(torch.float32).clamp(min=1.0)
+    ranking = _hlr(ious, labels, gt_ids, priority, mask)
+    rank = ranking.rank
+    if rank.numel() == 0:
+        return ious.new_zeros(0, dtype=torch.float32)
+    if normalizer == "global":  # M = the largest class size = the largest rank + 1
+        real = rank if mask is None else torch.where(mask, rank, torch.zeros_like(rank))
+        n = (real.max() + 1).to(torch.float32)
+    else:
+        n = ranking.class_sizes().to(torch.float32)
     weights = ((1 - bias) * (n - rank.to(torch.float32)) / n + bias).pow(k)
     return weights if mask is None else torch.where(mask, weights, torch.zeros_like(weights))
 
