@@ -17,7 +17,7 @@ import logging
 import os
 import platform
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -43,11 +43,14 @@ def evaluate(
     warmup: int = 3,
     max_images: int | None = None,
     results_path: Path | None = None,
+    strict: bool = False,
 ) -> dict[str, Any]:
     """Score `predictor` on a COCO json + image folder; returns the report dict.
 
     Metrics are COCOeval bbox stats (0..1; COCO's -1 where the dataset has no ground truth in
     that size range; all 0.0 when the model detects nothing). Latency is per image, in ms.
+    Images that cannot be read are skipped with a warning and left out of the scoring
+    (`skipped_images` in the report); `strict=True` makes the first one an error.
     """
     ann_file, img_dir = Path(ann_file), Path(img_dir)
     metadata = _checked_metadata(predictor)
@@ -57,21 +60,60 @@ def evaluate(
     infos = sorted(coco_gt.dataset["images"], key=lambda info: info["id"])[:max_images]
     if not infos:
         raise DeployError(f"{ann_file}: no images to evaluate")
-    batches = [infos[i : i + batch_size] for i in range(0, len(infos), batch_size)]
+    paths = {info["id"]: image_path(img_dir, info.get("file_name"), ann_file) for info in infos}
+    reader = _ImageReader(paths, strict)
     timer = StageTimer()
-    first = _read_batch(batches[0], img_dir) if warmup else []
-    for _ in range(warmup):
+    results = _predict_all(predictor, metadata, infos, reader, batch_size, warmup, timer)
+    scored = [info["id"] for info in infos if info["id"] not in reader.skipped]
+    if not scored:
+        raise DeployError(f"{img_dir}: none of the {len(infos)} images could be read")
+    if reader.skipped:
+        logger.warning(
+            "%s: skipped %d of %d images that could not be read",
+            img_dir,
+            len(reader.skipped),
+            len(infos),
+        )
+    metrics = score_coco(coco_gt, results, scored)
+    if results_path is not None:
+        write_json_atomic(results_path, results)
+        logger.info("wrote %d detections to %s", len(results), results_path)
+    report = {"metrics": metrics, **_timing_report(predictor, timer, batch_size)}
+    return report | {"skipped_images": len(reader.skipped)}
+
+
+def image_path(img_dir: Path, file_name: Any, ann_file: Path) -> Path:
+    """img_dir / file_name, refusing anything but a relative path that stays inside img_dir."""
+    if not isinstance(file_name, str) or not file_name:
+        raise DeployError(f"{ann_file}: file_name {file_name!r} is not a non-empty string")
+    for pure in (PurePosixPath(file_name), PureWindowsPath(file_name)):
+        if pure.is_absolute() or pure.anchor or ".." in pure.parts:
+            raise DeployError(f"{ann_file}: file_name {file_name!r} escapes {img_dir}")
+    return Path(img_dir) / file_name
+
+
+def _predict_all(
+    predictor: Predictor,
+    metadata: ModelMetadata,
+    infos: list[dict[str, Any]],
+    reader: _ImageReader,
+    batch_size: int,
+    warmup: int,
+    timer: StageTimer,
+) -> list[dict[str, Any]]:
+    """Warm up on the first batch, then run every batch of readable images under the timer."""
+    batches = [infos[i : i + batch_size] for i in range(0, len(infos), batch_size)]
+    first = reader.read(batches[0]) if warmup else []
+    for _ in range(warmup if first else 0):
         _run_batch(predictor, metadata, first, batch_size, timer)
         timer.discard_batch()
     results: list[dict[str, Any]] = []
     for batch in batches:
-        results += _run_batch(predictor, metadata, _read_batch(batch, img_dir), batch_size, timer)
-        timer.end_batch(len(batch))
-    metrics = score_coco(coco_gt, results, [info["id"] for info in infos])
-    if results_path is not None:
-        write_json_atomic(results_path, results)
-        logger.info("wrote %d detections to %s", len(results), results_path)
-    return {"metrics": metrics, **_timing_report(predictor, timer, batch_size)}
+        pairs = reader.read(batch)
+        if pairs:
+            results += _run_batch(predictor, metadata, pairs, batch_size, timer)
+            timer.end_batch(len(pairs))
+    return results
 
 
 def benchmark_latency(
@@ -118,21 +160,37 @@ def _check_batch_args(batch_size: int, warmup: int, max_images: int | None) -> N
         raise DeployError(f"max images must be >= 1, got {max_images}")
 
 
-def _read_batch(infos: list[dict[str, Any]], img_dir: Path) -> list[tuple[int, Image.Image]]:
-    """(image id, decoded image) pairs; warns when the json's size disagrees with the file's."""
-    pairs = []
-    for info in infos:
-        image = load_image(img_dir / info["file_name"])
-        expected = (info.get("width"), info.get("height"))
-        if None not in expected and tuple(image.size) != expected:
-            logger.warning(
-                "%s: size %s differs from %s in the annotations; boxes use the file's size",
-                img_dir / info["file_name"],
-                image.size,
-                expected,
-            )
-        pairs.append((info["id"], image))
-    return pairs
+class _ImageReader:
+    """Decodes images by id; unreadable ones are skipped (warned once) or, if strict, an error."""
+
+    def __init__(self, paths: dict[int, Path], strict: bool) -> None:
+        self.paths, self.strict = paths, strict
+        self.skipped: set[int] = set()
+
+    def read(self, infos: list[dict[str, Any]]) -> list[tuple[int, Image.Image]]:
+        """(image id, decoded image) pairs; warns when the json's size disagrees with the file's."""
+        pairs = []
+        for info in infos:
+            path = self.paths[info["id"]]
+            try:
+                image = load_image(path)
+            except DeployError as exc:
+                if self.strict:
+                    raise DeployError(f"{exc} (--strict)") from exc
+                if info["id"] not in self.skipped:
+                    logger.warning("%s; image skipped", exc)
+                self.skipped.add(info["id"])
+                continue
+            expected = (info.get("width"), info.get("height"))
+            if None not in expected and tuple(image.size) != expected:
+                logger.warning(
+                    "%s: size %s differs from %s in the annotations; boxes use the file's size",
+                    path,
+                    image.size,
+                    expected,
+                )
+            pairs.append((info["id"], image))
+        return pairs
 
 
 def _run_batch(

@@ -50,9 +50,14 @@ def data_synth(
 
     if (out / "annotations").exists() and not overwrite:
         raise PipelineError(f"{out}: already holds a dataset; pass --overwrite to replace it")
-    root = generate_synthetic_dataset(
-        out, num_train=num_train, num_val=num_val, seed=seed, label_noise=label_noise
-    )
+    try:
+        root = generate_synthetic_dataset(
+            out, num_train=num_train, num_val=num_val, seed=seed, label_noise=label_noise
+        )
+    except OSError as exc:
+        raise PipelineError(
+            f"{out}: cannot write the dataset there ({exc.strerror or exc})"
+        ) from exc
     click.echo(f"wrote {num_train} train + {num_val} val images to {root}")
 
 
@@ -193,6 +198,7 @@ def export_cmd(
     default=None,
     help="Write detections in COCO results format here.",
 )
+@click.option("--strict", is_flag=True, help="An unreadable image is an error, not skipped.")
 @user_errors_exit_2
 def eval_cmd(
     model_path: Path,
@@ -205,6 +211,7 @@ def eval_cmd(
     warmup: int,
     json_path: Path | None,
     results: Path | None,
+    strict: bool,
 ) -> None:
     """Score a model with COCO mAP and time it (one evaluator for every format)."""
     from deploy.report import format_metrics_table
@@ -221,6 +228,7 @@ def eval_cmd(
         warmup,
         json_path,
         results,
+        strict=strict,
     )
     click.echo(format_metrics_table([(model_path.name, report)]))
 

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from deploy.errors import DeployError
-from train.errors import InputError
+from train.errors import InputError, TrainingError
 from train.losses import UnknownLossError
 
 
@@ -19,7 +19,7 @@ class PipelineError(click.ClickException):
     exit_code = 2
 
 
-USER_ERRORS = (InputError, DeployError, UnknownLossError, PipelineError)
+USER_ERRORS = (InputError, TrainingError, DeployError, UnknownLossError, PipelineError)
 
 
 def one_line(exc: BaseException) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 from deploy.evaluate import environment_info, evaluate
 from deploy.report import write_json_atomic
 from pipeline.models import load_predictor
+from pipeline.outputs import check_output_file
 from train.data.layout import resolve_split
 from train.data.synthetic import ensure_synthetic_dataset
 
@@ -23,7 +24,11 @@ def run_eval(
     warmup: int,
     json_path: Path | None,
     results: Path | None,
+    strict: bool = False,
 ) -> dict[str, Any]:
+    for output in (json_path, results):
+        if output is not None:
+            check_output_file(output)
     predictor = load_predictor(model_path, provider=provider, device=device)
     root = data if data is not None else ensure_synthetic_dataset()
     ann_file, img_dir = resolve_split(root, split)
@@ -35,6 +40,7 @@ def run_eval(
         warmup=warmup,
         max_images=max_images,
         results_path=results,
+        strict=strict,
     )
     report["model"] = str(model_path)
     report["environment"] = environment_info()

@@ -10,6 +10,7 @@ model.int8.onnx / model.fp16.onnx (without --trt), model.<precision>.engine + .e
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from deploy.errors import DeployError
+from deploy.evaluate import image_path
 from deploy.metadata import Detections, ModelMetadata
 from deploy.preprocess import letterbox, load_image, to_batch
 from export.compat import check_tensorrt_compat
@@ -29,11 +32,14 @@ from export.onnx import (
 )
 from pipeline.errors import PipelineError
 from pipeline.models import metadata_from_checkpoint
+from pipeline.outputs import check_output_file
 from train.checkpoint import load_checkpoint, model_from_checkpoint
+from train.data.coco import load_coco_json
 from train.data.layout import resolve_split
 from train.data.synthetic import ensure_synthetic_dataset
 
 PRECISIONS = ("fp32", "fp16", "int8")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,18 +54,28 @@ class ExportOptions:
 
 
 def parity_images(data: Path | None, img_size: int, count: int = 4) -> np.ndarray:
-    """A few real validation images, letterboxed exactly as deployment will."""
+    """The first `count` readable validation images, letterboxed exactly as deployment will."""
     root = data if data is not None else ensure_synthetic_dataset()
     ann_file, img_dir = resolve_split(root, "val")
-    entries = json.loads(ann_file.read_text())["images"][:count]
-    arrays = [letterbox(load_image(img_dir / e["file_name"]), img_size)[0] for e in entries]
+    arrays = []
+    for entry in load_coco_json(ann_file)["images"]:
+        path = image_path(img_dir, entry["file_name"], ann_file)  # no escaping the image folder
+        try:
+            image = load_image(path)
+        except DeployError as exc:
+            log.warning("%s; not used for the parity check", exc)
+            continue
+        arrays.append(letterbox(image, img_size)[0])
+        if len(arrays) == count:
+            break
+    if not arrays:
+        raise DeployError(f"{img_dir}: no readable image for the parity check")
     return to_batch(arrays)
 
 
 def _refuse_overwrite(paths: list[Path], overwrite: bool) -> None:
-    for path in paths:
-        if path.exists() and not overwrite:
-            raise PipelineError(f"{path}: already exists; pass --overwrite to replace it")
+    for path in paths:  # exists without --overwrite, or its folder is not writable
+        check_output_file(path, overwrite)
 
 
 def _outputs(out: Path, options: ExportOptions) -> list[Path]:

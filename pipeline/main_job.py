@@ -31,6 +31,7 @@ def run_main_job(config: TrainConfig) -> str:
             5,
             result.out / f"report_{name}.json",
             result.out / f"detections_{name}.json",
+            strict=config.strict,
         )
         rows.append((name, report))
     summary = {name: report for name, report in rows}

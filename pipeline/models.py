@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from deploy.errors import DeployError
 from deploy.metadata import ModelMetadata
 from pipeline.errors import PipelineError
 from train.checkpoint import load_checkpoint, model_from_checkpoint
@@ -70,4 +71,9 @@ def _load_engine(path: Path, cuda_api: str, cuda_graph: bool) -> Any:
     """The module imports without TensorRT; the constructor says what is missing (DeployError)."""
     from deploy.backends.tensorrt import TensorRTPredictor
 
-    return TensorRTPredictor(path, cuda_api=cuda_api, cuda_graph=cuda_graph)
+    try:
+        return TensorRTPredictor(path, cuda_api=cuda_api, cuda_graph=cuda_graph)
+    except DeployError as exc:  # every line names the file, even "TensorRT is not installed"
+        if str(path) in str(exc):
+            raise
+        raise DeployError(f"{path}: {exc}") from exc

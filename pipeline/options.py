@@ -133,6 +133,11 @@ TRAIN_OPTIONS: list[Callable] = [
         "--head-convs", type=click.IntRange(min=0), default=DEFAULTS.head_convs, show_default=True
     ),
     click.option("--overwrite", is_flag=True, help="Replace an existing run in --out."),
+    click.option(
+        "--strict",
+        is_flag=True,
+        help="Unreadable or missing images and dropped boxes are errors instead of warnings.",
+    ),
 ]
 
 
@@ -169,4 +174,5 @@ def config_from_options(out: Path, options: dict[str, Any]) -> TrainConfig:
         fpn_channels=options["fpn_channels"],
         head_convs=options["head_convs"],
         overwrite=options["overwrite"],
+        strict=options["strict"],
     )

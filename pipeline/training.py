@@ -23,6 +23,6 @@ def run_training(config: TrainConfig) -> TrainResult:
         loss=config.loss,
     )
     trainer.validate = make_validator(
-        val_ann, val_dir, metadata, config.max_val_images, str(trainer.device)
+        val_ann, val_dir, metadata, config.max_val_images, str(trainer.device), config.strict
     )
     return trainer.fit()

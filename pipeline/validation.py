@@ -12,14 +12,25 @@ from train.trainer import Validator
 
 
 def make_validator(
-    ann_file: Path, img_dir: Path, metadata: ModelMetadata, max_images: int | None, device: str
+    ann_file: Path,
+    img_dir: Path,
+    metadata: ModelMetadata,
+    max_images: int | None,
+    device: str,
+    strict: bool = False,
 ) -> Validator:
     """A callable the trainer runs after an epoch: COCO AP / AP50 / AP75 of the current weights."""
 
     def validate(model: RetinaDetector, epoch: int) -> dict[str, float]:
         predictor = TorchPredictor(model, metadata, device=device)
         report = evaluate(
-            predictor, ann_file, img_dir, batch_size=8, warmup=0, max_images=max_images
+            predictor,
+            ann_file,
+            img_dir,
+            batch_size=8,
+            warmup=0,
+            max_images=max_images,
+            strict=strict,
         )
         metrics = report["metrics"]
         return {"AP": metrics["AP"], "AP50": metrics["AP50"], "AP75": metrics["AP75"]}

@@ -34,6 +34,7 @@ NON_DEFAULTS = {
     "--fpn-channels": ("48", "fpn_channels", 48),
     "--head-convs": ("3", "head_convs", 3),
     "--overwrite": (None, "overwrite", True),
+    "--strict": (None, "strict", True),
 }
 
 

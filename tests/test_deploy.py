@@ -192,7 +192,9 @@ def test_evaluate_rejects_foreign_categories_and_missing_files(coco: tuple[Path,
         evaluate(FakePredictor(PERFECT), coco[0].parent / "missing.json", coco[1])
     (coco[1] / "b.png").unlink()
     with pytest.raises(DeployError, match="b.png"):
-        evaluate(FakePredictor(PERFECT), *coco)
+        evaluate(FakePredictor(PERFECT), *coco, strict=True)
+    report = evaluate(FakePredictor(PERFECT), *coco)  # not strict: skipped, left out of scoring
+    assert report["skipped_images"] == 1 and report["num_images"] == 2
 
 
 def test_benchmark_latency_reports_timing_without_metrics() -> None:

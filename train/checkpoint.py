@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from train.errors import InputError
 from train.model.detector import ModelConfig, RetinaDetector
 
 FORMAT = "softsample-pipeline/1"
+REQUIRED_KEYS = ("model_config", "state_dict", "class_names", "category_ids", "img_size")
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -26,6 +28,21 @@ def save_atomic(obj: Any, path: Path) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Text (a report, the history) via a temporary sibling and os.replace, like save_atomic."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -66,20 +83,34 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"{path}: checkpoint not found")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "pickle protocol 4": noise, the error says enough
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and torch errors all mean "not a checkpoint of ours"
         raise InputError(f"{path}: not a loadable checkpoint ({type(exc).__name__})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(f"{path}: not a checkpoint written by this pipeline")
+    missing = [key for key in REQUIRED_KEYS if key not in payload]
+    if missing:
+        raise InputError(f"{path}: checkpoint lacks {', '.join(missing)}")
     return payload
 
 
 def model_from_checkpoint(payload: dict[str, Any], source: Path) -> RetinaDetector:
     """Rebuild the detector a checkpoint describes and load its weights."""
-    config = ModelConfig(**payload["model_config"])
+    try:
+        config = ModelConfig(**payload["model_config"])
+    except TypeError as exc:
+        raise InputError(f"{source}: stored model config is not one this version builds") from exc
+    classes = {len(payload["class_names"]), len(payload["category_ids"]), config.num_classes}
+    if len(classes) != 1:
+        raise InputError(
+            f"{source}: inconsistent number of classes ({len(payload['class_names'])} names, "
+            f"{len(payload['category_ids'])} category ids, model built for {config.num_classes})"
+        )
     model = RetinaDetector(config)
     try:
         model.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, AttributeError) as exc:
         raise InputError(f"{source}: weights do not fit the stored model config") from exc
     return model.eval()

@@ -35,6 +35,7 @@ class TrainConfig:
     head_convs: int = 2
     overwrite: bool = False
     max_bad_steps: int = 20
+    strict: bool = False  # unreadable images and dropped boxes are errors, not warnings
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only, so the checkpoint stays loadable with weights_only=True."""

@@ -7,3 +7,11 @@ the problem.
 
 class InputError(ValueError):
     """Bad input to the training side: dataset, checkpoint, option value."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (the loss stayed non-finite, no image could be read); not a bug."""
+
+
+class NonFiniteLossError(TrainingError):
+    """Training produced non-finite losses for too many consecutive steps."""

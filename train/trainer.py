@@ -21,12 +21,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from train.assign import assign_anchors
-from train.checkpoint import checkpoint_payload, save_atomic
+from train.checkpoint import checkpoint_payload, save_atomic, write_text_atomic
 from train.config import TrainConfig
-from train.data.coco import CocoDetection, collate_detections
+from train.data.coco import CocoDetection
 from train.data.layout import resolve_split
 from train.data.synthetic import ensure_synthetic_dataset
-from train.errors import InputError
+from train.data.unreadable import SkipUnreadable, UnreadableImage, collate_skipping
+from train.errors import InputError, NonFiniteLossError
 from train.losses import LOSSES, build_loss, resolve_options
 from train.model.anchors import default_anchor_scale
 from train.model.detector import ModelConfig, RetinaDetector
@@ -43,10 +44,6 @@ class TrainResult:
     last_path: Path
     history: list[dict] = field(default_factory=list)
     best_ap: float = float("nan")
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced non-finite losses for too many consecutive steps."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -74,8 +71,11 @@ def build_datasets(config: TrainConfig) -> tuple[CocoDetection, CocoDetection]:
     root = data_root(config)
     train_ann, train_dir = resolve_split(root, "train")
     val_ann, val_dir = resolve_split(root, "val")
-    train_set = CocoDetection(train_ann, train_dir, config.img_size, train=True)
-    val_set = CocoDetection(val_ann, val_dir, config.img_size, category_ids=train_set.category_ids)
+    strict = config.strict
+    train_set = CocoDetection(train_ann, train_dir, config.img_size, train=True, strict=strict)
+    val_set = CocoDetection(
+        val_ann, val_dir, config.img_size, category_ids=train_set.category_ids, strict=strict
+    )
     return train_set, val_set
 
 
@@ -123,6 +123,9 @@ def prepare_output(out: Path, overwrite: bool) -> None:
         probe.unlink()
     except OSError as exc:
         raise InputError(f"{out}: output folder is not writable ({exc.strerror})") from exc
+    for name in ("best.pt", "last.pt"):  # temporaries of a save that was killed mid-write
+        for stale in out.glob(f".{name}.*.tmp"):
+            stale.unlink(missing_ok=True)
 
 
 class Trainer:
@@ -148,6 +151,8 @@ class Trainer:
         self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.model, config)
         self.grad_clip = self._grad_clip()
+        self._step, self._bad_in_a_row = 0, 0
+        self._unreadable: set[int] = set()  # dataset indices already warned about
 
     def _loss_option_overrides(self) -> dict:
         options = dict(self.config.loss_options)
@@ -162,12 +167,12 @@ class Trainer:
 
     def _loader(self) -> DataLoader:
         return DataLoader(
-            self.train_set,
+            SkipUnreadable(self.train_set),
             batch_size=self.config.batch_size,
             shuffle=True,
             drop_last=len(self.train_set) > self.config.batch_size,
             num_workers=self.config.workers,
-            collate_fn=collate_detections,
+            collate_fn=collate_skipping,
             generator=self.generator,
             persistent_workers=self.config.workers > 0,
             pin_memory=self.device.type == "cuda",
@@ -197,7 +202,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            if not torch.isfinite(norm):
+                log.warning("non-finite gradient norm; step skipped")
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
         self.optimizer.step()
         return {k: float(v.detach()) for k, v in parts.items()}
 
@@ -223,50 +232,17 @@ class Trainer:
         out = Path(config.out)
         prepare_output(out, config.overwrite)
         loader = self._loader()
-        steps_per_epoch = max(1, len(loader))
-        total_steps = steps_per_epoch * config.epochs
+        total_steps = max(1, len(loader)) * config.epochs
         if config.max_steps is not None:
             total_steps = min(total_steps, config.max_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(total_steps, config.warmup_iters)
         )
         result = TrainResult(out, out / "best.pt", out / "last.pt")
-        step, bad_in_a_row, best_ap = 0, 0, -1.0
+        self._step, self._bad_in_a_row, best_ap = 0, 0, -1.0
         for epoch in range(1, config.epochs + 1):
-            self.model.train()
-            sums: dict[str, float] = {}
-            seen, started = 0, time.perf_counter()
-            bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=None)
-            for images, targets in bar:
-                parts = self.step(images, targets)
-                if parts is None:
-                    bad_in_a_row += 1
-                    if bad_in_a_row >= config.max_bad_steps:
-                        raise NonFiniteLossError(
-                            f"{bad_in_a_row} consecutive non-finite losses; stopped "
-                            f"(last good checkpoint kept in {out})"
-                        )
-                    continue
-                bad_in_a_row = 0
-                scheduler.step()
-                step += 1
-                seen += len(images)
-                for key, value in parts.items():
-                    sums[key] = sums.get(key, 0.0) + value
-                bar.set_postfix(
-                    loss=f"{sum(parts.values()):.3f}", lr=f"{scheduler.get_last_lr()[0]:.1e}"
-                )
-                if step >= total_steps:
-                    break
-            elapsed = time.perf_counter() - started
-            record = {
-                "epoch": epoch,
-                "step": step,
-                "seconds": round(elapsed, 2),
-                "images_per_second": round(seen / max(elapsed, 1e-9), 2),
-                **{f"loss_{k}": v / max(1, seen // config.batch_size) for k, v in sums.items()},
-            }
-            last_epoch = epoch == config.epochs or step >= total_steps
+            record = self._train_epoch(loader, scheduler, epoch, total_steps)
+            last_epoch = epoch == config.epochs or self._step >= total_steps
             if self.validate is not None and (epoch % config.val_every == 0 or last_epoch):
                 self.model.eval()
                 record.update(self.validate(self.model, epoch))
@@ -280,5 +256,81 @@ class Trainer:
             if last_epoch:
                 break
         result.best_ap = best_ap
-        (out / "history.json").write_text(json.dumps(result.history, indent=2))
+        write_text_atomic(out / "history.json", json.dumps(result.history, indent=2))
         return result
+
+    def _train_epoch(
+        self,
+        loader: DataLoader,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        epoch: int,
+        total_steps: int,
+    ) -> dict:
+        """Train until the loader ends or `total_steps` is reached; returns the history record."""
+        config = self.config
+        self.model.train()
+        sums: dict[str, float] = {}
+        loaded, seen, skipped, started = 0, 0, 0, time.perf_counter()
+        bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=None)
+        for images, targets, unreadable in bar:
+            skipped += self._skip_unreadable(unreadable)
+            if images is None:
+                continue
+            loaded += len(images)
+            parts = self.step(images, targets)
+            if parts is None:
+                self._count_bad_step()
+                continue
+            self._bad_in_a_row = 0
+            scheduler.step()
+            self._step += 1
+            seen += len(images)
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + value
+            bar.set_postfix(
+                loss=f"{sum(parts.values()):.3f}", lr=f"{scheduler.get_last_lr()[0]:.1e}"
+            )
+            if self._step >= total_steps:
+                break
+        self._check_readable(loaded, skipped, epoch)
+        elapsed = time.perf_counter() - started
+        return {
+            "epoch": epoch,
+            "step": self._step,
+            "seconds": round(elapsed, 2),
+            "images_per_second": round(seen / max(elapsed, 1e-9), 2),
+            "skipped_images": skipped,
+            **{f"loss_{k}": v / max(1, seen // config.batch_size) for k, v in sums.items()},
+        }
+
+    def _skip_unreadable(self, unreadable: list[UnreadableImage]) -> int:
+        """Warn once per bad image (or, with --strict, stop); returns how many were skipped."""
+        for item in unreadable:
+            if self.config.strict:
+                raise InputError(f"{item.reason} (--strict)")
+            if item.index not in self._unreadable:
+                self._unreadable.add(item.index)
+                log.warning("%s; image skipped", item.reason)
+        return len(unreadable)
+
+    def _check_readable(self, loaded: int, skipped: int, epoch: int) -> None:
+        if skipped and not loaded:
+            raise InputError(
+                f"{self.train_set.ann_file}: none of the {skipped} training images of epoch "
+                f"{epoch} could be read"
+            )
+        if skipped:
+            log.warning("epoch %d: skipped %d unreadable training images", epoch, skipped)
+
+    def _count_bad_step(self) -> None:
+        """After `max_bad_steps` non-finite steps in a row, stop without touching checkpoints."""
+        self._bad_in_a_row += 1
+        if self._bad_in_a_row < self.config.max_bad_steps:
+            return
+        out = Path(self.config.out)
+        kept = [name for name in ("best.pt", "last.pt") if (out / name).exists()]
+        where = f"last good {' and '.join(kept)} kept" if kept else "no checkpoint written yet"
+        raise NonFiniteLossError(
+            f"{out}: training stopped after {self._bad_in_a_row} consecutive non-finite losses "
+            f"(lower --lr or check the data); {where}"
+        )

@@ -183,7 +183,8 @@ class CocoDetection(Dataset):
         class_of = {c: i for i, c in enumerate(self.category_ids)}
         images = {img["id"]: img for img in data["images"]}
         per_image: dict[int, tuple[list, list, list]] = {i: ([], [], []) for i in images}
-        dropped = orphans = 0
+        dropped: list[dict] = []
+        orphans: list[dict] = []
         for ann in data["annotations"]:
             if ann["category_id"] not in class_of:
                 raise InputError(
@@ -192,11 +193,11 @@ class CocoDetection(Dataset):
                 )
             img = images.get(ann["image_id"])
             if img is None:
-                orphans += 1
+                orphans.append(ann)
                 continue
             box = _xyxy_clipped(ann["bbox"], img["width"], img["height"])
             if box is None:
-                dropped += 1
+                dropped.append(ann)
                 continue
             boxes, labels, crowd = per_image[img["id"]]
             if ann["iscrowd"]:
@@ -218,20 +219,32 @@ class CocoDetection(Dataset):
             crowd_boxes=_as_boxes(crowd),
         )
 
-    def _report_skipped(self, degenerate: int, orphans: int) -> None:
+    def _report_skipped(self, degenerate: list[dict], orphans: list[dict]) -> None:
+        """Warn about dropped annotations; with strict, the first one is the error."""
         if degenerate and self.strict:
-            raise InputError(f"{self.ann_file}: {degenerate} degenerate boxes (strict)")
+            first = degenerate[0]
+            raise InputError(
+                f"{self.ann_file}: annotation {first['id']} bbox {first['bbox']} is degenerate "
+                f"(w or h <= {MIN_BOX_SIDE:g} px inside the image, negative or not finite); "
+                f"{len(degenerate)} such boxes (--strict)"
+            )
         if orphans and self.strict:
-            raise InputError(f"{self.ann_file}: {orphans} annotations of unknown image ids")
+            first = orphans[0]
+            raise InputError(
+                f"{self.ann_file}: annotation {first['id']} refers to image_id "
+                f"{first['image_id']!r}, which is not listed; {len(orphans)} such (--strict)"
+            )
         if degenerate:
             logger.warning(
                 "%s: dropped %d degenerate boxes (w or h <= %g px, negative or NaN)",
                 self.ann_file,
-                degenerate,
+                len(degenerate),
                 MIN_BOX_SIDE,
             )
         if orphans:
-            logger.warning("%s: ignored %d annotations of unknown images", self.ann_file, orphans)
+            logger.warning(
+                "%s: ignored %d annotations of unknown images", self.ann_file, len(orphans)
+            )
 
     def _drop_missing_files(self, entries: list[_ImageEntry]) -> list[_ImageEntry]:
         present = [e for e in entries if (self.img_dir / e.file_name).is_file()]

@@ -37,9 +37,14 @@ def _load_local_weights(model: nn.Module, path: Path) -> None:
         raise InputError(f"{path}: not a loadable weights file ({type(exc).__name__})") from exc
     if isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
         state = state.get("state_dict", state.get("model", state))
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: not a state dict ({type(state).__name__})")
     prefix = "features." if isinstance(model, nn.Sequential) else ""
-    state = {k.removeprefix(prefix): v for k, v in state.items()}
-    missing, _ = model.load_state_dict(state, strict=False)
+    state = {str(k).removeprefix(prefix): v for k, v in state.items()}
+    try:
+        missing, _ = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes that do not fit: another architecture
+        raise InputError(f"{path}: weights do not fit the backbone (wrong architecture?)") from exc
     if len(missing) == len(model.state_dict()):
         raise InputError(f"{path}: no weights match the backbone (wrong architecture?)")
 
