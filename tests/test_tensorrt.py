@@ -240,6 +240,21 @@ def test_runtime_imports_without_tensorrt_cuda_or_torch() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
+def test_cuda_bindings_report_missing_driver_or_package() -> None:
+    from deploy.backends.cuda_memory import open_cuda
+
+    with pytest.raises(DeployError, match="unknown CUDA API 'cupy'; valid: auto, cuda-python"):
+        open_cuda("cupy")
+    try:
+        open_cuda("cuda-python").close()
+    except DeployError as exc:  # cuda-python absent, or no driver/GPU: either way one clear line
+        assert "pip install" in str(exc) or "no usable CUDA device 0 (CUDA cudaSetDevice" in str(
+            exc
+        )
+    else:
+        pytest.skip("this machine has a CUDA device")
+
+
 def test_every_export_option_reaches_run_export(monkeypatch: pytest.MonkeyPatch) -> None:
     import pipeline.exporting
 
