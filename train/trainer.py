@@ -253,10 +253,10 @@ class Trainer:
                 best_ap = max(ap, best_ap)
                 self._save(result.best_path, epoch, record, result.history)
             self._save(result.last_path, epoch, record, result.history)
+            write_text_atomic(out / "history.json", json.dumps(result.history, indent=2))
             if last_epoch:
                 break
         result.best_ap = best_ap
-        write_text_atomic(out / "history.json", json.dumps(result.history, indent=2))
         return result
 
     def _train_epoch(
