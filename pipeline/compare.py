@@ -34,7 +34,15 @@ from train.trainer import NonFiniteLossError, resolve_device
 log = logging.getLogger(__name__)
 
 # Fields that do not change what a run learns, so a resumed run may differ in them.
-NOT_COMPARED = ("out", "overwrite", "workers")
+NOT_COMPARED = (
+    "out",
+    "overwrite",
+    "workers",
+    "nproc_per_node",
+    "cache_images",
+    "compile",
+    "resume",
+)
 DEFAULT_BASELINE = "focal"
 
 
@@ -107,7 +115,9 @@ def spec_from_options(options: dict[str, Any]) -> CompareSpec:
     if baseline not in losses:
         raise PipelineError(f"--baseline {baseline!r} is not one of --losses {', '.join(losses)}")
     out = Path(options["out"])
-    base = config_from_options(out, {**options, "loss": losses[0], "overwrite": False})
+    # The shared options compare leaves out (compare_options.py), at their neutral values.
+    left_out = {"loss": losses[0], "overwrite": False, "resume": None}
+    base = config_from_options(out, {**options, **left_out})
     first_seed = int(options["seed"])
     return CompareSpec(
         out=out,
@@ -165,7 +175,7 @@ def _evaluate(name: str, model: Callable[[], Path], config: TrainConfig) -> dict
     device = resolve_device(config.device).type  # PyTorch is timed where it trained
     return run_eval(
         model(), config.data, "val", 1, "auto", device, config.max_val_images, 5, report_path,
-        dets_path,
+        dets_path, strict=config.strict,
     )  # fmt: skip
 
 

@@ -1,7 +1,8 @@
 """The options of `pipeline compare`: its own, plus every shared training option but two.
 
-`--loss` is replaced by `--losses`, and `--overwrite` is left out: a comparison resumes and never
-replaces a finished run, so accepting the flag would mean parsing it and ignoring it.
+`--loss` is replaced by `--losses`. `--overwrite` and `--resume` are left out: a comparison
+resumes by itself, run by run, and never replaces a finished run, so those flags would be parsed
+and ignored (or, for --resume, point every run at one folder).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import click
 from pipeline.compare_backends import BACKENDS
 from pipeline.options import TRAIN_OPTIONS
 
-EXCLUDED_TRAIN_OPTIONS = ("loss", "overwrite")
+EXCLUDED_TRAIN_OPTIONS = ("loss", "overwrite", "resume")
 DEFAULT_LOSSES = "ce,focal,ghm,pisa"
 
 
@@ -46,7 +47,7 @@ COMPARE_OPTIONS: list[Callable] = [
     ),
     click.option(
         "--backend",
-        type=click.Choice(BACKENDS),
+        type=click.Choice(list(BACKENDS)),
         default="onnx",
         show_default=True,
         help="Deployed engine to score (PyTorch is always scored too, for parity).",

@@ -212,7 +212,10 @@ def test_every_compare_option_reaches_the_spec(monkeypatch, tmp_path):
 
     captured = []
     monkeypatch.setattr(pipeline.compare, "run_compare", lambda s: captured.append(s) or "r.md")
-    shared = {k: v for k, v in NON_DEFAULTS.items() if k not in ("--loss", "--overwrite")}
+    params = cli.commands["compare"].params
+    flags = {flag for param in params for flag in param.opts + param.secondary_opts}
+    shared = {k: v for k, v in NON_DEFAULTS.items() if k in flags}
+    assert set(NON_DEFAULTS) - set(shared) <= {"--loss", "--overwrite", "--resume"}
     args = ["compare", "--out", str(tmp_path), "--losses", "ghm,pisa", "--seeds", "2",
             "--backend", "onnx-int8", "--baseline", "pisa", "--resamples", "50"]  # fmt: skip
     for flag, (value, _, _) in shared.items():
@@ -226,4 +229,4 @@ def test_every_compare_option_reaches_the_spec(monkeypatch, tmp_path):
     for flag, (_, field, expected) in shared.items():
         if flag not in ("--loss-opt", "--seed"):
             assert getattr(spec.base, field) == expected, flag
-    assert {p.name for p in cli.commands["compare"].params}.isdisjoint({"loss", "overwrite"})
+    assert {p.name for p in params}.isdisjoint({"loss", "overwrite", "resume"})
