@@ -138,6 +138,40 @@ TRAIN_OPTIONS: list[Callable] = [
         is_flag=True,
         help="Unreadable or missing images and dropped boxes are errors instead of warnings.",
     ),
+    click.option(
+        "--nproc-per-node",
+        type=click.IntRange(min=1),
+        default=DEFAULTS.nproc_per_node,
+        show_default=True,
+        help="Train with this many DDP processes (one per GPU; gloo on CPU). --batch-size is "
+        "the global batch. Several machines: torchrun (see README).",
+    ),
+    click.option(
+        "--resume",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=None,
+        help="Continue the run in this folder from its last.pt, exactly (its stored options "
+        "are used; --device, --workers, --nproc-per-node, --cache-images, --compile may change).",
+    ),
+    click.option(
+        "--freeze-bn",
+        is_flag=True,
+        help="Keep BatchNorm in eval mode with frozen affine (usual with --pretrained; makes N "
+        "processes equal one on CPU, where SyncBatchNorm is unavailable).",
+    ),
+    click.option(
+        "--ema-decay",
+        type=click.FloatRange(0.0, 1.0, max_open=True),
+        default=DEFAULTS.ema_decay,
+        show_default=True,
+        help="Validate and ship an EMA of the weights with this decay (0: off; e.g. 0.9998).",
+    ),
+    click.option(
+        "--cache-images",
+        is_flag=True,
+        help="Decode the training images once into memory (small datasets).",
+    ),
+    click.option("--compile", is_flag=True, help="torch.compile the model (slow first steps)."),
 ]
 
 
@@ -175,4 +209,10 @@ def config_from_options(out: Path, options: dict[str, Any]) -> TrainConfig:
         head_convs=options["head_convs"],
         overwrite=options["overwrite"],
         strict=options["strict"],
+        nproc_per_node=options["nproc_per_node"],
+        resume=options["resume"],
+        freeze_bn=options["freeze_bn"],
+        ema_decay=options["ema_decay"],
+        cache_images=options["cache_images"],
+        compile=options["compile"],
     )

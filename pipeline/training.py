@@ -1,20 +1,50 @@
-"""`pipeline train`: build the trainer, attach validation, fit, and summarize."""
+"""`pipeline train`: build the trainer, attach validation, fit, and summarize.
+
+With `--nproc-per-node N` (N > 1) this process launches N workers (pipeline/launch.py), each of
+which comes back here under torchrun's environment variables and trains its rank; started by
+torchrun directly, the process is already a worker. `--resume` swaps in the stored config first.
+"""
 
 from __future__ import annotations
 
 import logging
 
 from deploy.metadata import ModelMetadata
+from pipeline.launch import catch_user_errors, launch_local
 from pipeline.validation import make_validator
+from train.builders import per_rank_batch, prepare_output
 from train.config import TrainConfig
 from train.data.layout import resolve_split
+from train.distributed import (
+    DistContext,
+    init_distributed,
+    launched_by_torchrun,
+    shutdown_distributed,
+)
+from train.resume import resume_config
 from train.trainer import Trainer, TrainResult, data_root
 
 log = logging.getLogger(__name__)
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
 def run_training(config: TrainConfig) -> TrainResult:
-    trainer = Trainer(config)
+    if config.resume is not None:
+        config = resume_config(config)
+    if config.nproc_per_node > 1 and not launched_by_torchrun():
+        _check_before_launch(config)
+        return launch_local(config.nproc_per_node, _train_worker, config, logging.getLogger().level)
+    context = init_distributed(config.device)
+    try:
+        if not context.is_main:  # progress and info on rank 0; warnings from every rank
+            logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
+        return _fit(config, context)
+    finally:
+        shutdown_distributed(context)
+
+
+def _fit(config: TrainConfig, context: DistContext) -> TrainResult:
+    trainer = Trainer(config, context=context)
     val_ann, val_dir = resolve_split(data_root(config), "val")
     metadata = ModelMetadata(
         class_names=trainer.train_set.class_names,
@@ -26,3 +56,18 @@ def run_training(config: TrainConfig) -> TrainResult:
         val_ann, val_dir, metadata, config.max_val_images, str(trainer.device), config.strict
     )
     return trainer.fit()
+
+
+def _check_before_launch(config: TrainConfig) -> None:
+    """The user errors every worker would hit, found once here (one line, no launch)."""
+    per_rank_batch(config.batch_size, config.nproc_per_node)
+    root = data_root(config)
+    resolve_split(root, "train")
+    resolve_split(root, "val")
+    prepare_output(config.out, config.overwrite, resuming=config.resume is not None)
+
+
+def _train_worker(config: TrainConfig, log_level: int) -> TrainResult:
+    """Entry point of each launched process (spawned: logging starts unconfigured)."""
+    logging.basicConfig(level=log_level, format=LOG_FORMAT)
+    return catch_user_errors(run_training, config)

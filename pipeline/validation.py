@@ -1,4 +1,8 @@
-"""Per-epoch validation through deploy's evaluator, so training mAP is scored like deployment."""
+"""Per-epoch validation through deploy's evaluator, so training mAP is scored like deployment.
+
+Under DDP the images are split across the ranks (pipeline/sharded_eval.py) and rank 0 scores
+the gathered detections; every rank gets the metrics back.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ from pathlib import Path
 
 from deploy.evaluate import evaluate
 from deploy.metadata import ModelMetadata
+from pipeline.sharded_eval import evaluate_sharded
+from train.distributed import current_rank_and_world
 from train.model.detector import RetinaDetector
 from train.predict import TorchPredictor
 from train.trainer import Validator
@@ -23,6 +29,11 @@ def make_validator(
 
     def validate(model: RetinaDetector, epoch: int) -> dict[str, float]:
         predictor = TorchPredictor(model, metadata, device=device)
+        if current_rank_and_world()[1] > 1:
+            metrics = evaluate_sharded(
+                predictor, ann_file, img_dir, max_images, batch_size=8, strict=strict
+            )
+            return {"AP": metrics["AP"], "AP50": metrics["AP50"], "AP75": metrics["AP75"]}
         report = evaluate(
             predictor,
             ann_file,

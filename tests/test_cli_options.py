@@ -35,6 +35,12 @@ NON_DEFAULTS = {
     "--head-convs": ("3", "head_convs", 3),
     "--overwrite": (None, "overwrite", True),
     "--strict": (None, "strict", True),
+    "--nproc-per-node": ("2", "nproc_per_node", 2),
+    "--resume": ("runs/old", "resume", Path("runs/old")),
+    "--freeze-bn": (None, "freeze_bn", True),
+    "--ema-decay": ("0.75", "ema_decay", 0.75),
+    "--cache-images": (None, "cache_images", True),
+    "--compile": (None, "compile", True),
 }
 
 

@@ -36,6 +36,13 @@ class TrainConfig:
     overwrite: bool = False
     max_bad_steps: int = 20
     strict: bool = False  # unreadable images and dropped boxes are errors, not warnings
+    # Scale-out and speed (train/distributed.py, train/resume.py, train/step.py).
+    nproc_per_node: int = 1  # > 1: `pipeline train` launches that many DDP processes
+    resume: Path | None = None  # a run folder whose last.pt to continue exactly
+    freeze_bn: bool = False  # BatchNorm in eval mode, affine frozen
+    ema_decay: float = 0.0  # 0: no EMA of the weights
+    cache_images: bool = False  # decode the training images once, into memory
+    compile: bool = False  # torch.compile the model's forward
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only, so the checkpoint stays loadable with weights_only=True."""

@@ -1,40 +1,67 @@
-"""The training loop: data, model, loss, optimizer, schedule, autocast, checkpoints, history.
+"""The training loop: epochs, validation, checkpoints, history; on one process or many (DDP).
 
 Validation is injected as a callable (the pipeline passes deploy's evaluator wrapped around a
-PyTorch predictor), so training-time mAP and deployed-model mAP come from the same code.
+PyTorch predictor), so training-time mAP and deployed-model mAP come from the same code. Under
+torchrun every rank runs this loop on its shard of each batch; only rank 0 logs and writes
+checkpoints, and the validator shards the images itself. last.pt holds the full training state,
+so `--resume` continues a killed run to the same weights (train/resume.py).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from train.assign import assign_anchors
+from train.builders import (
+    DEFAULT_GRAD_CLIP,
+    build_datasets,
+    build_model,
+    build_optimizer,
+    data_root,
+    grad_clip_for,
+    per_rank_batch,
+    prepare_output,
+    seed_everything,
+    warmup_cosine,
+)
 from train.checkpoint import checkpoint_payload, save_atomic, write_text_atomic
 from train.config import TrainConfig
-from train.data.coco import CocoDetection
-from train.data.layout import resolve_split
-from train.data.synthetic import ensure_synthetic_dataset
+from train.data.loader import build_train_loader
 from train.data.unreadable import SkipUnreadable, UnreadableImage, collate_skipping
+from train.distributed import (
+    DistContext,
+    all_gather_objects,
+    all_ranks_true,
+    init_distributed,
+    resolve_device,
+)
+from train.ema import ModelEma
 from train.errors import InputError, NonFiniteLossError
-from train.losses import LOSSES, build_loss, resolve_options
-from train.model.anchors import default_anchor_scale
-from train.model.detector import ModelConfig, RetinaDetector
+from train.losses import build_loss, loss_state_dict, resolve_options
+from train.model.detector import RetinaDetector
+from train.resume import Resumable, load_resume_payload, to_cpu
+from train.step import TrainStep, freeze_batchnorm, set_train_mode
 
 log = logging.getLogger(__name__)
 Validator = Callable[[RetinaDetector, int], dict[str, float]]
-DEFAULT_GRAD_CLIP = 35.0
+__all__ = [
+    "DEFAULT_GRAD_CLIP",
+    "NonFiniteLossError",
+    "TrainResult",
+    "Trainer",
+    "Validator",
+    "data_root",
+    "resolve_device",
+]
 
 
 @dataclass
@@ -46,113 +73,75 @@ class TrainResult:
     best_ap: float = float("nan")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is available on this machine")
-    if name not in ("cpu", "cuda"):
-        raise InputError(f"--device {name!r}: expected auto, cpu or cuda")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
-
-
-def data_root(config: TrainConfig) -> Path:
-    return Path(config.data) if config.data is not None else ensure_synthetic_dataset()
-
-
-def build_datasets(config: TrainConfig) -> tuple[CocoDetection, CocoDetection]:
-    root = data_root(config)
-    train_ann, train_dir = resolve_split(root, "train")
-    val_ann, val_dir = resolve_split(root, "val")
-    strict = config.strict
-    train_set = CocoDetection(train_ann, train_dir, config.img_size, train=True, strict=strict)
-    val_set = CocoDetection(
-        val_ann, val_dir, config.img_size, category_ids=train_set.category_ids, strict=strict
-    )
-    return train_set, val_set
-
-
-def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """No weight decay on norms and biases (1-D parameters), as usual for detectors."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr)
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9)
-    raise InputError(f"--optimizer {config.optimizer!r}: expected adamw or sgd")
-
-
-def warmup_cosine(
-    total_steps: int, warmup: int, final_ratio: float = 0.02
-) -> Callable[[int], float]:
-    """LR multiplier: linear warm-up from 0.1, then cosine decay to `final_ratio`."""
-    warmup = max(1, min(warmup, total_steps // 2))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return 0.1 + 0.9 * step / warmup
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def prepare_output(out: Path, overwrite: bool) -> None:
-    """Refuse to clobber an earlier run unless asked; fail early if the folder is unwritable."""
-    existing = [p for p in (out / "best.pt", out / "last.pt") if p.exists()]
-    if existing and not overwrite:
-        raise InputError(
-            f"{out}: already holds a trained run ({existing[0].name}); pass --overwrite"
-        )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise InputError(f"{out}: output folder is not writable ({exc.strerror})") from exc
-    for name in ("best.pt", "last.pt"):  # temporaries of a save that was killed mid-write
-        for stale in out.glob(f".{name}.*.tmp"):
-            stale.unlink(missing_ok=True)
-
-
 class Trainer:
-    """One training run. Build with a config, call `fit()`."""
+    """One training run (or this rank's part of one). Build with a config, call `fit()`.
 
-    def __init__(self, config: TrainConfig, validate: Validator | None = None) -> None:
-        self.config = config
-        self.validate = validate
-        self.device = resolve_device(config.device)
-        self.generator = seed_everything(config.seed)
+    `on_epoch_end(epoch)`, if set, runs on every rank after the epoch's checkpoints are written.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        validate: Validator | None = None,
+        context: DistContext | None = None,
+    ) -> None:
+        self.config, self.validate = config, validate
+        self.on_epoch_end: Callable[[int], None] | None = None
+        self.context = context or init_distributed(config.device)
+        self.device = self.context.device
+        seed_everything(config.seed)
         self.train_set, self.val_set = build_datasets(config)
         self.loss_options = resolve_options(config.loss, self._loss_option_overrides())
         self.loss_fn = build_loss(config.loss, self.loss_options)
-        model_config = ModelConfig(
-            num_classes=len(self.train_set.category_ids),
-            img_size=config.img_size,
-            backbone=config.backbone,
-            fpn_channels=config.fpn_channels,
-            head_convs=config.head_convs,
-            anchor_scale=default_anchor_scale(config.img_size),
-        )
-        self.model = RetinaDetector(model_config, config.pretrained).to(self.device)
-        self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = build_model(config, len(self.train_set.category_ids), self.device)
+        self._prepare_batchnorm()
         self.optimizer = build_optimizer(self.model, config)
-        self.grad_clip = self._grad_clip()
-        self._step, self._bad_in_a_row = 0, 0
+        self.grad_clip = grad_clip_for(config)
+        self.ema = ModelEma(self.model, config.ema_decay) if config.ema_decay > 0 else None
+        self._build_schedule()
+        self.train_step = TrainStep(
+            self.model,
+            self._forward_module(),
+            self.loss_fn,
+            self.optimizer,
+            self.grad_clip,
+            config.amp,
+            self.ema,
+        )
+        self.state = Resumable(
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.train_step.scaler,
+            self.loss_fn,
+            self.ema,
+        )
+        self.epoch, self._step, self._bad_in_a_row, self.best_ap = 0, 0, 0, -1.0
+        self.history: list[dict] = []
         self._unreadable: set[int] = set()  # dataset indices already warned about
+        if config.resume is not None:
+            self._restore()
+        elif self.context.rank > 0:  # own random stream per rank (random sampling losses)
+            torch.manual_seed(config.seed + self.context.rank)
+
+    def _build_schedule(self) -> None:
+        """This rank's loader, the number of optimizer steps, and the LR schedule over them."""
+        config = self.config
+        self.loader, self.sampler = build_train_loader(
+            SkipUnreadable(self.train_set),
+            per_rank_batch(config.batch_size, self.context.world_size),
+            (self.context.rank, self.context.world_size),
+            config.seed,
+            config.workers,
+            collate_skipping,
+            pin_memory=self.device.type == "cuda",
+        )
+        self.total_steps = max(1, len(self.loader)) * config.epochs
+        if config.max_steps is not None:
+            self.total_steps = min(self.total_steps, config.max_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(self.total_steps, config.warmup_iters)
+        )
 
     def _loss_option_overrides(self) -> dict:
         options = dict(self.config.loss_options)
@@ -160,65 +149,103 @@ class Trainer:
             options["reg_loss"] = self.config.reg_loss
         return options
 
-    def _grad_clip(self) -> float | None:
-        if self.config.grad_clip is not None:
-            return self.config.grad_clip if self.config.grad_clip > 0 else None
-        return getattr(LOSSES[self.config.loss], "grad_clip", None) or DEFAULT_GRAD_CLIP
+    def _prepare_batchnorm(self) -> None:
+        """--freeze-bn, or under DDP on GPUs SyncBatchNorm; gloo has no SyncBatchNorm (CPU)."""
+        if self.config.freeze_bn:
+            log.debug("froze %d BatchNorm layers", freeze_batchnorm(self.model))
+        elif self.context.distributed and self.device.type == "cuda":
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        elif self.context.distributed and self.context.is_main:
+            log.warning(
+                "BatchNorm statistics are per process on CPU (SyncBatchNorm needs CUDA); "
+                "pass --freeze-bn for results that do not depend on the number of processes"
+            )
 
-    def _loader(self) -> DataLoader:
-        return DataLoader(
-            SkipUnreadable(self.train_set),
-            batch_size=self.config.batch_size,
-            shuffle=True,
-            drop_last=len(self.train_set) > self.config.batch_size,
-            num_workers=self.config.workers,
-            collate_fn=collate_skipping,
-            generator=self.generator,
-            persistent_workers=self.config.workers > 0,
-            pin_memory=self.device.type == "cuda",
-        )
+    def _forward_module(self) -> nn.Module:
+        """The model as the step runs it: wrapped in DDP when distributed, compiled if asked."""
+        forward: nn.Module = self.model
+        if self.context.distributed:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            forward = DistributedDataParallel(
+                self.model, device_ids=device_ids, gradient_as_bucket_view=True
+            )
+        if self.config.compile:
+            forward = torch.compile(forward)  # type: ignore[assignment]
+        return forward
 
-    def _autocast(self) -> torch.autocast:
-        dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype, enabled=self.config.amp)
+    def _restore(self) -> None:
+        assert self.config.resume is not None
+        payload = load_resume_payload(self.config.resume)
+        state = self.state.restore(payload, self.context.rank)
+        self.epoch, self._step = int(state["epoch"]), int(state["step"])
+        self.best_ap, self._bad_in_a_row = float(state["best_ap"]), int(state["bad_in_a_row"])
+        self.history = list(payload.get("history", []))
 
     def step(self, images: torch.Tensor, targets: list[dict]) -> dict[str, float] | None:
         """One optimizer step; returns the loss parts, or None when the step was skipped."""
-        images = images.to(self.device, non_blocking=True).float()
-        images = images.contiguous(memory_format=torch.channels_last)
-        boxes = [t["boxes"].to(self.device) for t in targets]
-        labels = [t["labels"].to(self.device) for t in targets]
-        crowd = [t["crowd_boxes"].to(self.device) for t in targets]
-        assignment = assign_anchors(self.model.anchors, boxes, labels, crowd)
-        with self._autocast():
-            cls_logits, box_deltas = self.model(images)
-        parts = self.loss_fn(cls_logits.float(), box_deltas.float(), assignment)
-        total = sum(parts.values())
-        if not torch.isfinite(total):
-            bad = [k for k, v in parts.items() if not torch.isfinite(v)]
-            log.warning("non-finite loss in %s; step skipped", ", ".join(bad))
-            self.optimizer.zero_grad(set_to_none=True)
-            return None
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        if self.grad_clip:
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-            if not torch.isfinite(norm):
-                log.warning("non-finite gradient norm; step skipped")
-                self.optimizer.zero_grad(set_to_none=True)
-                return None
-        self.optimizer.step()
-        return {k: float(v.detach()) for k, v in parts.items()}
+        return self.train_step(images, targets)
 
-    def _save(self, path: Path, epoch: int, metrics: dict, history: list[dict]) -> None:
+    def fit(self) -> TrainResult:
+        config, out = self.config, Path(self.config.out)
+        if self.context.is_main:
+            prepare_output(out, config.overwrite, resuming=config.resume is not None)
+        result = TrainResult(out, out / "best.pt", out / "last.pt", self.history)
+        for epoch in range(self.epoch + 1, config.epochs + 1):
+            if self._step >= self.total_steps:
+                break
+            record = self._train_epoch(epoch)
+            last_epoch = epoch == config.epochs or self._step >= self.total_steps
+            if self.validate is not None and (epoch % config.val_every == 0 or last_epoch):
+                record.update(self._validate(epoch))
+            self.history.append(record)
+            self.epoch = epoch
+            if self.context.is_main:
+                log.info("epoch %d: %s", epoch, json.dumps(record))
+            self._checkpoint(record, result)
+            if self.on_epoch_end is not None:
+                self.on_epoch_end(epoch)
+            if last_epoch:
+                break
+        result.best_ap = self.best_ap
+        return result
+
+    def _validate(self, epoch: int) -> dict[str, float]:
+        """The validator on the weights that ship (the EMA when on), on every rank."""
+        model = self.ema.module if self.ema is not None else self.model
+        model.eval()
+        return self.validate(model, epoch) if self.validate is not None else {}
+
+    def _checkpoint(self, record: dict, result: TrainResult) -> None:
+        """best.pt when AP improved, then last.pt with the training state; rank 0 writes."""
+        ap = record.get("AP", -1.0)
+        is_best = ap > self.best_ap or (self.context.is_main and not result.best_path.exists())
+        self.best_ap = max(ap, self.best_ap)
+        position = {
+            "epoch": self.epoch,
+            "step": self._step,
+            "best_ap": self.best_ap,
+            "bad_in_a_row": self._bad_in_a_row,
+        }
+        resume = self.state.state(position)  # collective: every rank takes part
+        if not self.context.is_main:
+            return
+        if is_best:
+            self._save(result.best_path, record, None)
+        self._save(result.last_path, record, resume)
+        write_text_atomic(result.out / "history.json", json.dumps(self.history, indent=2))
+
+    def _save(self, path: Path, metrics: dict, resume: dict | None) -> None:
         extra = {
-            "epoch": epoch,
+            "epoch": self.epoch,
             "metrics": metrics,
             "train_config": self.config.to_dict(),
-            "history": history,
+            "history": self.history,
+            "loss_state": to_cpu(loss_state_dict(self.loss_fn)),
         }
+        if resume is not None:
+            extra["resume"] = resume
         payload = checkpoint_payload(
-            self.model,
+            self.ema.module if self.ema is not None else self.model,
             self.train_set.class_names,
             self.train_set.category_ids,
             self.config.loss,
@@ -227,80 +254,69 @@ class Trainer:
         )
         save_atomic(payload, path)
 
-    def fit(self) -> TrainResult:
-        config = self.config
-        out = Path(config.out)
-        prepare_output(out, config.overwrite)
-        loader = self._loader()
-        total_steps = max(1, len(loader)) * config.epochs
-        if config.max_steps is not None:
-            total_steps = min(total_steps, config.max_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, warmup_cosine(total_steps, config.warmup_iters)
-        )
-        result = TrainResult(out, out / "best.pt", out / "last.pt")
-        self._step, self._bad_in_a_row, best_ap = 0, 0, -1.0
-        for epoch in range(1, config.epochs + 1):
-            record = self._train_epoch(loader, scheduler, epoch, total_steps)
-            last_epoch = epoch == config.epochs or self._step >= total_steps
-            if self.validate is not None and (epoch % config.val_every == 0 or last_epoch):
-                self.model.eval()
-                record.update(self.validate(self.model, epoch))
-            result.history.append(record)
-            log.info("epoch %d: %s", epoch, json.dumps(record))
-            ap = record.get("AP", -1.0)
-            if ap > best_ap or not result.best_path.exists():
-                best_ap = max(ap, best_ap)
-                self._save(result.best_path, epoch, record, result.history)
-            self._save(result.last_path, epoch, record, result.history)
-            write_text_atomic(out / "history.json", json.dumps(result.history, indent=2))
-            if last_epoch:
-                break
-        result.best_ap = best_ap
-        return result
-
-    def _train_epoch(
-        self,
-        loader: DataLoader,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
-        epoch: int,
-        total_steps: int,
-    ) -> dict:
+    def _train_epoch(self, epoch: int) -> dict:
         """Train until the loader ends or `total_steps` is reached; returns the history record."""
-        config = self.config
-        self.model.train()
+        self.sampler.set_epoch(epoch)
+        set_train_mode(self.train_step.forward, self.config.freeze_bn)
         sums: dict[str, float] = {}
-        loaded, seen, skipped, started = 0, 0, 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=None)
+        loaded, seen, skipped, steps, started = 0, 0, 0, 0, time.perf_counter()
+        bar = tqdm(
+            self.loader,
+            desc=f"epoch {epoch}/{self.config.epochs}",
+            leave=False,
+            disable=None if self.context.is_main else True,
+        )
         for images, targets, unreadable in bar:
             skipped += self._skip_unreadable(unreadable)
-            if images is None:
+            if not self._batch_on_every_rank(images is not None):
                 continue
             loaded += len(images)
-            parts = self.step(images, targets)
+            parts = self.train_step(images, targets)
             if parts is None:
                 self._count_bad_step()
                 continue
             self._bad_in_a_row = 0
-            scheduler.step()
-            self._step += 1
-            seen += len(images)
+            self.scheduler.step()
+            self._step, steps, seen = self._step + 1, steps + 1, seen + len(images)
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + value
             bar.set_postfix(
-                loss=f"{sum(parts.values()):.3f}", lr=f"{scheduler.get_last_lr()[0]:.1e}"
+                loss=f"{sum(parts.values()):.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.1e}"
             )
-            if self._step >= total_steps:
+            if self._step >= self.total_steps:
                 break
         self._check_readable(loaded, skipped, epoch)
-        elapsed = time.perf_counter() - started
+        counts = (steps, seen, skipped)
+        return self._epoch_record(epoch, sums, counts, time.perf_counter() - started)
+
+    def _batch_on_every_rank(self, has_batch: bool) -> bool:
+        """Under DDP a rank whose whole batch was unreadable makes every rank skip the step."""
+        if not self.context.distributed:
+            return has_batch
+        return all_ranks_true(torch.tensor(has_batch, device=self.device))
+
+    def _epoch_record(
+        self, epoch: int, sums: dict[str, float], counts: tuple[int, int, int], elapsed: float
+    ) -> dict:
+        """Loss parts averaged over steps and ranks; throughput over all ranks.
+
+        counts: (optimizer steps, images stepped on, images skipped) of this rank's epoch.
+        """
+        steps, seen, skipped = counts
+        per_rank = all_gather_objects((sums, seen, skipped))
+        steps = max(1, steps)
+        keys = sorted({k for part_sums, _, _ in per_rank for k in part_sums})
+        world = self.context.world_size
         return {
             "epoch": epoch,
             "step": self._step,
             "seconds": round(elapsed, 2),
-            "images_per_second": round(seen / max(elapsed, 1e-9), 2),
-            "skipped_images": skipped,
-            **{f"loss_{k}": v / max(1, seen // config.batch_size) for k, v in sums.items()},
+            "images_per_second": round(sum(s for _, s, _ in per_rank) / max(elapsed, 1e-9), 2),
+            "skipped_images": sum(k for _, _, k in per_rank),
+            **{
+                f"loss_{k}": sum(p.get(k, 0.0) for p, _, _ in per_rank) / world / steps
+                for k in keys
+            },
         }
 
     def _skip_unreadable(self, unreadable: list[UnreadableImage]) -> int:

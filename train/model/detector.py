@@ -23,6 +23,24 @@ IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
+class LastLevelP6P7Fp32(LastLevelP6P7):
+    """torchvision's P6/P7 block, run in fp32 when CPU autocast is on.
+
+    With bf16 autocast, channels-last and a 1x1 input (P6 of a <= 64 px image), the stride-2 P7
+    conv's weight gradient comes back as garbage (up to 1e38) on torch 2.14's oneDNN CPU path.
+    These two convolutions are the cheapest of the network, so fp32 costs nothing measurable.
+    Same parameters and names as LastLevelP6P7, so checkpoints and export are unaffected.
+    """
+
+    def forward(
+        self, p: list[torch.Tensor], c: list[torch.Tensor], names: list[str]
+    ) -> tuple[list[torch.Tensor], list[str]]:
+        if not torch.is_autocast_enabled("cpu") or p[-1].device.type != "cpu":
+            return super().forward(p, c, names)
+        with torch.autocast("cpu", enabled=False):
+            return super().forward([*p[:-1], p[-1].float()], [*c[:-1], c[-1].float()], names)
+
+
 @dataclass
 class ModelConfig:
     num_classes: int
@@ -45,7 +63,7 @@ class RetinaDetector(nn.Module):
         self.fpn = FeaturePyramidNetwork(
             list(self.backbone.out_channels),
             config.fpn_channels,
-            extra_blocks=LastLevelP6P7(config.fpn_channels, config.fpn_channels),
+            extra_blocks=LastLevelP6P7Fp32(config.fpn_channels, config.fpn_channels),
         )
         self.head = RetinaHead(
             config.fpn_channels,
