@@ -1,13 +1,14 @@
 """`pipeline compare`: every loss x seed trained, deployed and scored, then one report.
 
-Layout: OUT/runs/{loss}-s{seed}/ per run (best.pt, history.json, model.onnx, report_*.json,
-detections_*.json and run.json last), OUT/report.md, report.json and the PNG plots.
+Layout: OUT/runs/{loss}-s{seed}/ per run (best.pt, history.json, trained.json once training
+returned, model.onnx, report_*.json, detections_*.json and run.json last), OUT/report.md,
+report.json and the PNG plots.
 
 Resuming: a run is finished when its run.json exists; finished runs are reused as they are and
-never deleted or retrained. An unfinished run continues from its last finished stage (training
-is finished when history.json exists; an interrupted training restarts from scratch, since the
-trainer cannot resume mid-run). A finished run trained with other options than the ones asked
-for is an error, not a silent mix of budgets.
+never deleted or retrained. An unfinished run continues from its last finished stage. Training
+is finished when trained.json exists (the trainer's own files appear epoch by epoch, so they
+cannot say it); an interrupted training restarts from scratch. A finished run trained with other
+options than the ones asked for is an error, not a silent mix of budgets.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ NOT_COMPARED = (
     "resume",
 )
 DEFAULT_BASELINE = "focal"
+TRAINED_MARKER = "trained.json"
 
 
 @dataclass
@@ -149,13 +151,14 @@ def _check_same_config(where: Path, stored: dict[str, Any], wanted: TrainConfig)
         )
 
 
-def _train(config: TrainConfig) -> float | None:
-    """Train unless history.json says training finished; the wall seconds when it trained."""
+def _train(config: TrainConfig) -> float:
+    """Train unless trained.json says training finished; the training's wall seconds."""
     out = Path(config.out)
-    if (out / "history.json").is_file() and (out / "best.pt").is_file():
+    marker = out / TRAINED_MARKER
+    if marker.is_file() and (out / "best.pt").is_file():
         _check_same_config(out, load_checkpoint(out / "best.pt")["train_config"], config)
         log.info("%s: training already finished, reusing it", out)
-        return None
+        return float(json.loads(marker.read_text())["train_wall_seconds"])
     interrupted = (out / "best.pt").exists() or (out / "last.pt").exists()
     if interrupted:
         log.info("%s: unfinished training found; training again from the start", out)
@@ -163,7 +166,9 @@ def _train(config: TrainConfig) -> float | None:
         stale.unlink()  # scores of weights that are about to be replaced
     started = time.perf_counter()
     run_training(replace(config, overwrite=interrupted))
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    write_json_atomic(marker, {"train_wall_seconds": wall})
+    return wall
 
 
 def _evaluate(name: str, model: Callable[[], Path], config: TrainConfig) -> dict[str, Any]:

@@ -83,13 +83,21 @@ def test_plots_are_valid_pngs(comparison):
 def test_resume_reuses_finished_runs_and_continues_unfinished_ones(comparison, tiny_data):
     weights = {loss: comparison / "runs" / f"{loss}-s0" / "best.pt" for loss in LOSSES}
     before = {loss: path.stat().st_mtime_ns for loss, path in weights.items()}
-    killed = comparison / "runs" / "ce-s0"  # as if killed while scoring the deployed model
-    (killed / "run.json").unlink()
-    (killed / "report_onnx.json").unlink()
+    scoring = comparison / "runs" / "ce-s0"  # as if killed while scoring the deployed model
+    (scoring / "run.json").unlink()
+    (scoring / "report_onnx.json").unlink()
     result = invoke(*compare_args(tiny_data, comparison))
     assert result.exit_code == 0, result.output
     assert {loss: path.stat().st_mtime_ns for loss, path in weights.items()} == before
-    assert (killed / "run.json").is_file() and (killed / "report_onnx.json").is_file()
+    assert (scoring / "run.json").is_file() and (scoring / "report_onnx.json").is_file()
+    training = comparison / "runs" / "focal-s0"  # killed mid-training: checkpoints, no marker
+    (training / "run.json").unlink()
+    (training / "trained.json").unlink()
+    result = invoke(*compare_args(tiny_data, comparison))
+    assert result.exit_code == 0, result.output
+    assert weights["focal"].stat().st_mtime_ns != before["focal"]
+    assert weights["ce"].stat().st_mtime_ns == before["ce"]
+    assert (training / "trained.json").is_file() and (training / "report_onnx.json").is_file()
 
 
 @pytest.mark.slow
