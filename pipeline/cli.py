@@ -75,9 +75,13 @@ def _loss_epilog() -> str:
 def train(out: Path, **options: object) -> None:
     """Train a RetinaNet-style detector with the chosen loss."""
     from pipeline.training import run_training
+    from train.distributed import is_main_process
 
     result = run_training(config_from_options(out, options))
-    click.echo(f"best AP {result.best_ap:.4f}; checkpoints: {result.best_path}, {result.last_path}")
+    if is_main_process():  # under torchrun every rank returns here
+        click.echo(
+            f"best AP {result.best_ap:.4f}; checkpoints: {result.best_path}, {result.last_path}"
+        )
 
 
 @cli.command("export")
@@ -244,7 +248,8 @@ def run(out: Path, **options: object) -> None:
     from pipeline.main_job import run_main_job
 
     table = run_main_job(config_from_options(out, options))
-    click.echo(table)
+    if table:  # empty on torchrun ranks > 0
+        click.echo(table)
 
 
 @cli.command()

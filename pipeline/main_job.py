@@ -9,6 +9,7 @@ from pipeline.evaluation import run_eval
 from pipeline.exporting import run_export
 from pipeline.training import run_training
 from train.config import TrainConfig
+from train.distributed import is_main_process
 
 log = logging.getLogger(__name__)
 
@@ -16,6 +17,8 @@ log = logging.getLogger(__name__)
 def run_main_job(config: TrainConfig) -> str:
     """Train, export, evaluate both formats on the same images; return the side-by-side table."""
     result = run_training(config)
+    if not is_main_process():  # a torchrun rank > 0: rank 0 exports and evaluates
+        return ""
     onnx_path = result.out / "model.onnx"
     log.info(run_export(result.best_path, onnx_path, 17, config.data, overwrite=True))
     rows = []

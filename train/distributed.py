@@ -47,6 +47,11 @@ def launched_by_torchrun() -> bool:
     return all(k in os.environ for k in LAUNCH_ENV) and int(os.environ["WORLD_SIZE"]) > 1
 
 
+def is_main_process() -> bool:
+    """False only in a torchrun worker of rank > 0 (which must not print results or export)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """`auto`/`cpu`/`cuda` -> this rank's device (cuda:LOCAL_RANK when on GPUs)."""
     if name not in ("auto", "cpu", "cuda"):
