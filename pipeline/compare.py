@@ -7,7 +7,7 @@ report.json and the PNG plots.
 Resuming: a run is finished when its run.json exists; finished runs are reused as they are and
 never deleted or retrained. An unfinished run continues from its last finished stage. Training
 is finished when trained.json exists (the trainer's own files appear epoch by epoch, so they
-cannot say it); an interrupted training restarts from scratch. A finished run trained with other
+cannot say it); an interrupted training resumes exactly from its last.pt. A finished run trained with other
 options than the ones asked for is an error, not a silent mix of budgets.
 """
 
@@ -29,6 +29,7 @@ from pipeline.options import config_from_options
 from pipeline.training import run_training
 from train.checkpoint import load_checkpoint
 from train.config import TrainConfig
+from train.errors import InputError
 from train.losses import LOSSES, resolve_options
 from train.trainer import NonFiniteLossError, resolve_device
 
@@ -137,35 +138,56 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in NOT_COMPARED}
 
 
-def _check_same_config(where: Path, stored: dict[str, Any], wanted: TrainConfig) -> None:
+def _config_diff(stored: dict[str, Any], wanted: TrainConfig) -> list[str]:
+    """'field: stored there, wanted now' for every training option that differs."""
     stored_c, wanted_c = _comparable(stored), _comparable(wanted.to_dict())
     # Only fields both know: a field added to TrainConfig later had its default value before.
-    diff = sorted(k for k in set(stored_c) & set(wanted_c) if stored_c[k] != wanted_c[k])
+    keys = sorted(k for k in set(stored_c) & set(wanted_c) if stored_c[k] != wanted_c[k])
+    return [f"{k}: {stored_c[k]!r} there, {wanted_c[k]!r} now" for k in keys]
+
+
+def _check_same_config(where: Path, stored: dict[str, Any], wanted: TrainConfig) -> None:
+    diff = _config_diff(stored, wanted)
     if diff:
-        details = ", ".join(
-            f"{k}: {stored_c.get(k)!r} there, {wanted_c.get(k)!r} now" for k in diff
-        )
         raise PipelineError(
-            f"{where}: this run was trained with other options ({details}); finished runs are "
-            "never replaced, so compare into a new --out"
+            f"{where}: this run was trained with other options ({', '.join(diff)}); finished "
+            "runs are never replaced, so compare into a new --out"
         )
+
+
+def _resumable(out: Path, config: TrainConfig) -> bool:
+    """last.pt holds the training state of this very config (an exact --resume is possible)."""
+    try:
+        payload = load_checkpoint(out / "last.pt")
+    except InputError:
+        return False
+    stored = payload.get("train_config")
+    return "resume" in payload and stored is not None and not _config_diff(stored, config)
 
 
 def _train(config: TrainConfig) -> float:
-    """Train unless trained.json says training finished; the training's wall seconds."""
+    """Train unless trained.json says training finished; the training's wall seconds.
+
+    An interrupted training continues exactly from its last.pt when that holds this config's
+    training state; otherwise (no state, other options) it starts again: unfinished runs are
+    not protected.
+    """
     out = Path(config.out)
     marker = out / TRAINED_MARKER
     if marker.is_file() and (out / "best.pt").is_file():
         _check_same_config(out, load_checkpoint(out / "best.pt")["train_config"], config)
         log.info("%s: training already finished, reusing it", out)
         return float(json.loads(marker.read_text())["train_wall_seconds"])
-    interrupted = (out / "best.pt").exists() or (out / "last.pt").exists()
-    if interrupted:
-        log.info("%s: unfinished training found; training again from the start", out)
     for stale in [*out.glob("report_*.json"), *out.glob("detections_*.json")]:
         stale.unlink()  # scores of weights that are about to be replaced
+    if (out / "last.pt").is_file() and _resumable(out, config):
+        log.info("%s: unfinished training found; resuming it from last.pt", out)
+        config = replace(config, resume=out)
+    elif (out / "best.pt").exists() or (out / "last.pt").exists():
+        log.info("%s: unfinished training found; training again from the start", out)
+        config = replace(config, overwrite=True)
     started = time.perf_counter()
-    run_training(replace(config, overwrite=interrupted))
+    run_training(config)
     wall = time.perf_counter() - started
     write_json_atomic(marker, {"train_wall_seconds": wall})
     return wall

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+import pipeline.compare
 from deploy.evaluate import load_coco, score_coco
 from pipeline.cli import cli
 from pipeline.coco_bootstrap import match_run, paired_bootstrap, weighted_ap
@@ -80,7 +81,9 @@ def test_plots_are_valid_pngs(comparison):
 
 
 @pytest.mark.slow
-def test_resume_reuses_finished_runs_and_continues_unfinished_ones(comparison, tiny_data):
+def test_resume_reuses_finished_runs_and_continues_unfinished_ones(
+    comparison, tiny_data, monkeypatch
+):
     weights = {loss: comparison / "runs" / f"{loss}-s0" / "best.pt" for loss in LOSSES}
     before = {loss: path.stat().st_mtime_ns for loss, path in weights.items()}
     scoring = comparison / "runs" / "ce-s0"  # as if killed while scoring the deployed model
@@ -93,9 +96,14 @@ def test_resume_reuses_finished_runs_and_continues_unfinished_ones(comparison, t
     training = comparison / "runs" / "focal-s0"  # killed mid-training: checkpoints, no marker
     (training / "run.json").unlink()
     (training / "trained.json").unlink()
+    trained = []
+    real_training = pipeline.compare.run_training
+    monkeypatch.setattr(
+        pipeline.compare, "run_training", lambda c: trained.append(c) or real_training(c)
+    )
     result = invoke(*compare_args(tiny_data, comparison))
     assert result.exit_code == 0, result.output
-    assert weights["focal"].stat().st_mtime_ns != before["focal"]
+    assert [(c.loss, c.resume) for c in trained] == [("focal", training)]  # exact resume
     assert weights["ce"].stat().st_mtime_ns == before["ce"]
     assert (training / "trained.json").is_file() and (training / "report_onnx.json").is_file()
 
@@ -215,7 +223,6 @@ def test_no_detections_scores_zero(tmp_path):
 
 
 def test_every_compare_option_reaches_the_spec(monkeypatch, tmp_path):
-    import pipeline.compare
     from tests.test_cli_options import NON_DEFAULTS
 
     captured = []
