@@ -26,7 +26,7 @@ def _missing_gpu_stack() -> str | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    gpu_items = [item for item in items if "gpu" in item.keywords]
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
     reason = _missing_gpu_stack() if gpu_items else None
     if reason is not None:
         for item in gpu_items:
