@@ -4,7 +4,8 @@ Both sides train the same network on the same random batch: a resnet18 backbone 
 torchvision's FPN with P6/P7, RetinaNet heads with 4 GroupNorm convs per tower (torchvision's
 fixed depth; ours is set to match), the same anchors, focal loss, AdamW. torchvision runs its
 own training step as shipped (`model(images, targets)`: resize/normalize transform, a Python
-loop over images for matching and for the loss, fp32, NCHW, AdamW's default implementation).
+loop over images for matching and for the loss, NCHW, AdamW's default implementation), in fp32
+and, for an apples-to-apples precision comparison, under the same autocast as ours.
 Ours is `train.step.TrainStep`, the trainer's step: channels-last, batched anchor assignment and
 loss with no per-image loop, fused AdamW, gradient clipping; in fp32 and under `--amp` autocast.
 
@@ -39,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-VARIANTS = ("torchvision", "ours-fp32", "ours-amp")  # amp: bf16 autocast on CPU, fp16 on CUDA
+VARIANTS = ("torchvision", "torchvision-amp", "ours-fp32", "ours-amp")  # amp: bf16 CPU, fp16 CUDA
 NUM_CLASSES, HEAD_CONVS = 5, 4
 
 
@@ -58,7 +59,7 @@ def synthetic_batch(batch: int, size: int, seed: int = 0) -> tuple[torch.Tensor,
     return images, targets
 
 
-def torchvision_step(size: int, fpn: int, device: torch.device, images, targets):
+def torchvision_model(size: int, fpn: int) -> nn.Module:
     """torchvision.models.detection.RetinaNet with our backbone, FPN, head depth and anchors."""
     import torchvision
     from torchvision.models.detection import RetinaNet
@@ -77,18 +78,26 @@ def torchvision_step(size: int, fpn: int, device: torch.device, images, targets)
     sizes = tuple(tuple(base * s * k for k in SCALES_PER_OCTAVE) for s in (8, 16, 32, 64, 128))
     anchors = AnchorGenerator(sizes, (ASPECT_RATIOS,) * len(sizes))
     head = RetinaNetHead(fpn, 9, NUM_CLASSES, norm_layer=partial(nn.GroupNorm, min(32, fpn // 4)))
-    model = RetinaNet(
+    return RetinaNet(
         backbone, NUM_CLASSES, min_size=size, max_size=size, anchor_generator=anchors, head=head
-    ).to(device)
-    model.train()
+    )
+
+
+def torchvision_step(size: int, fpn: int, device: torch.device, amp: bool, images, targets):
+    """torchvision's own training step (model(images, targets) -> losses), and its loss alone."""
+    from train.step import autocast_dtype
+
+    model = torchvision_model(size, fpn).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
     tv_images = [image.to(device) / 255 for image in images]
     tv_targets = [
         {"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets
     ]
+    dtype = autocast_dtype(device, amp)
 
     def step() -> None:
-        loss = sum(model(tv_images, tv_targets).values())
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = sum(model(tv_images, tv_targets).values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -173,12 +182,12 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     device = torch.device(args.device)
     images, targets = synthetic_batch(args.batch_size, args.img_size)
-    if args.worker == "torchvision":
+    amp = "amp" in args.worker
+    if args.worker.startswith("torchvision"):
         step, loss_only = torchvision_step(
-            args.img_size, args.fpn_channels, device, images, targets
+            args.img_size, args.fpn_channels, device, amp, images, targets
         )
     else:
-        amp = "amp" in args.worker
         compiled = args.worker.endswith("compile")
         step, loss_only = ours_step(
             args.img_size, args.fpn_channels, device, amp, compiled, images, targets
@@ -246,6 +255,10 @@ def report(samples: dict, args: argparse.Namespace) -> None:
         loss = statistics.median(data["loss_s"])
         print(f"{variant:<20} {ips:8.2f} {ips / base_ips:6.2f}x {data['peak'] / 2**20:13.0f} "
               f"{loss * 1e3:8.1f} {base_loss / loss:9.2f}x")  # fmt: skip
+    ips = {v: args.batch_size / statistics.median(d["step_s"]) for v, d in samples.items()}
+    print(f"ours-amp / torchvision (its own fp32 step): {ips['ours-amp'] / ips['torchvision']:.2f}x;"
+          f" same autocast on both: {ips['ours-amp'] / ips['torchvision-amp']:.2f}x;"
+          f" both fp32: {ips['ours-fp32'] / ips['torchvision']:.2f}x")  # fmt: skip
 
 
 def parse_args() -> argparse.Namespace:

@@ -11,12 +11,24 @@ import torch
 from torch import nn
 
 
+class GroupNormNCHW(nn.GroupNorm):
+    """GroupNorm computed on a contiguous (NCHW) copy of its input.
+
+    The model runs channels-last, and torch's CPU GroupNorm kernel for channels-last input is
+    4x (fp32) to 12x (bf16) slower than for NCHW: in a resnet18 RetinaNet step at 192 px it took
+    11% of the time. The copy costs far less. Same parameters as nn.GroupNorm.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.contiguous())
+
+
 def _tower(channels: int, num_convs: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     for _ in range(num_convs):
         layers += [
             nn.Conv2d(channels, channels, 3, padding=1),
-            nn.GroupNorm(min(32, channels // 4), channels),
+            GroupNormNCHW(min(32, channels // 4), channels),
             nn.ReLU(inplace=True),
         ]
     return nn.Sequential(*layers)
