@@ -41,6 +41,7 @@ from train.distributed import (
     DistContext,
     all_gather_objects,
     all_ranks_true,
+    barrier,
     init_distributed,
     resolve_device,
 )
@@ -227,12 +228,12 @@ class Trainer:
             "bad_in_a_row": self._bad_in_a_row,
         }
         resume = self.state.state(position)  # collective: every rank takes part
-        if not self.context.is_main:
-            return
-        if is_best:
-            self._save(result.best_path, record, None)
-        self._save(result.last_path, record, resume)
-        write_text_atomic(result.out / "history.json", json.dumps(self.history, indent=2))
+        if self.context.is_main:
+            if is_best:
+                self._save(result.best_path, record, None)
+            self._save(result.last_path, record, resume)
+            write_text_atomic(result.out / "history.json", json.dumps(self.history, indent=2))
+        barrier()  # no rank starts the next epoch (or dies in it) before last.pt is on disk
 
     def _save(self, path: Path, metrics: dict, resume: dict | None) -> None:
         extra = {
