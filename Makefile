@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/pipeline run --out runs/demo --overwrite
+	$(VENV)/bin/pipeline run --out runs/demo --overwrite --epochs 7
 
 test: $(STAMP)
 	$(PY) -m pytest -q

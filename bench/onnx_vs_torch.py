@@ -56,7 +56,9 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, img {metadata.img_size}")
     print(f"{'backend':12s} {'p50 ms (median of rounds)':>26s}   rounds")
     for name, values in p50s.items():
-        print(f"{name:12s} {statistics.median(values):26.2f}   {', '.join(f'{v:.1f}' for v in values)}")
+        print(
+            f"{name:12s} {statistics.median(values):26.2f}   {', '.join(f'{v:.1f}' for v in values)}"
+        )
     ratio = statistics.median(p50s["onnxruntime"]) / statistics.median(p50s["pytorch"])
     print(f"ratio onnxruntime / pytorch = {ratio:.2f}  (target <= 0.70)")
 

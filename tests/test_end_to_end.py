@@ -8,8 +8,24 @@ from click.testing import CliRunner
 
 from pipeline.cli import cli
 
-TINY = ["--epochs", "1", "--batch-size", "4", "--img-size", "64", "--max-steps", "3",
-        "--fpn-channels", "16", "--head-convs", "1", "--workers", "0", "--warmup-iters", "1"]
+TINY = [
+    "--epochs",
+    "1",
+    "--batch-size",
+    "4",
+    "--img-size",
+    "64",
+    "--max-steps",
+    "3",
+    "--fpn-channels",
+    "16",
+    "--head-convs",
+    "1",
+    "--workers",
+    "0",
+    "--warmup-iters",
+    "1",
+]
 
 
 def invoke(*args: str):
@@ -45,12 +61,25 @@ def test_export_and_eval_both_formats_agree(tiny_run, tiny_data, tmp_path):
     reports = {}
     for name in ("best.pt", "model.onnx"):
         report_path = tmp_path / f"{name}.json"
-        result = invoke("eval", "--model", tiny_run / name, "--data", tiny_data, "--json", report_path,
-                        "--results", tmp_path / f"{name}.dets.json", "--warmup", 1)
+        result = invoke(
+            "eval",
+            "--model",
+            tiny_run / name,
+            "--data",
+            tiny_data,
+            "--json",
+            report_path,
+            "--results",
+            tmp_path / f"{name}.dets.json",
+            "--warmup",
+            1,
+        )
         assert result.exit_code == 0, result.output
         reports[name] = json.loads(report_path.read_text())
     for key in ("AP", "AP50", "AP75"):
-        assert abs(reports["best.pt"]["metrics"][key] - reports["model.onnx"]["metrics"][key]) <= 1e-3
+        assert (
+            abs(reports["best.pt"]["metrics"][key] - reports["model.onnx"]["metrics"][key]) <= 1e-3
+        )
     torch_dets = json.loads((tmp_path / "best.pt.dets.json").read_text())
     onnx_dets = json.loads((tmp_path / "model.onnx.dets.json").read_text())
     assert len(torch_dets) == len(onnx_dets)
@@ -58,7 +87,9 @@ def test_export_and_eval_both_formats_agree(tiny_run, tiny_data, tmp_path):
 
 def test_existing_run_is_not_overwritten(tiny_run, tiny_data):
     before = (tiny_run / "best.pt").read_bytes()
-    result = CliRunner().invoke(cli, ["train", "--data", str(tiny_data), "--out", str(tiny_run), *TINY])
+    result = CliRunner().invoke(
+        cli, ["train", "--data", str(tiny_data), "--out", str(tiny_run), *TINY]
+    )
     assert result.exit_code == 2
     assert "--overwrite" in result.output and "Traceback" not in result.output
     assert (tiny_run / "best.pt").read_bytes() == before
@@ -66,7 +97,9 @@ def test_existing_run_is_not_overwritten(tiny_run, tiny_data):
 
 def test_missing_data_folder_is_one_clear_error(tmp_path):
     missing = tmp_path / "nope"
-    result = CliRunner().invoke(cli, ["train", "--data", str(missing), "--out", str(tmp_path / "r"), *TINY])
+    result = CliRunner().invoke(
+        cli, ["train", "--data", str(missing), "--out", str(tmp_path / "r"), *TINY]
+    )
     assert result.exit_code == 2
     assert str(missing) in result.output
     assert len(result.output.strip().splitlines()) == 1

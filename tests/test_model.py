@@ -45,8 +45,14 @@ def test_cell_anchor_areas_and_ratios():
     cells = cell_anchors(32.0)
     widths, heights = cells[:, 2] - cells[:, 0], cells[:, 3] - cells[:, 1]
     assert len(cells) == ANCHORS_PER_LOCATION == 9
-    assert torch.allclose(widths * heights, torch.tensor([32.0**2 * s**2 for s in (1, 2 ** (1 / 3), 2 ** (2 / 3))] * 3), rtol=1e-5)
-    assert torch.allclose(heights / widths, torch.tensor([0.5] * 3 + [1.0] * 3 + [2.0] * 3), rtol=1e-5)
+    assert torch.allclose(
+        widths * heights,
+        torch.tensor([32.0**2 * s**2 for s in (1, 2 ** (1 / 3), 2 ** (2 / 3))] * 3),
+        rtol=1e-5,
+    )
+    assert torch.allclose(
+        heights / widths, torch.tensor([0.5] * 3 + [1.0] * 3 + [2.0] * 3), rtol=1e-5
+    )
 
 
 def test_anchor_grid_layout():
@@ -65,7 +71,9 @@ def test_assignment_thresholds_low_quality_crowd_and_ids():
         dtype=torch.float32,
     )
     gt_a = torch.tensor([[0, 0, 10, 10]], dtype=torch.float32)  # IoUs: 1, 0.75, 0.45, 0, 0
-    gt_b = torch.tensor([[50, 50, 70, 70], [0, 0, 10, 10]], dtype=torch.float32)  # 0.25 for anchor 3
+    gt_b = torch.tensor(
+        [[50, 50, 70, 70], [0, 0, 10, 10]], dtype=torch.float32
+    )  # 0.25 for anchor 3
     crowd = [torch.zeros(0, 4), torch.tensor([[98, 98, 112, 112]], dtype=torch.float32)]
     result = assign_anchors(anchors, [gt_a, gt_b], [torch.tensor([2]), torch.tensor([0, 1])], crowd)
     assert result.positive[0].tolist() == [True, True, False, False, False]
