@@ -1,6 +1,7 @@
 """The whole flow through the CLI on a tiny synthetic dataset: data -> train -> export -> eval."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,29 @@ def test_engine_without_gpu_is_a_clear_error(tmp_path):
     engine.write_bytes(b"\0" * 16)
     result = CliRunner().invoke(cli, ["eval", "--model", str(engine)])
     assert result.exit_code == 2 and "pip install" in result.output
+
+
+@pytest.mark.parametrize("loss", sorted(__import__("train.losses", fromlist=["LOSSES"]).LOSSES))
+def test_every_loss_trains_end_to_end_through_the_cli(loss, tiny_data, tmp_path):
+    out = tmp_path / loss
+    args = ["train", "--data", tiny_data, "--out", out, "--loss", loss, *TINY, "--max-steps", "2"]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    history = json.loads((out / "history.json").read_text())
+    parts = {k: v for k, v in history[-1].items() if k.startswith("loss_")}
+    assert parts and all(math.isfinite(v) for v in parts.values())
+    assert history[-1]["step"] == 2
+
+
+def test_ghm_with_another_regression_loss_turns_ghm_r_off(tiny_data, tmp_path):
+    out = tmp_path / "ghm-giou"
+    result = invoke(
+        "train", "--data", tiny_data, "--out", out, "--loss", "ghm", "--reg-loss", "giou", *TINY
+    )
+    assert result.exit_code == 0, result.output
+    import torch
+
+    payload = torch.load(out / "last.pt", weights_only=True)
+    assert (
+        payload["loss_options"]["ghm_r"] is False and payload["loss_options"]["reg_loss"] == "giou"
+    )

@@ -148,6 +148,9 @@ class Trainer:
         options = dict(self.config.loss_options)
         if self.config.reg_loss is not None:
             options["reg_loss"] = self.config.reg_loss
+            # GHM-R harmonizes ASL1 only: another --reg-loss under ghm runs unweighted.
+            if self.config.loss == "ghm" and self.config.reg_loss != "asl1":
+                options.setdefault("ghm_r", "false")
         return options
 
     def _prepare_batchnorm(self) -> None:
