@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -21,34 +22,32 @@ FORMAT = "softsample-pipeline/1"
 REQUIRED_KEYS = ("model_config", "state_dict", "class_names", "category_ids", "img_size")
 
 
-def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temporary sibling, fsync, then os.replace onto `path`."""
+def _replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write through `write` into a temporary sibling, fsync, then os.replace onto `path`.
+
+    A crash at any point leaves either the old file or the new one, never half of either.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save `obj` to `path` atomically."""
+    _replace_atomically(path, lambda handle: torch.save(obj, handle))
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Text (a report, the history) via a temporary sibling and os.replace, like save_atomic."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Text (a report, the history) to `path` atomically, like save_atomic."""
+    _replace_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def checkpoint_payload(
