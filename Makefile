@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# torch/torchvision are installed first, pinned, so pip never pulls a multi-GB newer CUDA build.
+# torch/torchvision are installed first, pinned to the versions the project is tested with
+# (on the development machines they install from a local copy; override TORCH_SPEC elsewhere).
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
@@ -28,6 +29,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/losses.py
 	$(PY) bench/onnx_vs_torch.py
+	$(PY) bench/train_throughput.py
 
 clean:
 	rm -rf runs .cache .pytest_cache
