@@ -14,22 +14,14 @@ from pipeline.cli import cli
 from pipeline.coco_bootstrap import match_run, paired_bootstrap, weighted_ap
 from pipeline.compare import split_loss_options
 from pipeline.errors import PipelineError
+from tests.cli_support import TINY, invoke, make_tiny_dataset
 
-TINY = ["--epochs", "1", "--batch-size", "4", "--img-size", "64", "--max-steps", "3",
-        "--fpn-channels", "16", "--head-convs", "1", "--workers", "0", "--warmup-iters", "1"]  # fmt: skip
 LOSSES = ("ce", "focal")
-
-
-def invoke(*args: object):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data") / "synth"
-    result = invoke("data", "synth", "--out", root, "--num-train", 12, "--num-val", 6)
-    assert result.exit_code == 0, result.output
-    return root
+    return make_tiny_dataset(tmp_path_factory)
 
 
 def compare_args(data: Path, out: Path, *extra: object) -> list[object]:

@@ -8,37 +8,12 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
-
-TINY = [
-    "--epochs",
-    "1",
-    "--batch-size",
-    "4",
-    "--img-size",
-    "64",
-    "--max-steps",
-    "3",
-    "--fpn-channels",
-    "16",
-    "--head-convs",
-    "1",
-    "--workers",
-    "0",
-    "--warmup-iters",
-    "1",
-]
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+from tests.cli_support import TINY, invoke, make_tiny_dataset
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data") / "synth"
-    result = invoke("data", "synth", "--out", root, "--num-train", 12, "--num-val", 6)
-    assert result.exit_code == 0, result.output
-    return root
+    return make_tiny_dataset(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
