@@ -1,0 +1,42 @@
+"""The dependency rules of architecture.md, checked on the source: pipeline -> train, export,
+deploy; export -> train; deploy never imports torch (nor train/export); nothing imports pipeline.
+
+Every import statement counts, including the lazy ones inside functions.
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FORBIDDEN = {
+    "train": {"pipeline", "export", "deploy"},
+    "export": {"pipeline", "deploy"},
+    "deploy": {"pipeline", "train", "export", "torch", "torchvision"},
+}
+
+
+def imported_top_level_names(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_package_imports_only_what_it_may(package):
+    violations = {
+        str(path.relative_to(ROOT)): sorted(imported_top_level_names(path) & FORBIDDEN[package])
+        for path in sorted((ROOT / package).rglob("*.py"))
+    }
+    assert {k: v for k, v in violations.items() if v} == {}
+
+
+def test_the_checker_sees_lazy_imports(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("def f():\n    import torch.nn\n    from pipeline.cli import cli\n")
+    assert imported_top_level_names(sample) == {"torch", "pipeline"}
