@@ -234,3 +234,22 @@ def test_compat_flags_what_tensorrt_rejects() -> None:
     custom = _topk_model(k_is_input=False, spatial=8)
     custom.graph.node.append(helper.make_node("Unique", ["x"], ["u"], name="u"))
     assert any("op Unique" in p for p in check_tensorrt_compat(custom))
+
+
+def test_io_binding_path_gives_the_same_detections(
+    tiny_model: RetinaDetector, tmp_path: Path
+) -> None:
+    """IO binding (the default on CUDA/TensorRT) is checked here on the CPU provider."""
+    from deploy.backends.onnxruntime import OnnxRuntimePredictor
+    from deploy.metadata import ModelMetadata
+
+    metadata = ModelMetadata(class_names=["a", "b", "c"], category_ids=[1, 2, 3], img_size=IMG_SIZE)
+    path = export_onnx(tiny_model, tmp_path / "model.onnx", metadata.to_props())
+    plain = OnnxRuntimePredictor(path, provider="cpu")
+    bound = OnnxRuntimePredictor(path, provider="cpu", io_binding=True)
+    assert not plain.io_binding and bound.io_binding
+    images = _images(2, seed=3)
+    expected, actual = plain(images), bound(images)
+    assert expected.num_dets.sum() > 0
+    for field in ("num_dets", "boxes", "scores", "labels"):
+        np.testing.assert_array_equal(getattr(actual, field), getattr(expected, field))
