@@ -203,6 +203,14 @@ def export_cmd(
     help="Write detections in COCO results format here.",
 )
 @click.option("--strict", is_flag=True, help="An unreadable image is an error, not skipped.")
+@click.option(
+    "--cuda-api",
+    type=click.Choice(["auto", "cuda-python", "pycuda"]),
+    default="auto",
+    show_default=True,
+    help="CUDA bindings for .engine files.",
+)
+@click.option("--cuda-graph", is_flag=True, help="Replay a captured CUDA graph (.engine, batch 1).")
 @user_errors_exit_2
 def eval_cmd(
     model_path: Path,
@@ -216,6 +224,8 @@ def eval_cmd(
     json_path: Path | None,
     results: Path | None,
     strict: bool,
+    cuda_api: str,
+    cuda_graph: bool,
 ) -> None:
     """Score a model with COCO mAP and time it (one evaluator for every format)."""
     from deploy.report import format_metrics_table
@@ -233,6 +243,8 @@ def eval_cmd(
         json_path,
         results,
         strict=strict,
+        cuda_api=cuda_api,
+        cuda_graph=cuda_graph,
     )
     click.echo(format_metrics_table([(model_path.name, report)]))
 

@@ -25,11 +25,15 @@ def run_eval(
     json_path: Path | None,
     results: Path | None,
     strict: bool = False,
+    cuda_api: str = "auto",
+    cuda_graph: bool = False,
 ) -> dict[str, Any]:
     for output in (json_path, results):
         if output is not None:
             check_output_file(output)
-    predictor = load_predictor(model_path, provider=provider, device=device)
+    predictor = load_predictor(
+        model_path, provider=provider, device=device, cuda_api=cuda_api, cuda_graph=cuda_graph
+    )
     root = data if data is not None else ensure_synthetic_dataset()
     ann_file, img_dir = resolve_split(root, split)
     report = evaluate(

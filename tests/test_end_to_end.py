@@ -119,3 +119,21 @@ def test_ghm_with_another_regression_loss_turns_ghm_r_off(tiny_data, tmp_path):
     assert (
         payload["loss_options"]["ghm_r"] is False and payload["loss_options"]["reg_loss"] == "giou"
     )
+
+
+def test_eval_engine_options_reach_the_loader(monkeypatch, tmp_path):
+    import pipeline.evaluation
+    from pipeline.errors import PipelineError
+
+    seen = {}
+
+    def fake_load(path, **kwargs):
+        seen.update(kwargs)
+        raise PipelineError("stop here")
+
+    monkeypatch.setattr(pipeline.evaluation, "load_predictor", fake_load)
+    args = ["eval", "--model", tmp_path / "m.engine", "--cuda-api", "pycuda", "--cuda-graph",
+            "--provider", "cpu", "--device", "cuda"]  # fmt: skip
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 2 and "stop here" in result.output
+    assert seen == {"provider": "cpu", "device": "cuda", "cuda_api": "pycuda", "cuda_graph": True}
