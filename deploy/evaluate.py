@@ -285,6 +285,7 @@ def load_coco(ann_file: Path) -> Any:
         for ann in dataset["annotations"]:
             if "area" not in ann:
                 ann["area"] = float(ann["bbox"][2] * ann["bbox"][3])
+            ann.setdefault("iscrowd", 0)  # optional in COCO files, required by COCOeval
         coco = COCO()
         coco.dataset = dataset
         with contextlib.redirect_stdout(io.StringIO()):

@@ -211,6 +211,7 @@ def export_cmd(
     help="CUDA bindings for .engine files.",
 )
 @click.option("--cuda-graph", is_flag=True, help="Replay a captured CUDA graph (.engine, batch 1).")
+@click.option("--overwrite", is_flag=True, help="Replace existing --json / --results files.")
 @user_errors_exit_2
 def eval_cmd(
     model_path: Path,
@@ -226,6 +227,7 @@ def eval_cmd(
     strict: bool,
     cuda_api: str,
     cuda_graph: bool,
+    overwrite: bool,
 ) -> None:
     """Score a model with COCO mAP and time it (one evaluator for every format)."""
     from deploy.report import format_metrics_table
@@ -245,6 +247,7 @@ def eval_cmd(
         strict=strict,
         cuda_api=cuda_api,
         cuda_graph=cuda_graph,
+        overwrite=overwrite,
     )
     click.echo(format_metrics_table([(model_path.name, report)]))
 

@@ -27,10 +27,12 @@ def run_eval(
     strict: bool = False,
     cuda_api: str = "auto",
     cuda_graph: bool = False,
+    overwrite: bool = True,
 ) -> dict[str, Any]:
+    """Score one model file; `overwrite=False` refuses to replace an existing report or results."""
     for output in (json_path, results):
         if output is not None:
-            check_output_file(output)
+            check_output_file(output, overwrite)
     predictor = load_predictor(
         model_path, provider=provider, device=device, cuda_api=cuda_api, cuda_graph=cuda_graph
     )

@@ -229,6 +229,7 @@ def run_export(
     images = parity_images(data, metadata.img_size)  # before writing: a bad dataset fails first
     export_onnx(model, out, metadata.to_props(), opset=opset)
     parity = check_parity(model, out, images)
+    update_metadata(out, {"parity": json.dumps(parity, default=float)})  # travels with the model
     problems = check_tensorrt_compat(out)
     lines = [
         f"wrote {out}",

@@ -137,3 +137,43 @@ def test_eval_engine_options_reach_the_loader(monkeypatch, tmp_path):
     result = CliRunner().invoke(cli, [str(a) for a in args])
     assert result.exit_code == 2 and "stop here" in result.output
     assert seen == {"provider": "cpu", "device": "cuda", "cuda_api": "pycuda", "cuda_graph": True}
+
+
+def test_export_stores_the_parity_result_in_the_model(tiny_run, tiny_data):
+    import onnx
+
+    result = invoke("export", "--weights", tiny_run / "best.pt", "--data", tiny_data, "--overwrite")
+    assert result.exit_code == 0, result.output
+    props = {p.key: p.value for p in onnx.load(str(tiny_run / "model.onnx")).metadata_props}
+    parity = json.loads(props["parity"])
+    assert parity["match"] is True and parity["num_images"] > 0
+
+
+def test_eval_never_replaces_a_report_without_overwrite(tmp_path):
+    report = tmp_path / "report.json"
+    report.write_text("keep me")
+    result = CliRunner().invoke(
+        cli, ["eval", "--model", str(tmp_path / "m.onnx"), "--json", str(report)]
+    )
+    assert result.exit_code == 2 and "--overwrite" in result.output
+    assert report.read_text() == "keep me"
+
+
+def test_coco_json_without_iscrowd_is_scored(tmp_path):
+    from deploy.evaluate import load_coco
+
+    ann = tmp_path / "a.json"
+    ann.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "x.png", "width": 10, "height": 10}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 1, 4, 4]}],
+        "categories": [{"id": 3, "name": "c"}],
+    }))  # fmt: skip
+    coco = load_coco(ann)
+    assert coco.anns[1]["iscrowd"] == 0 and coco.anns[1]["area"] == 16.0
+
+
+def test_warmup_zero_means_no_warmup():
+    from train.builders import warmup_cosine
+
+    assert warmup_cosine(100, 0)(0) == 1.0
+    assert warmup_cosine(100, 10)(0) == pytest.approx(0.1)

@@ -89,8 +89,9 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
 def warmup_cosine(
     total_steps: int, warmup: int, final_ratio: float = 0.02
 ) -> Callable[[int], float]:
-    """LR multiplier: linear warm-up from 0.1, then cosine decay to `final_ratio`."""
-    warmup = max(1, min(warmup, total_steps // 2))
+    """LR multiplier: linear warm-up from 0.1 (none when `warmup` is 0), then cosine decay to
+    `final_ratio`."""
+    warmup = max(0, min(warmup, total_steps // 2))
 
     def factor(step: int) -> float:
         if step < warmup:

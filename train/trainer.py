@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -118,6 +119,9 @@ class Trainer:
             self.ema,
         )
         self.epoch, self._step, self._bad_in_a_row, self.best_ap = 0, 0, 0, -1.0
+        # Whether this run's best.pt exists: a resumed run's does; with --overwrite, an older
+        # run's best.pt must be replaced at the first epoch even when AP cannot be measured.
+        self._best_written = config.resume is not None
         self.history: list[dict] = []
         self._unreadable: set[int] = set()  # dataset indices already warned about
         if config.resume is not None:
@@ -222,7 +226,9 @@ class Trainer:
     def _checkpoint(self, record: dict, result: TrainResult) -> None:
         """best.pt when AP improved, then last.pt with the training state; rank 0 writes."""
         ap = record.get("AP", -1.0)
-        is_best = ap > self.best_ap or (self.context.is_main and not result.best_path.exists())
+        if not math.isfinite(ap):  # no validator, or COCO's -1 / NaN: never "better"
+            ap = -1.0
+        is_best = ap > self.best_ap or not self._best_written
         self.best_ap = max(ap, self.best_ap)
         position = {
             "epoch": self.epoch,
@@ -236,6 +242,7 @@ class Trainer:
                 self._save(result.best_path, record, None)
             self._save(result.last_path, record, resume)
             write_text_atomic(result.out / "history.json", json.dumps(self.history, indent=2))
+        self._best_written = self._best_written or is_best
         barrier()  # no rank starts the next epoch (or dies in it) before last.pt is on disk
 
     def _save(self, path: Path, metrics: dict, resume: dict | None) -> None:
