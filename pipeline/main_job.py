@@ -10,12 +10,15 @@ from pipeline.exporting import run_export
 from pipeline.training import run_training
 from train.config import TrainConfig
 from train.distributed import is_main_process
+from train.resume import resume_config
 
 log = logging.getLogger(__name__)
 
 
 def run_main_job(config: TrainConfig) -> str:
     """Train, export, evaluate both formats on the same images; return the side-by-side table."""
+    if config.resume is not None:  # the stored run's data and settings, not the command line's
+        config = resume_config(config)
     result = run_training(config)
     if not is_main_process():  # a torchrun rank > 0: rank 0 exports and evaluates
         return ""
