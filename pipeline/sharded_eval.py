@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.errors import DeployError
-from deploy.evaluate import load_coco, postprocess_detections, score_coco
+from deploy.evaluate import image_path, load_coco, postprocess_detections, score_coco
 from deploy.metadata import Predictor
 from deploy.preprocess import letterbox, load_image, to_batch
 from train.distributed import all_gather_objects, broadcast_object, current_rank_and_world
@@ -21,12 +21,13 @@ from train.distributed import all_gather_objects, broadcast_object, current_rank
 log = logging.getLogger(__name__)
 
 
-def _read(infos: list[dict], img_dir: Path, strict: bool) -> tuple[list, set[int]]:
+def _read(infos: list[dict], img_dir: Path, strict: bool, ann_file: Path) -> tuple[list, set[int]]:
     """(image id, PIL image) of the readable images, and the ids of the unreadable ones."""
     pairs, skipped = [], set()
     for info in infos:
+        path = image_path(Path(img_dir), info.get("file_name"), ann_file)  # escapes: an error
         try:
-            pairs.append((info["id"], load_image(Path(img_dir) / info["file_name"])))
+            pairs.append((info["id"], load_image(path)))
         except DeployError as exc:
             if strict:
                 raise DeployError(f"{exc} (--strict)") from exc
@@ -36,14 +37,19 @@ def _read(infos: list[dict], img_dir: Path, strict: bool) -> tuple[list, set[int
 
 
 def predict_shard(
-    predictor: Predictor, infos: list[dict], img_dir: Path, batch_size: int, strict: bool
+    predictor: Predictor,
+    infos: list[dict],
+    img_dir: Path,
+    batch_size: int,
+    strict: bool,
+    ann_file: Path = Path("annotations"),
 ) -> tuple[list[dict[str, Any]], set[int]]:
     """COCO result dicts for `infos` (batches padded to `batch_size`, as the evaluator does)."""
     metadata = predictor.metadata
     results: list[dict[str, Any]] = []
     skipped: set[int] = set()
     for start in range(0, len(infos), batch_size):
-        pairs, bad = _read(infos[start : start + batch_size], img_dir, strict)
+        pairs, bad = _read(infos[start : start + batch_size], img_dir, strict, ann_file)
         skipped |= bad
         if not pairs:
             continue
@@ -78,18 +84,39 @@ def evaluate_sharded(
     infos = sorted(coco_gt.dataset["images"], key=lambda info: info["id"])[:max_images]
     if not infos:
         raise DeployError(f"{ann_file}: no images to evaluate")
-    own = predict_shard(predictor, infos[rank::world], img_dir, batch_size, strict)
-    gathered = all_gather_objects(own)
-    metrics = None
+    # An error on one rank is carried through the collectives and raised on every rank, so no
+    # rank is left waiting in a gather or broadcast that its peer never joins.
+    try:
+        results, skipped = predict_shard(
+            predictor, infos[rank::world], img_dir, batch_size, strict, ann_file
+        )
+        error = None
+    except DeployError as exc:
+        results, skipped, error = [], set(), str(exc)
+    gathered = all_gather_objects((results, skipped, error))
+    errors = [e for _, _, e in gathered if e is not None]
+    if errors:
+        raise DeployError(errors[0])
+    outcome: tuple[dict[str, float] | None, str | None] = (None, None)
     if rank == 0:
-        by_image: dict[int, list] = {}
-        for results, _ in gathered:
-            for result in results:
-                by_image.setdefault(result["image_id"], []).append(result)
-        skipped = set().union(*(bad for _, bad in gathered))
-        scored = [info["id"] for info in infos if info["id"] not in skipped]
-        if not scored:
-            raise DeployError(f"{img_dir}: none of the {len(infos)} images could be read")
-        ordered = [r for info in infos for r in by_image.get(info["id"], [])]
-        metrics = score_coco(coco_gt, ordered, scored)
-    return broadcast_object(metrics)
+        outcome = _score_gathered(coco_gt, infos, gathered, img_dir)
+    metrics, error = broadcast_object(outcome)
+    if error is not None:
+        raise DeployError(error)
+    return metrics
+
+
+def _score_gathered(
+    coco_gt: Any, infos: list[dict], gathered: list, img_dir: Path
+) -> tuple[dict[str, float] | None, str | None]:
+    """Rank 0: COCO metrics of every rank's detections, or the error that stops everyone."""
+    by_image: dict[int, list] = {}
+    for results, _, _ in gathered:
+        for result in results:
+            by_image.setdefault(result["image_id"], []).append(result)
+    skipped = set().union(*(bad for _, bad, _ in gathered))
+    scored = [info["id"] for info in infos if info["id"] not in skipped]
+    if not scored:
+        return None, f"{img_dir}: none of the {len(infos)} images could be read"
+    ordered = [r for info in infos for r in by_image.get(info["id"], [])]
+    return score_coco(coco_gt, ordered, scored), None

@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from deploy.errors import DeployError
 from deploy.evaluate import evaluate
 from deploy.metadata import Detections, ModelMetadata
 from deploy.preprocess import letterbox, load_image, to_batch
@@ -158,3 +160,49 @@ def test_sharded_validation_equals_one_process(tiny_data: Path, tmp_path: Path) 
     for rank in range(WORLD):  # rank 0 scored, every rank received the metrics
         sharded = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert sharded == pytest.approx(single, abs=1e-9)
+
+
+def _strict_eval_worker(rank: int, port: int, intact: str, root: str, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        root_path = Path(root)
+        evaluate_sharded(
+            _predictor(Path(intact)), root_path / "annotations" / "instances_val.json",
+            root_path / "val", batch_size=3, strict=True,
+        )  # fmt: skip
+        outcome = "no error"
+    except DeployError as exc:
+        outcome = f"DeployError: {exc}"
+    finally:
+        dist.destroy_process_group()
+    (Path(out_dir) / f"rank{rank}.txt").write_text(outcome)
+
+
+@pytest.mark.slow
+def test_an_error_on_one_rank_stops_every_rank(tiny_data: Path, tmp_path: Path) -> None:
+    """A --strict failure on rank 1 only must reach rank 0 too, not leave it waiting."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root)
+    infos = sorted(
+        json.loads((root / "annotations" / "instances_val.json").read_text())["images"],
+        key=lambda info: info["id"],
+    )
+    broken = root / "val" / infos[1]["file_name"]  # rank 1 of 2 takes images 1, 3, 5, ...
+    broken.write_bytes(b"not a png")
+    context = mp.start_processes(
+        _strict_eval_worker, args=(_free_port(), str(tiny_data), str(root), str(tmp_path)),
+        nprocs=WORLD,
+        start_method="spawn", join=False,
+    )  # fmt: skip
+    deadline = time.monotonic() + 90
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("a rank hung after another rank's error")
+    for rank in range(WORLD):
+        outcome = (tmp_path / f"rank{rank}.txt").read_text()
+        assert outcome.startswith("DeployError") and broken.name in outcome
