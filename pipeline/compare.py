@@ -24,14 +24,14 @@ from typing import Any
 from deploy.report import write_json_atomic
 from pipeline.compare_backends import build_deployed_model, check_backend
 from pipeline.errors import PipelineError
-from pipeline.evaluation import run_eval
+from pipeline.evaluation import eval_in_run
 from pipeline.options import config_from_options
 from pipeline.training import run_training
 from train.checkpoint import load_checkpoint
 from train.config import TrainConfig
 from train.errors import InputError
 from train.losses import LOSSES, resolve_options
-from train.trainer import NonFiniteLossError, resolve_device
+from train.trainer import NonFiniteLossError
 
 log = logging.getLogger(__name__)
 
@@ -199,11 +199,7 @@ def _evaluate(name: str, model: Callable[[], Path], config: TrainConfig) -> dict
     report_path, dets_path = out / f"report_{name}.json", out / f"detections_{name}.json"
     if report_path.is_file() and dets_path.is_file():
         return json.loads(report_path.read_text())
-    device = resolve_device(config.device).type  # PyTorch is timed where it trained
-    return run_eval(
-        model(), config.data, "val", 1, "auto", device, config.max_val_images, 5, report_path,
-        dets_path, strict=config.strict,
-    )  # fmt: skip
+    return eval_in_run(name, model(), config)
 
 
 def training_summary(history: list[dict[str, Any]]) -> dict[str, float]:

@@ -9,8 +9,10 @@ from deploy.evaluate import environment_info, evaluate
 from deploy.report import write_json_atomic
 from pipeline.models import load_predictor
 from pipeline.outputs import check_output_file
+from train.config import TrainConfig
 from train.data.layout import resolve_split
 from train.data.synthetic import ensure_synthetic_dataset
+from train.distributed import resolve_device
 
 
 def run_eval(
@@ -53,3 +55,23 @@ def run_eval(
     if json_path is not None:
         write_json_atomic(json_path, report)
     return report
+
+
+def eval_in_run(name: str, model_path: Path, config: TrainConfig) -> dict[str, Any]:
+    """Score a model of the run in `config.out` on its validation split, batch 1, as `run` and
+    `compare` report it: report_{name}.json and detections_{name}.json beside the checkpoints;
+    a .pt is timed on the device it trained on."""
+    out = Path(config.out)
+    return run_eval(
+        model_path,
+        config.data,
+        "val",
+        batch_size=1,
+        provider="auto",
+        device=resolve_device(config.device).type,
+        max_images=config.max_val_images,
+        warmup=5,
+        json_path=out / f"report_{name}.json",
+        results=out / f"detections_{name}.json",
+        strict=config.strict,
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from deploy.report import format_metrics_table, write_json_atomic
-from pipeline.evaluation import run_eval
+from pipeline.evaluation import eval_in_run
 from pipeline.exporting import run_export
 from pipeline.training import run_training
 from train.config import TrainConfig
@@ -26,20 +26,7 @@ def run_main_job(config: TrainConfig) -> str:
     log.info(run_export(result.best_path, onnx_path, 17, config.data, overwrite=True))
     rows = []
     for name, path in (("pytorch", result.best_path), ("onnxruntime", onnx_path)):
-        report = run_eval(
-            path,
-            config.data,
-            "val",
-            1,
-            "auto",
-            "cpu",
-            config.max_val_images,
-            5,
-            result.out / f"report_{name}.json",
-            result.out / f"detections_{name}.json",
-            strict=config.strict,
-        )
-        rows.append((name, report))
+        rows.append((name, eval_in_run(name, path, config)))
     summary = {name: report for name, report in rows}
     write_json_atomic(result.out / "report.json", summary)
     return format_metrics_table(rows)
