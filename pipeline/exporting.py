@@ -139,7 +139,12 @@ def _compare_line(name: str, reference: Any, other: Any) -> str:
 
 
 def _onnx_variant(
-    out: Path, target: Path, options: ExportOptions, metadata: ModelMetadata, data: Path | None
+    out: Path,
+    target: Path,
+    options: ExportOptions,
+    metadata: ModelMetadata,
+    data: Path | None,
+    check: np.ndarray,
 ) -> list[str]:
     """model.int8.onnx (static QDQ, calibrated on train images) or model.fp16.onnx."""
     from export.quantize import convert_fp16, quantize_int8
@@ -150,7 +155,6 @@ def _onnx_variant(
     else:
         detail = convert_fp16(out, target)
     update_metadata(target, _with_precision(metadata, options.precision, detail).to_props())
-    check = parity_images(data, metadata.img_size)
     lines = [f"wrote {target} ({options.precision}: {json.dumps(detail)})"]
     if options.precision == "int8":  # fp16 runs on GPUs only; checked there
         reference = run_onnxruntime(out, check)
@@ -159,7 +163,12 @@ def _onnx_variant(
 
 
 def _engine(
-    out: Path, target: Path, options: ExportOptions, metadata: ModelMetadata, data: Path | None
+    out: Path,
+    target: Path,
+    options: ExportOptions,
+    metadata: ModelMetadata,
+    data: Path | None,
+    check: np.ndarray,
 ) -> list[str]:
     """model.<precision>.engine and its metadata sidecar, then engine vs ONNX Runtime."""
     from deploy.backends.tensorrt import TensorRTPredictor
@@ -167,10 +176,9 @@ def _engine(
     from export.tensorrt import EngineOptions, build_engine
 
     engine_options = EngineOptions(options.precision, options.batch, None, options.workspace_gb)
-    images = _calibration(data, metadata, options.calib_images)
-    build = build_engine(
-        out, target, engine_options, images if options.precision == "int8" else None
-    )
+    int8 = options.precision == "int8"  # only int8 calibrates: read train images just then
+    images = _calibration(data, metadata, options.calib_images) if int8 else None
+    build = build_engine(out, target, engine_options, images)
     info = EngineInfo(
         tensorrt_version=build.tensorrt_version,
         gpu_name=build.gpu_name,
@@ -186,7 +194,6 @@ def _engine(
     detail = {"tensorrt_plan": build.plan, "calibration_images": build.calibration_images}
     props |= _with_precision(metadata, options.precision, detail).to_props()
     sidecar = write_engine_metadata(target, props, info)
-    check = parity_images(data, metadata.img_size)
     predictor = TensorRTPredictor(target)
     chunks = [
         predictor(check[i : i + build.max_batch]) for i in range(0, len(check), build.max_batch)
@@ -238,7 +245,7 @@ def run_export(
         "TensorRT compatibility: " + ("ok" if not problems else "; ".join(problems)),
     ]
     if options.trt:
-        lines += _engine(out, paths[1], options, metadata, data)
+        lines += _engine(out, paths[1], options, metadata, data, images)
     elif options.precision != "fp32":
-        lines += _onnx_variant(out, paths[1], options, metadata, data)
+        lines += _onnx_variant(out, paths[1], options, metadata, data, images)
     return "\n".join(lines)
