@@ -60,26 +60,46 @@ def evaluate(
     infos = sorted(coco_gt.dataset["images"], key=lambda info: info["id"])[:max_images]
     if not infos:
         raise DeployError(f"{ann_file}: no images to evaluate")
-    paths = {info["id"]: image_path(img_dir, info.get("file_name"), ann_file) for info in infos}
-    reader = _ImageReader(paths, strict)
     timer = StageTimer()
-    results = _predict_all(predictor, metadata, infos, reader, batch_size, warmup, timer)
-    scored = [info["id"] for info in infos if info["id"] not in reader.skipped]
+    results, skipped = predict_images(
+        predictor, infos, img_dir, ann_file, batch_size, strict, warmup, timer
+    )
+    scored = [info["id"] for info in infos if info["id"] not in skipped]
     if not scored:
         raise DeployError(f"{img_dir}: none of the {len(infos)} images could be read")
-    if reader.skipped:
+    if skipped:
         logger.warning(
-            "%s: skipped %d of %d images that could not be read",
-            img_dir,
-            len(reader.skipped),
-            len(infos),
+            "%s: skipped %d of %d images that could not be read", img_dir, len(skipped), len(infos)
         )
     metrics = score_coco(coco_gt, results, scored)
     if results_path is not None:
         write_json_atomic(results_path, results)
         logger.info("wrote %d detections to %s", len(results), results_path)
     report = {"metrics": metrics, **_timing_report(predictor, timer, batch_size)}
-    return report | {"skipped_images": len(reader.skipped)}
+    return report | {"skipped_images": len(skipped)}
+
+
+def predict_images(
+    predictor: Predictor,
+    infos: list[dict[str, Any]],
+    img_dir: Path,
+    ann_file: Path,
+    batch_size: int = 1,
+    strict: bool = False,
+    warmup: int = 0,
+    timer: StageTimer | None = None,
+) -> tuple[list[dict[str, Any]], set[int]]:
+    """COCO result dicts for the images `infos` name, and the ids of those that could not be read.
+
+    The one loop over images that both `evaluate` and DDP-sharded validation run, so a shard's
+    detections are exactly what a single process would produce for the same images.
+    """
+    metadata = _checked_metadata(predictor)
+    paths = {info["id"]: image_path(img_dir, info.get("file_name"), ann_file) for info in infos}
+    reader = _ImageReader(paths, strict)
+    timer = timer if timer is not None else StageTimer()
+    results = _predict_all(predictor, metadata, infos, reader, batch_size, warmup, timer)
+    return results, reader.skipped
 
 
 def image_path(img_dir: Path, file_name: Any, ann_file: Path) -> Path:
