@@ -10,7 +10,7 @@ import click
 
 from pipeline.compare_options import compare_options
 from pipeline.errors import PipelineError, user_errors_exit_2
-from pipeline.options import config_from_options, format_loss_listing, train_options
+from pipeline.options import config_from_command_line, format_loss_listing, train_options
 
 
 @click.group()
@@ -77,7 +77,7 @@ def train(out: Path, **options: object) -> None:
     from pipeline.training import run_training
     from train.distributed import is_main_process
 
-    result = run_training(config_from_options(out, options))
+    result = run_training(config_from_command_line(out, options))
     if is_main_process():  # under torchrun every rank returns here
         click.echo(
             f"best AP {result.best_ap:.4f}; checkpoints: {result.best_path}, {result.last_path}"
@@ -262,7 +262,7 @@ def run(out: Path, **options: object) -> None:
     """The main job: synthesize (if needed) -> train -> export -> eval PyTorch and ONNX."""
     from pipeline.main_job import run_main_job
 
-    table = run_main_job(config_from_options(out, options))
+    table = run_main_job(config_from_command_line(out, options))
     if table:  # empty on torchrun ranks > 0
         click.echo(table)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from train.config import TrainConfig
 from train.losses import LOSSES
@@ -151,7 +152,8 @@ TRAIN_OPTIONS: list[Callable] = [
         type=click.Path(path_type=Path, file_okay=False),
         default=None,
         help="Continue the run in this folder from its last.pt, exactly (its stored options "
-        "are used; --device, --workers, --nproc-per-node, --cache-images, --compile may change).",
+        "are used; --device, --workers, --nproc-per-node, --cache-images, --compile may change; "
+        "any other option given with a different value is an error).",
     ),
     click.option(
         "--freeze-bn",
@@ -216,3 +218,20 @@ def config_from_options(out: Path, options: dict[str, Any]) -> TrainConfig:
         cache_images=options["cache_images"],
         compile=options["compile"],
     )
+
+
+def config_from_command_line(out: Path, options: dict[str, Any]) -> TrainConfig:
+    """config_from_options for `train` and `run`, refusing options a --resume would ignore."""
+    config = config_from_options(out, options)
+    if config.resume is not None:
+        from train.resume import refuse_changed_options
+
+        refuse_changed_options(config, fields_given(click.get_current_context()))
+    return config
+
+
+def fields_given(ctx: click.Context) -> set[str]:
+    """The TrainConfig fields set on the command line (or through the environment)."""
+    sources = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    given = {p.name for p in ctx.command.params if ctx.get_parameter_source(p.name) in sources}
+    return {"loss_options" if name == "loss_opt" else name for name in given if name}

@@ -100,3 +100,27 @@ def test_a_failed_save_leaves_the_previous_checkpoint(tmp_path: Path, monkeypatc
         save_atomic({"epoch": 2}, path)
     assert _load(path) == {"epoch": 1}
     assert list(tmp_path.iterdir()) == [path]  # no temporary left behind
+
+
+def test_resume_refuses_options_it_would_ignore(tmp_path: Path, tmp_path_factory) -> None:
+    from tests.cli_support import TINY, invoke, make_tiny_dataset
+
+    data, run = make_tiny_dataset(tmp_path_factory), tmp_path / "run"
+    assert invoke("train", "--data", data, "--out", run, *TINY).exit_code == 0
+    before = (run / "last.pt").read_bytes()
+
+    changed = invoke("train", "--resume", run, "--epochs", "5")
+    assert changed.exit_code == 2
+    assert "--epochs 5 differs from the run's 1" in changed.output
+    loss_opt = invoke("train", "--resume", run, "--loss-opt", "gamma=3")
+    assert loss_opt.exit_code == 2 and "--loss-opt gamma=3 differs" in loss_opt.output
+    other_out = invoke("train", "--resume", run, "--out", tmp_path / "elsewhere")
+    assert other_out.exit_code == 2 and "--out" in other_out.output
+    overwrite = invoke("train", "--resume", run, "--overwrite")
+    assert overwrite.exit_code == 2 and "--overwrite" in overwrite.output
+    assert (run / "last.pt").read_bytes() == before  # nothing on disk touched
+    assert not (tmp_path / "elsewhere").exists()
+
+    # The stored values themselves, runtime options and the run's own folder are accepted.
+    same = invoke("train", "--resume", run, "--epochs", "1", "--workers", "0", "--out", run)
+    assert same.exit_code == 0, same.output

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,47 @@ def resume_config(requested: TrainConfig) -> TrainConfig:
         payload["resume"]["step"],
     )
     return config
+
+
+def refuse_changed_options(requested: TrainConfig, given: Iterable[str]) -> None:
+    """InputError for an option the user gave that a resume would otherwise silently ignore.
+
+    `given` names the TrainConfig fields set on the command line. A value equal to the stored
+    one, or a RUNTIME_FIELDS one, is fine; anything else would not continue the same run.
+    """
+    assert requested.resume is not None
+    stored = config_from_dict(load_resume_payload(requested.resume)["train_config"])
+    run_dir = last_checkpoint(requested.resume).parent
+    flag = f"--resume {requested.resume}"
+    if requested.overwrite:
+        raise InputError(f"{flag}: --overwrite would discard the run being resumed; drop one")
+    for name in sorted(set(given) - set(RUNTIME_FIELDS) - {"resume", "overwrite"}):
+        wanted, kept = getattr(requested, name), getattr(stored, name)
+        if name == "out":
+            kept = run_dir
+        if _same_option(wanted, kept):
+            continue
+        option = "--loss-opt" if name == "loss_options" else "--" + name.replace("_", "-")
+        raise InputError(
+            f"{flag}: {option} {_shown(wanted)} differs from the run's {_shown(kept)}; a resumed "
+            f"run keeps its options (only {', '.join(_runtime_flags())} may change)"
+        )
+
+
+def _same_option(wanted: Any, kept: Any) -> bool:
+    if isinstance(wanted, Path) and isinstance(kept, Path):
+        return wanted.resolve() == kept.resolve()
+    return wanted == kept
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v}" for k, v in value.items()) or "(none)"
+    return "(default)" if value is None else str(value)
+
+
+def _runtime_flags() -> list[str]:
+    return ["--" + name.replace("_", "-") for name in RUNTIME_FIELDS]
 
 
 def to_cpu(tree: Any) -> Any:
