@@ -68,7 +68,15 @@ def _loss_epilog() -> str:
     return "Loss options (--loss-opt KEY=VALUE) with their defaults:\n\n" + blocks
 
 
-@cli.command(epilog=_loss_epilog())
+class _LossEpilogCommand(click.Command):
+    """Help that ends with every loss option, built only when shown (the registry needs torch)."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self.epilog = _loss_epilog()
+        super().format_epilog(ctx, formatter)
+
+
+@cli.command(cls=_LossEpilogCommand)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/exp"), show_default=True)
 @train_options
 @user_errors_exit_2

@@ -11,7 +11,6 @@ import logging
 from pathlib import Path
 
 from pipeline.errors import PipelineError
-from pipeline.exporting import ExportOptions, run_export
 from train.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -51,6 +50,8 @@ def deployed_model_path(backend: str, run_dir: Path) -> Path:
 
 def build_deployed_model(backend: str, weights: Path, run_dir: Path, data: Path | None) -> Path:
     """Export `weights` for `backend` into `run_dir` (replacing partial files); the model path."""
+    from pipeline.exporting import ExportOptions, run_export  # torch: only when exporting
+
     trt, precision = BACKENDS[backend]
     options = ExportOptions(trt=trt, precision=precision)
     summary = run_export(weights, run_dir / "model.onnx", ONNX_OPSET, data, True, options)

@@ -9,8 +9,7 @@ from typing import Any
 import click
 
 from deploy.errors import DeployError
-from train.errors import InputError, TrainingError
-from train.losses import UnknownLossError
+from train.errors import InputError, TrainingError, UnknownLossError
 
 
 class PipelineError(click.ClickException):

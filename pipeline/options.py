@@ -10,8 +10,7 @@ import click
 from click.core import ParameterSource
 
 from train.config import TrainConfig
-from train.losses import LOSSES
-from train.losses.regression import REG_LOSSES
+from train.loss_names import LOSS_NAMES, REG_LOSS_NAMES
 
 DEFAULTS = TrainConfig(out=Path("runs/exp"))
 
@@ -40,7 +39,7 @@ def format_loss_listing(described: list[dict[str, Any]]) -> str:
 
 
 def _loss_help() -> str:
-    names = ", ".join(LOSSES)
+    names = ", ".join(LOSS_NAMES)
     return f"Classification/sampling loss: {names}. Options and defaults: `pipeline losses`."
 
 
@@ -53,7 +52,7 @@ TRAIN_OPTIONS: list[Callable] = [
     ),
     click.option(
         "--loss",
-        type=click.Choice(list(LOSSES)),
+        type=click.Choice(list(LOSS_NAMES)),
         default=DEFAULTS.loss,
         show_default=True,
         help=_loss_help(),
@@ -67,7 +66,7 @@ TRAIN_OPTIONS: list[Callable] = [
     ),
     click.option(
         "--reg-loss",
-        type=click.Choice(list(REG_LOSSES)),
+        type=click.Choice(list(REG_LOSS_NAMES)),
         default=None,
         help="Box regression loss (default: the loss's own).",
     ),

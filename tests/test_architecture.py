@@ -40,3 +40,23 @@ def test_the_checker_sees_lazy_imports(tmp_path):
     sample = tmp_path / "sample.py"
     sample.write_text("def f():\n    import torch.nn\n    from pipeline.cli import cli\n")
     assert imported_top_level_names(sample) == {"torch", "pipeline"}
+
+
+def test_the_cli_starts_without_importing_torch():
+    """`pipeline --help` and friends answer at once; torch loads only for the work that needs it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pipeline.cli; print(sorted(m for m in ('torch', 'onnx') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_cli_offers_exactly_the_registered_losses():
+    from train.loss_names import LOSS_NAMES, REG_LOSS_NAMES
+    from train.losses import LOSSES, REG_LOSSES
+
+    assert tuple(LOSSES) == LOSS_NAMES and tuple(REG_LOSSES) == REG_LOSS_NAMES

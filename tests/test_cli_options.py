@@ -6,6 +6,7 @@ import click
 from click.testing import CliRunner
 
 import pipeline.training
+import train.resume
 from pipeline.cli import cli
 from train.config import TrainConfig
 
@@ -65,6 +66,8 @@ def test_every_train_option_reaches_the_config(monkeypatch):
         best_ap, best_path, last_path = 0.0, Path("b.pt"), Path("l.pt")
 
     monkeypatch.setattr(pipeline.training, "run_training", lambda c: captured.append(c) or Result())
+    given: list[set[str]] = []  # with --resume, the fields the user set are checked against the run
+    monkeypatch.setattr(train.resume, "refuse_changed_options", lambda c, g: given.append(set(g)))
     args = ["train", "--out", "runs/x"]
     for flag, (value, _, _) in NON_DEFAULTS.items():
         args += [flag] if value is None else [flag, value]
@@ -74,6 +77,7 @@ def test_every_train_option_reaches_the_config(monkeypatch):
     assert config.out == Path("runs/x")
     for flag, (_, field, expected) in NON_DEFAULTS.items():
         assert getattr(config, field) == expected, flag
+    assert given == [{"out"} | {field for _, field, _ in NON_DEFAULTS.values()}]
 
 
 def test_bad_loss_option_syntax_is_a_usage_error():

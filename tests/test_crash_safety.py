@@ -117,10 +117,10 @@ def _patch_loss(monkeypatch: pytest.MonkeyPatch, bad: set[int]) -> None:
     monkeypatch.setattr(
         train.trainer, "build_loss", lambda *a, **k: _NanOnCalls(build(*a, **k), bad)
     )
-    to_config = pipeline.cli.config_from_options
+    to_config = pipeline.cli.config_from_command_line
     monkeypatch.setattr(
         pipeline.cli,
-        "config_from_options",
+        "config_from_command_line",
         lambda out, options: dataclasses.replace(to_config(out, options), max_bad_steps=2),
     )
 

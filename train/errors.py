@@ -15,3 +15,7 @@ class TrainingError(RuntimeError):
 
 class NonFiniteLossError(TrainingError):
     """Training produced non-finite losses for too many consecutive steps."""
+
+
+class UnknownLossError(ValueError):
+    """A loss name, option or option value the loss registry does not accept."""

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
+from train.errors import UnknownLossError
+from train.loss_names import LOSS_NAMES
 from train.losses.base import DetectionLoss
 from train.losses.focal import FocalDetectionLoss, FocalStarDetectionLoss
 from train.losses.ghm import GhmDetectionLoss
@@ -77,10 +79,8 @@ LOSSES: dict[str, LossSpec] = {
         _spec("ohem", "CE on the 256 highest-loss anchors per image, 1:3 (OHEM)", OhemLoss),
     ]
 }  # fmt: skip
-
-
-class UnknownLossError(ValueError):
-    """A loss name, option or option value the registry does not accept."""
+if tuple(LOSSES) != LOSS_NAMES:  # the CLI offers LOSS_NAMES without importing this table
+    raise RuntimeError(f"train/loss_names.py lists {LOSS_NAMES}, the registry {tuple(LOSSES)}")
 
 
 def _coerce(key: str, raw: Any, default: Any) -> Any:

@@ -8,6 +8,7 @@ import torch
 from torchvision.ops import generalized_box_iou_loss
 
 from train.assign import AnchorAssignment
+from train.loss_names import REG_LOSS_NAMES
 from train.losses.base import option, selected_rows
 from train.model.box_coder import decode_boxes, encode_boxes
 
@@ -26,7 +27,7 @@ def asl1(pred: torch.Tensor, target: torch.Tensor, mu: float = 0.02) -> torch.Te
     return torch.sqrt(d * d + mu * mu) - mu
 
 
-REG_LOSSES = ("smooth-l1", "l1", "asl1", "giou")
+REG_LOSSES = REG_LOSS_NAMES
 
 
 def regression_loss_per_positive(

@@ -1,0 +1,8 @@
+"""The loss names the CLI offers, importable without torch (so `pipeline --help` stays fast).
+
+train.losses.registry refuses to import if its table of losses has other names than these.
+"""
+
+LOSS_NAMES = ("ce", "balanced-ce", "focal", "focal-star", "ghm", "pisa", "pisa-center", "random",
+              "ohem")  # fmt: skip
+REG_LOSS_NAMES = ("smooth-l1", "l1", "asl1", "giou")
