@@ -113,7 +113,9 @@ def test_resume_refuses_options_it_would_ignore(tmp_path: Path, tmp_path_factory
     assert changed.exit_code == 2
     assert "--epochs 5 differs from the run's 1" in changed.output
     loss_opt = invoke("train", "--resume", run, "--loss-opt", "gamma=3")
-    assert loss_opt.exit_code == 2 and "--loss-opt gamma=3 differs" in loss_opt.output
+    assert loss_opt.exit_code == 2 and "gamma 2.0 -> 3.0" in loss_opt.output
+    reg_loss = invoke("train", "--resume", run, "--reg-loss", "giou")
+    assert reg_loss.exit_code == 2 and "reg_loss smooth-l1 -> giou" in reg_loss.output
     other_out = invoke("train", "--resume", run, "--out", tmp_path / "elsewhere")
     assert other_out.exit_code == 2 and "--out" in other_out.output
     overwrite = invoke("train", "--resume", run, "--overwrite")
@@ -122,5 +124,7 @@ def test_resume_refuses_options_it_would_ignore(tmp_path: Path, tmp_path_factory
     assert not (tmp_path / "elsewhere").exists()
 
     # The stored values themselves, runtime options and the run's own folder are accepted.
-    same = invoke("train", "--resume", run, "--epochs", "1", "--workers", "0", "--out", run)
+    # Loss options are compared as the loss reads them: focal's own gamma and box loss are no change.
+    same = invoke("train", "--resume", run, "--epochs", "1", "--workers", "0", "--out", run,
+                  "--loss-opt", "gamma=2.0", "--reg-loss", "smooth-l1")  # fmt: skip
     assert same.exit_code == 0, same.output

@@ -7,6 +7,7 @@ import math
 import random
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from train.data.coco import CocoDetection
 from train.data.layout import resolve_split
 from train.data.synthetic import ensure_synthetic_dataset
 from train.errors import InputError
-from train.losses import LOSSES
+from train.losses import LOSSES, resolve_options
 from train.model.anchors import default_anchor_scale
 from train.model.detector import ModelConfig, RetinaDetector
 
@@ -100,6 +101,17 @@ def warmup_cosine(
         return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+def resolved_loss_options(config: TrainConfig) -> dict[str, Any]:
+    """Every option of the run's loss: defaults, then --loss-opt, then --reg-loss (parsed)."""
+    options = dict(config.loss_options)
+    if config.reg_loss is not None:
+        options["reg_loss"] = config.reg_loss
+        # GHM-R harmonizes ASL1 only: another --reg-loss under ghm runs unweighted.
+        if config.loss == "ghm" and config.reg_loss != "asl1":
+            options.setdefault("ghm_r", "false")
+    return resolve_options(config.loss, options)
 
 
 def grad_clip_for(config: TrainConfig) -> float | None:

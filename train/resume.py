@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from train.builders import resolved_loss_options
 from train.checkpoint import load_checkpoint
 from train.config import TrainConfig
 from train.distributed import all_gather_objects, current_rank_and_world
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 # How to run, not what to train: on resume these come from the command line.
 RUNTIME_FIELDS = ("device", "workers", "nproc_per_node", "cache_images", "compile")
 PATH_FIELDS = ("out", "data", "pretrained", "resume")
+LOSS_OPTION_FIELDS = ("loss_options", "reg_loss")
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -124,16 +126,34 @@ def refuse_changed_options(requested: TrainConfig, given: Iterable[str]) -> None
     flag = f"--resume {requested.resume}"
     if requested.overwrite:
         raise InputError(f"{flag}: --overwrite would discard the run being resumed; drop one")
-    for name in sorted(set(given) - set(RUNTIME_FIELDS) - {"resume", "overwrite"}):
+    checked = set(given) - set(RUNTIME_FIELDS) - {"resume", "overwrite"}
+    for name in sorted(checked - set(LOSS_OPTION_FIELDS)):
         wanted, kept = getattr(requested, name), getattr(stored, name)
         if name == "out":
             kept = run_dir
         if _same_option(wanted, kept):
             continue
-        option = "--loss-opt" if name == "loss_options" else "--" + name.replace("_", "-")
+        option = "--" + name.replace("_", "-")
         raise InputError(
             f"{flag}: {option} {_shown(wanted)} differs from the run's {_shown(kept)}; a resumed "
             f"run keeps its options (only {', '.join(_runtime_flags())} may change)"
+        )
+    _refuse_changed_loss_options(requested, stored, checked & set(LOSS_OPTION_FIELDS), flag)
+
+
+def _refuse_changed_loss_options(
+    requested: TrainConfig, stored: TrainConfig, given: set[str], flag: str
+) -> None:
+    """--loss-opt / --reg-loss compared as the loss sees them (gamma=2 equals gamma=2.0)."""
+    if not given:
+        return
+    merged = dataclasses.replace(stored, **{name: getattr(requested, name) for name in given})
+    wanted, kept = resolved_loss_options(merged), resolved_loss_options(stored)
+    changed = [f"{key} {kept[key]} -> {wanted[key]}" for key in kept if wanted[key] != kept[key]]
+    if changed:
+        raise InputError(
+            f"{flag}: the options given would change the run's loss ({', '.join(changed)}); a "
+            "resumed run keeps its options"
         )
 
 
@@ -144,8 +164,6 @@ def _same_option(wanted: Any, kept: Any) -> bool:
 
 
 def _shown(value: Any) -> str:
-    if isinstance(value, dict):
-        return " ".join(f"{k}={v}" for k, v in value.items()) or "(none)"
     return "(default)" if value is None else str(value)
 
 

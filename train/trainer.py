@@ -31,6 +31,7 @@ from train.builders import (
     grad_clip_for,
     per_rank_batch,
     prepare_output,
+    resolved_loss_options,
     seed_everything,
     warmup_cosine,
 )
@@ -48,7 +49,7 @@ from train.distributed import (
 )
 from train.ema import ModelEma
 from train.errors import InputError, NonFiniteLossError
-from train.losses import build_loss, loss_state_dict, resolve_options
+from train.losses import build_loss, loss_state_dict
 from train.model.detector import RetinaDetector
 from train.resume import Resumable, load_resume_payload, to_cpu
 from train.step import TrainStep, freeze_batchnorm, set_train_mode
@@ -93,7 +94,7 @@ class Trainer:
         self.device = self.context.device
         seed_everything(config.seed)
         self.train_set, self.val_set = build_datasets(config)
-        self.loss_options = resolve_options(config.loss, self._loss_option_overrides())
+        self.loss_options = resolved_loss_options(config)
         self.loss_fn = build_loss(config.loss, self.loss_options)
         self.model = build_model(config, len(self.train_set.category_ids), self.device)
         self._prepare_batchnorm()
@@ -147,15 +148,6 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(self.total_steps, config.warmup_iters)
         )
-
-    def _loss_option_overrides(self) -> dict:
-        options = dict(self.config.loss_options)
-        if self.config.reg_loss is not None:
-            options["reg_loss"] = self.config.reg_loss
-            # GHM-R harmonizes ASL1 only: another --reg-loss under ghm runs unweighted.
-            if self.config.loss == "ghm" and self.config.reg_loss != "asl1":
-                options.setdefault("ghm_r", "false")
-        return options
 
     def _prepare_batchnorm(self) -> None:
         """--freeze-bn, or under DDP on GPUs SyncBatchNorm; gloo has no SyncBatchNorm (CPU)."""
