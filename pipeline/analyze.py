@@ -16,6 +16,7 @@ from train.analysis import (
     collect_samples,
     focal_loss_cdfs,
     ghm_gradient_stats,
+    ghm_r_gradient_stats,
     pisa_sample_groups,
 )
 from train.checkpoint import load_checkpoint, model_from_checkpoint
@@ -65,6 +66,7 @@ def analyze_checkpoint(
         "num_images": samples.num_images,
         "focal_loss_cdf": focal_loss_cdfs(samples.logits, samples.targets),
         "ghm_gradients": ghm_gradient_stats(samples.logits, samples.targets),
+        "ghm_r_gradients": ghm_r_gradient_stats(samples.pos_box_error),
         "pisa_samples": pisa_sample_groups(samples),
         "figures": dict(FIGURES),
     }
@@ -89,5 +91,14 @@ def run_analyze(weights: Path, data: Path | None, out: Path | None, max_images: 
         ),
         "mean IoU of random / hard / prime positives: "
         + " / ".join(f"{pisa[n]['mean_iou'] or 0:.2f}" for n in ("random", "hard", "prime")),
+        _ghm_r_summary(results["ghm_r_gradients"]),
     ]
     return "\n".join(lines)
+
+
+def _ghm_r_summary(stats: dict[str, Any]) -> str:
+    share = stats["gradient_share"]
+    return (
+        f"GHM-R top bin: {stats['distribution'][-1]:.0%} of the positives' box coordinates, "
+        f"{share['asl1'][-1]:.0%} of ASL1's regression gradient, {share['ghm_r'][-1]:.0%} of GHM-R's"
+    )

@@ -15,6 +15,7 @@ from train.analysis import (
     ValidationSamples,
     focal_loss_cdfs,
     ghm_gradient_stats,
+    ghm_r_gradient_stats,
     loss_cdf,
     pisa_sample_groups,
 )
@@ -63,6 +64,10 @@ def test_analyze_writes_json_and_figures(tiny_checkpoint, tmp_path):
     assert sum(ghm["distribution"]) == pytest.approx(1.0)
     assert set(ghm["reweighted"]) == {"ce", "fl_gamma2", "ghm_c"}
     assert set(numbers["pisa_samples"]["groups"]) == {"random", "hard", "prime"}
+    ghm_r = numbers["ghm_r_gradients"]
+    assert ghm_r["num_coordinates"] == 4 * cdf["positives"]["count"]
+    assert sum(ghm_r["distribution"]) == pytest.approx(1.0)
+    assert "GHM-R top bin" in result.output
     for name in numbers["figures"].values():
         with Image.open(out / name) as image:
             image.verify()
@@ -101,6 +106,19 @@ def test_ghm_curves_at_one_gradient_norm():
     fl = 0.25 * abs(2 * 0.5 * math.log(0.5) + 0.5 - 1)
     assert stats["reweighted"]["fl_gamma2"][5] == pytest.approx(fl, rel=1e-5)
     assert stats["reweighted"]["ce"][0] is None
+
+
+def test_ghm_r_shares_by_hand():
+    # mu = 0.02: d = 0 -> g = 0 (bin 0); d = mu -> g = 1/sqrt(2) (bin 7); d = +-1 -> g = 1/sqrt(1 +
+    # mu^2) (bin 9, twice). n = 3 non-empty bins. ASL1's gradient share is g's share of sum g;
+    # GHM-R's divides each bin's sum by (count * n): bin 7 -> g7 / 3, bin 9 -> 2 g9 / (2 * 3).
+    g7, g9 = 1 / math.sqrt(2), 1 / math.sqrt(1 + 0.02**2)
+    stats = ghm_r_gradient_stats(torch.tensor([[0.0, 0.02, 1.0, -1.0]]), mu=0.02, bins=10)
+    assert stats["distribution"] == pytest.approx([0.25] + [0] * 6 + [0.25, 0, 0.5])
+    asl1 = stats["gradient_share"]["asl1"]
+    assert asl1[7] == pytest.approx(g7 / (g7 + 2 * g9)) and asl1[0] == 0
+    ghm_r = stats["gradient_share"]["ghm_r"]
+    assert ghm_r[7] == pytest.approx(g7 / (g7 + g9)) and ghm_r[9] == pytest.approx(g9 / (g7 + g9))
 
 
 def test_pisa_prime_samples_are_each_objects_best():

@@ -3,7 +3,8 @@
 - Focal Loss, Figure 4: the cumulative distribution of normalized loss of positives and
   negatives for several gamma.
 - GHM, Figures 1-2: the distribution of CE's gradient norm g = |p - y|, and the gradient norm
-  each loss gives a sample as a function of g (CE, FL, GHM-C).
+  each loss gives a sample as a function of g (CE, FL, GHM-C); for GHM-R, the same binning of
+  ASL1's gradient norm over the positives' box coordinates and where the regression gradient goes.
 - PISA, Figure 4: IoU against classification loss of random, hard (top loss) and prime (top
   IoU-HLR) positives.
 
@@ -27,13 +28,14 @@ from train.assign import assign_anchors
 from train.data.coco import collate_detections
 from train.losses import GHMC, iou_hlr_rank, sigmoid_focal_loss
 from train.losses.pisa import aligned_iou
-from train.model.box_coder import decode_boxes
+from train.model.box_coder import decode_boxes, encode_boxes
 from train.model.detector import RetinaDetector
 
 FL_GAMMAS = (0.0, 0.5, 1.0, 2.0)
 CDF_POINTS = 101
 GHM_BINS = 30
 FL_GAMMA_FOR_GHM = 2.0
+GHM_R_MU, GHM_R_BINS = 0.02, 10  # the paper's COCO settings
 MAX_SCATTER_POINTS = 1000
 
 
@@ -52,6 +54,7 @@ class ValidationSamples:
     pos_labels: torch.Tensor
     pos_gt_ids: torch.Tensor
     num_images: int
+    pos_box_error: torch.Tensor | None = None  # (P, 4) predicted minus target deltas
 
 
 def _batch_samples(
@@ -70,7 +73,9 @@ def _batch_samples(
     one_hot = F.one_hot(assignment.labels.clamp(min=0), num_classes).float()
     one_hot = one_hot * positive[..., None]
     anchors = assignment.anchors.expand(positive.shape[0], -1, -1)
-    pos_boxes = decode_boxes(box_deltas[positive].float(), anchors[positive])
+    pos_deltas = box_deltas[positive].float()
+    pos_boxes = decode_boxes(pos_deltas, anchors[positive])
+    gt_deltas = encode_boxes(assignment.gt_boxes[positive].float(), anchors[positive].float())
     row_ce = F.binary_cross_entropy_with_logits(cls_logits, one_hot, reduction="none").sum(-1)
     gt_ids = assignment.gt_ids[positive]
     samples = {
@@ -80,6 +85,7 @@ def _batch_samples(
         "pos_cls_loss": row_ce[positive].float(),
         "pos_labels": assignment.labels[positive],
         "pos_gt_ids": gt_ids + id_offset,
+        "pos_box_error": pos_deltas - gt_deltas,
     }
     used = int(gt_ids.max()) + 1 if gt_ids.numel() else 0
     return samples, used
@@ -182,6 +188,35 @@ def ghm_gradient_stats(
             "ce": _per_bin_mean(g, index, bins),
             f"fl_gamma{FL_GAMMA_FOR_GHM:g}": _per_bin_mean(fl_grad, index, bins),
             "ghm_c": _per_bin_mean(g * weights, index, bins),
+        },
+    }
+
+
+def ghm_r_gradient_stats(
+    box_error: torch.Tensor, mu: float = GHM_R_MU, bins: int = GHM_R_BINS
+) -> dict[str, Any]:
+    """Where the box-regression gradient goes, by GHM-R's bin of ASL1's gradient norm.
+
+    box_error: (P, 4) predicted minus target deltas of the positives. Per coordinate,
+    g = |d| / sqrt(d^2 + mu^2) = |dASL1/dd|. gradient_share: each bin's fraction of the summed
+    |dL/dd| under plain ASL1 (g per coordinate) and under GHM-R (g / (count(bin) * n), n the
+    non-empty bins; one histogram, no EMA). With mu = 0.02 any |d| above ~0.04 is in the top bin.
+    """
+    d = box_error.detach().double().reshape(-1)
+    g = d.abs() / torch.sqrt(d * d + mu * mu)
+    index = (g * bins).long().clamp(0, bins - 1)
+    counts = torch.bincount(index, minlength=bins).double()
+    grad_sums = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, g)
+    nonempty = counts > 0
+    ghm_r = torch.where(nonempty, grad_sums / (counts.clamp(min=1) * nonempty.sum()), 0.0)
+    return {
+        "bins": bins,
+        "mu": mu,
+        "num_coordinates": int(d.numel()),
+        "distribution": (counts / max(1, d.numel())).tolist(),
+        "gradient_share": {
+            "asl1": (grad_sums / grad_sums.sum().clamp(min=1e-300)).tolist(),
+            "ghm_r": (ghm_r / ghm_r.sum().clamp(min=1e-300)).tolist(),
         },
     }
 
