@@ -12,7 +12,6 @@ from pipeline.outputs import check_output_file
 from train.config import TrainConfig
 from train.data.layout import resolve_split
 from train.data.synthetic import ensure_synthetic_dataset
-from train.distributed import resolve_device
 
 
 def run_eval(
@@ -61,6 +60,8 @@ def eval_in_run(name: str, model_path: Path, config: TrainConfig) -> dict[str, A
     """Score a model of the run in `config.out` on its validation split, batch 1, as `run` and
     `compare` report it: report_{name}.json and detections_{name}.json beside the checkpoints;
     a .pt is timed on the device it trained on."""
+    from train.distributed import resolve_device  # torch; `run` and `compare` have it loaded
+
     out = Path(config.out)
     return run_eval(
         model_path,

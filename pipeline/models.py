@@ -8,7 +8,6 @@ from typing import Any
 from deploy.errors import DeployError
 from deploy.metadata import ModelMetadata
 from pipeline.errors import PipelineError
-from train.checkpoint import load_checkpoint, model_from_checkpoint
 
 MODEL_SUFFIXES = (".pt", ".onnx", ".engine")
 
@@ -30,6 +29,8 @@ def metadata_from_checkpoint(payload: dict[str, Any]) -> ModelMetadata:
 
 
 def load_torch_predictor(path: Path, device: str = "cpu") -> Any:
+    """A .pt checkpoint as a predictor (torch is imported here only: ONNX and engines skip it)."""
+    from train.checkpoint import load_checkpoint, model_from_checkpoint
     from train.predict import TorchPredictor
 
     payload = load_checkpoint(path)

@@ -177,3 +177,23 @@ def test_warmup_zero_means_no_warmup():
 
     assert warmup_cosine(100, 0)(0) == 1.0
     assert warmup_cosine(100, 10)(0) == pytest.approx(0.1)
+
+
+def test_eval_of_an_onnx_model_runs_without_torch(tiny_run, tiny_data, tmp_path):
+    """Scoring a deployed model loads no torch: nothing of it shares the process being timed."""
+    import subprocess
+    import sys
+
+    onnx_path = tmp_path / "model.onnx"
+    exported = invoke("export", "--weights", tiny_run / "best.pt", "--out", onnx_path)
+    assert exported.exit_code == 0, exported.output
+    code = (
+        "import sys; from pipeline.cli import cli\n"
+        f"cli(['eval', '--model', {str(onnx_path)!r}, '--data', {str(tiny_data)!r}, "
+        "'--warmup', '0'], standalone_mode=False)\n"
+        "print('torch loaded:', 'torch' in sys.modules)"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "AP" in out.stdout and out.stdout.strip().endswith("torch loaded: False")
