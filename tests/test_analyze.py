@@ -132,6 +132,7 @@ def test_pisa_prime_samples_are_each_objects_best():
         pos_labels=torch.zeros(10, dtype=torch.long),
         pos_gt_ids=torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 1, 1]),
         num_images=1,
+        pos_box_error=torch.zeros(10, 4),
     )
     groups = pisa_sample_groups(samples, fraction=0.2)
     assert groups["k"] == 2

@@ -44,7 +44,8 @@ class ValidationSamples:
     """logits, targets (E,): every non-ignored element; pos_*: (P,) per positive anchor.
 
     pos_iou: IoU of the regressed box with its object; pos_cls_loss: sigmoid CE summed over the
-    anchor's classes; pos_labels: class index; pos_gt_ids: object id unique over the whole set.
+    anchor's classes; pos_labels: class index; pos_gt_ids: object id unique over the whole set;
+    pos_box_error: (P, 4) predicted minus target deltas (what GHM-R bins).
     """
 
     logits: torch.Tensor
@@ -54,7 +55,7 @@ class ValidationSamples:
     pos_labels: torch.Tensor
     pos_gt_ids: torch.Tensor
     num_images: int
-    pos_box_error: torch.Tensor | None = None  # (P, 4) predicted minus target deltas
+    pos_box_error: torch.Tensor
 
 
 def _batch_samples(
