@@ -45,10 +45,12 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-def _train(data: Path, out: Path, *extra: str) -> dict:
-    """`python -m pipeline train` in a fresh process (1 thread: same kernels in every run)."""
+def _train(data: Path, out: Path, *extra: str, launcher: tuple[str, ...] = ()) -> dict:
+    """`python -m pipeline train` in a fresh process (1 thread: same kernels in every run);
+    `launcher` goes before `-m pipeline` (torchrun's own options)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "pipeline", "train", "--data", str(data), "--out", str(out)]
+    command = [sys.executable, *launcher, "-m", "pipeline", "train", "--data", str(data),
+               "--out", str(out)]  # fmt: skip
     done = subprocess.run(
         command + TINY + list(extra), cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=120,
@@ -62,8 +64,13 @@ def test_two_processes_train_like_one(tiny_data: Path, tmp_path: Path) -> None:
     common = ["--freeze-bn", "--no-amp", "--optimizer", "sgd", "--lr", "0.01"]
     one = _train(tiny_data, tmp_path / "one", *common)
     two = _train(tiny_data, tmp_path / "two", *common, "--nproc-per-node", "2")
+    torchrun = ("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2")
+    launched = _train(tiny_data, tmp_path / "torchrun", *common, launcher=torchrun)
     assert one["history"][-1]["step"] == two["history"][-1]["step"] == 3
-    assert two["resume"]["world_size"] == 2
+    assert two["resume"]["world_size"] == launched["resume"]["world_size"] == 2
+    # torchrun itself runs the same workers as --nproc-per-node: the very same weights.
+    for name, value in two["state_dict"].items():
+        assert torch.equal(launched["state_dict"][name], value), name
     config = TrainConfig(out=tmp_path, img_size=64, fpn_channels=16, head_convs=1)
     seed_everything(0)
     initial = build_model(config, len(one["category_ids"]), torch.device("cpu")).state_dict()
