@@ -22,3 +22,12 @@ def make_tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = invoke("data", "synth", "--out", root, "--num-train", 12, "--num-val", 6)
     assert result.exit_code == 0, result.output
     return root
+
+
+def free_port() -> int:
+    """A localhost TCP port nobody listens on now, for a test's process group."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from deploy.evaluate import evaluate
 from deploy.metadata import Detections, ModelMetadata
 from deploy.preprocess import letterbox, load_image, to_batch
 from pipeline.sharded_eval import evaluate_sharded
+from tests.cli_support import free_port
 from train.builders import build_model, seed_everything
 from train.config import TrainConfig
 from train.data.synthetic import generate_synthetic_dataset
@@ -148,12 +148,6 @@ def _eval_worker(rank: int, port: int, root: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_sharded_validation_equals_one_process(tiny_data: Path, tmp_path: Path) -> None:
     predictor = _predictor(tiny_data)
@@ -161,7 +155,7 @@ def test_sharded_validation_equals_one_process(tiny_data: Path, tmp_path: Path) 
     single = evaluate(predictor, ann, img_dir, batch_size=3, warmup=0)["metrics"]
     assert 0.05 < single["AP"] < 0.95  # non-trivial: both matches and misses
     mp.start_processes(
-        _eval_worker, args=(_free_port(), str(tiny_data), str(tmp_path)), nprocs=WORLD,
+        _eval_worker, args=(free_port(), str(tiny_data), str(tmp_path)), nprocs=WORLD,
         start_method="spawn",
     )  # fmt: skip
     for rank in range(WORLD):  # rank 0 scored, every rank received the metrics
@@ -200,7 +194,7 @@ def test_an_error_on_one_rank_stops_every_rank(tiny_data: Path, tmp_path: Path) 
     broken = root / "val" / infos[1]["file_name"]  # rank 1 of 2 takes images 1, 3, 5, ...
     broken.write_bytes(b"not a png")
     context = mp.start_processes(
-        _strict_eval_worker, args=(_free_port(), str(tiny_data), str(root), str(tmp_path)),
+        _strict_eval_worker, args=(free_port(), str(tiny_data), str(root), str(tmp_path)),
         nprocs=WORLD,
         start_method="spawn", join=False,
     )  # fmt: skip

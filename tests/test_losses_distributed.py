@@ -10,7 +10,6 @@ per-GPU counts) GHM differs.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tests.cli_support import free_port
 from tests.test_losses_helpers import random_batch
 from train.assign import AnchorAssignment
 from train.losses import build_loss
@@ -79,16 +79,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
     mp.start_processes(
-        _worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, start_method="spawn"
+        _worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, start_method="spawn"
     )
     per_rank = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     batch = random_batch(seed=31, objects=(4, 1))
