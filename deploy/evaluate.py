@@ -361,6 +361,9 @@ def _timing_report(predictor: Predictor, timer: StageTimer, batch_size: int) -> 
         "batch_size": batch_size,
         "backend": _backend_name(predictor),
         "precision": str(getattr(predictor, "precision", "fp32")),
+        # TensorRT engines: whether batch-1 calls replayed a CUDA graph ("replayed"), fell back
+        # ("fallback: <why>") or were not asked to ("off"); every other backend: "off".
+        "cuda_graph": str(getattr(predictor, "cuda_graph_status", "off")),
     }
 
 

@@ -61,6 +61,9 @@ class BuildPlan:
     strongly_typed: bool
     int8_calibrator: bool
     pin_tail_fp32: bool
+    # TensorRT lets float32 convolutions run in TF32 unless told not to; an fp32 engine must
+    # compute in float32 to match ONNX Runtime as closely as ONNX Runtime matches PyTorch.
+    allow_tf32: bool = True
 
 
 @dataclass
@@ -97,9 +100,16 @@ def plan_build(major: int, precision: str) -> BuildPlan:
         raise InputError(f"TensorRT {major}.x is too old: 10 or newer is needed ({INSTALL_HINT})")
     if major >= 11:
         conversion = {"fp32": "none", "fp16": "fp16", "int8": "int8-qdq"}[precision]
-        return BuildPlan(conversion, (), True, False, False)
+        return BuildPlan(conversion, (), True, False, False, allow_tf32=precision != "fp32")
     flags = {"fp32": (), "fp16": ("FP16",), "int8": ("FP16", "INT8")}[precision]
-    return BuildPlan("none", flags, False, precision == "int8", precision != "fp32")
+    return BuildPlan(
+        "none",
+        flags,
+        False,
+        precision == "int8",
+        precision != "fp32",
+        allow_tf32=precision != "fp32",
+    )
 
 
 def require_tensorrt() -> Any:
@@ -280,6 +290,8 @@ def _build_serialized(
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
     for flag in plan.builder_flags:
         config.set_flag(getattr(trt.BuilderFlag, flag))
+    if not plan.allow_tf32 and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)
     if plan.pin_tail_fp32:
         log.info("pinned %d post-processing layers to FP32", pin_tail_fp32(trt, network, config))
     _add_profile(builder, network, config, batches)

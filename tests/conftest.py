@@ -1,8 +1,16 @@
-"""Shared pytest setup: tests marked `gpu` run only where TensorRT and a CUDA GPU are usable."""
+"""Shared pytest setup: hardware markers, each gated on exactly what its tests need.
+
+- `cuda`: torch on a CUDA device, nothing else (the losses' GPU path). Runs wherever
+  `torch.cuda.is_available()`, with or without TensorRT.
+- `gpu`: TensorRT engines: TensorRT, CUDA Python bindings (cuda-python or pycuda) and a CUDA GPU.
+
+Where the stack is missing, the marked tests are skipped with a reason naming what is missing.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 
 import pytest
 
@@ -14,20 +22,35 @@ def _installed(name: str) -> bool:
         return False
 
 
+def _no_cuda_device() -> str | None:
+    """Why torch cannot run on a CUDA device here, or None when it can."""
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    return "no CUDA device visible to torch (torch.cuda.is_available() is False)"
+
+
 def _missing_gpu_stack() -> str | None:
     """Why `gpu` tests cannot run here, or None when they can."""
     if not _installed("tensorrt"):
         return "TensorRT is not installed"
     if not any(_installed(name) for name in ("cuda.bindings", "cuda.cudart", "pycuda")):
         return "neither cuda-python nor pycuda is installed"
-    import torch
+    return _no_cuda_device()
 
-    return None if torch.cuda.is_available() else "no CUDA GPU visible"
+
+# marker -> what must hold for its tests to run (None) or why they cannot (a reason).
+HARDWARE_MARKERS: dict[str, Callable[[], str | None]] = {
+    "cuda": _no_cuda_device,
+    "gpu": _missing_gpu_stack,
+}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
-    reason = _missing_gpu_stack() if gpu_items else None
-    if reason is not None:
-        for item in gpu_items:
-            item.add_marker(pytest.mark.skip(reason=f"gpu: {reason}"))
+    for marker, missing in HARDWARE_MARKERS.items():
+        marked = [item for item in items if item.get_closest_marker(marker) is not None]
+        reason = missing() if marked else None
+        if reason is not None:
+            for item in marked:
+                item.add_marker(pytest.mark.skip(reason=f"{marker}: {reason}"))

@@ -1,4 +1,5 @@
-"""CUDA: every loss runs without a host sync and matches its CPU result (skipped without a GPU).
+"""CUDA: every loss runs without a host sync and matches its CPU result (marked `cuda`: needs
+torch and a CUDA device only, not TensorRT; skipped without one).
 
 The GPU path differs from the CPU one in PISA (all rows masked instead of gathered positives)
 and in where the EMA state lives; `set_sync_debug_mode("error")` turns any host sync inside the
@@ -14,10 +15,7 @@ from tests.test_losses_helpers import random_batch
 from train.assign import AnchorAssignment
 from train.losses import LOSSES, build_loss
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
-]
+pytestmark = pytest.mark.cuda  # torch on a CUDA device only; tests/conftest.py skips it elsewhere
 
 
 def _to_cuda(assignment: AnchorAssignment) -> AnchorAssignment:

@@ -37,6 +37,7 @@ class CudaApi(Protocol):
     def begin_capture(self, stream: int) -> None: ...
     def end_capture(self, stream: int) -> Any: ...  # an instantiated graph
     def abort_capture(self, stream: int) -> None: ...
+    def destroy_graph(self, graph: Any) -> None: ...  # one end_capture returned
     def launch(self, graph: Any, stream: int) -> None: ...
     def close(self) -> None: ...
 
@@ -120,7 +121,11 @@ class CudaPython:
 
     def end_capture(self, stream: int) -> Any:
         graph = self._call("cudaStreamEndCapture", stream)
-        graph_exec = self._call("cudaGraphInstantiate", graph, 0)
+        try:
+            graph_exec = self._call("cudaGraphInstantiate", graph, 0)
+        except DeployError:  # the capture fell back: free the graph nobody will launch
+            self._rt.cudaGraphDestroy(graph)
+            raise
         self._graphs.append((graph, graph_exec))
         return graph_exec
 
@@ -130,6 +135,14 @@ class CudaPython:
         if result[0] == self._rt.cudaError_t.cudaSuccess and result[1] is not None:
             self._rt.cudaGraphDestroy(result[1])
         self._rt.cudaGetLastError()
+
+    def destroy_graph(self, graph: Any) -> None:
+        """Free a graph end_capture made, before close (the runtime re-captures on a new shape)."""
+        pairs = [pair for pair in self._graphs if pair[1] is graph]
+        self._graphs = [pair for pair in self._graphs if pair[1] is not graph]
+        for captured, graph_exec in pairs:
+            self._call("cudaGraphExecDestroy", graph_exec)
+            self._call("cudaGraphDestroy", captured)
 
     def launch(self, graph: Any, stream: int) -> None:
         self._call("cudaGraphLaunch", graph, stream)
@@ -212,6 +225,9 @@ class PyCuda:
 
     def abort_capture(self, stream: int) -> None:
         return None
+
+    def destroy_graph(self, graph: Any) -> None:
+        return None  # never made one
 
     def launch(self, graph: Any, stream: int) -> None:
         raise DeployError("CUDA graph capture needs cuda-python")

@@ -5,8 +5,9 @@ execute_async_v3). Device buffers, pinned host buffers, one stream and the copie
 deploy/backends/cuda_memory.py (cuda-python, or pycuda), never torch. Buffers are allocated once
 for the engine's largest batch; each call sets the input shape and reads the output shapes back
 from the execution context. With `cuda_graph=True`, batch-1 calls replay a captured CUDA graph
-(less launch overhead for latency); an engine whose kernels cannot be captured falls back to
-plain launches with a warning.
+(less launch overhead for latency); an engine whose kernels cannot be captured (the exported
+NonMaxSuppression has a data-dependent output size) falls back to plain launches with a warning.
+`cuda_graph_status` records which of the two happened, and the eval report carries it.
 
 Importing this module needs neither TensorRT nor CUDA: both are loaded by the constructor, which
 raises DeployError naming what is missing and how to install it.
@@ -31,6 +32,13 @@ logger = logging.getLogger(__name__)
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("num_dets", "boxes", "scores", "labels")
 INSTALL_HINT = "pip install '.[gpu]', or use the Docker image"
+
+# What `cuda_graph_status` (and the eval report's "cuda_graph") says; a fallback reads
+# f"{GRAPH_FALLBACK}<why>".
+GRAPH_OFF = "off"  # not asked for
+GRAPH_PENDING = "pending"  # asked for, no batch-1 call yet
+GRAPH_REPLAYED = "replayed"  # captured, and every batch-1 call since launched the graph
+GRAPH_FALLBACK = "fallback: "  # capture failed; plain launches
 
 
 def import_tensorrt(what: str = "running a TensorRT engine") -> Any:
@@ -58,9 +66,13 @@ def _python_logger(trt: Any) -> Any:
     class _Logger(trt.ILogger):
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
+            self.last_error: str | None = None  # why a CUDA graph capture failed, if TensorRT says
 
         def log(self, severity: Any, msg: str) -> None:
-            logger.log(levels.get(severity, logging.INFO), "TensorRT: %s", msg)
+            level = levels.get(severity, logging.INFO)
+            if level >= logging.ERROR:
+                self.last_error = str(msg)
+            logger.log(level, "TensorRT: %s", msg)
 
     return _Logger()
 
@@ -74,12 +86,109 @@ class _Binding:
         self.device = cuda.malloc(max(1, self.host.nbytes))
 
 
+class GraphLauncher:
+    """Launches the execution context; with `use_graph`, batch-1 calls go through a CUDA graph.
+
+    The graph is captured on the first batch-1 call (after one plain launch, which TensorRT needs
+    after a shape change) and replayed from then on; a call of another batch size drops it, and
+    the next batch-1 call captures again. If capture fails, every later call launches plainly and
+    `status` keeps the reason, so a report never claims a graph that did not run.
+    `status`: GRAPH_OFF, GRAPH_PENDING, GRAPH_REPLAYED or GRAPH_FALLBACK + why; `replays` counts
+    graph launches.
+    """
+
+    def __init__(
+        self, context: Any, cuda: Any, stream: int, where: str, use_graph: bool, trt_log: Any
+    ) -> None:
+        self._context, self._cuda, self._stream = context, cuda, stream
+        self._where, self._trt_log = where, trt_log
+        self.requested = use_graph
+        self.replays = 0
+        self._graph: Any = None
+        self._fallback: str | None = None
+
+    @property
+    def active(self) -> bool:
+        """Batch-1 calls (will) replay a graph: asked for, and no capture has failed."""
+        return self.requested and self._fallback is None
+
+    @property
+    def status(self) -> str:
+        if not self.requested:
+            return GRAPH_OFF
+        if self._fallback is not None:
+            return GRAPH_FALLBACK + self._fallback
+        return GRAPH_REPLAYED if self.replays else GRAPH_PENDING
+
+    def execute(self, batch: int) -> None:
+        """Enqueue one inference on the stream (graph launch or plain execute_async_v3)."""
+        if not (self.active and batch == 1):
+            if self._graph is not None:  # the context leaves the captured shapes: capture anew
+                self._cuda.destroy_graph(self._graph)
+                self._graph = None
+            self._enqueue()
+            return
+        if self._graph is None:
+            self._graph = self._capture()
+        if self._graph is None:  # capture failed just now
+            self._enqueue()
+            return
+        self._cuda.launch(self._graph, self._stream)
+        self.replays += 1
+
+    def _enqueue(self) -> None:
+        if not self._context.execute_async_v3(self._stream):
+            raise DeployError(f"{self._where}: TensorRT execute_async_v3 failed (see the log)")
+
+    def _capture(self) -> Any:
+        """The instantiated graph of one batch-1 launch, or None after recording why not.
+
+        A capture TensorRT refuses (execute_async_v3 returns False) or CUDA invalidates (a host
+        sync inside the launch, as data-dependent shapes need) is ended, its error cleared, and
+        the reason kept; nothing of it ran, so the caller launches plainly.
+        """
+        self._enqueue()
+        self._cuda.synchronize(self._stream)
+        self._trt_log.last_error = None
+        try:
+            self._cuda.begin_capture(self._stream)
+        except DeployError as exc:
+            return self._fall_back(str(exc))
+        try:
+            enqueued = self._context.execute_async_v3(self._stream)
+        except BaseException:
+            self._cuda.abort_capture(self._stream)
+            raise
+        if not enqueued:
+            self._cuda.abort_capture(self._stream)
+            return self._fall_back("TensorRT's execute_async_v3 returned False while capturing")
+        try:
+            return self._cuda.end_capture(self._stream)
+        except DeployError as exc:
+            self._cuda.abort_capture(self._stream)
+            return self._fall_back(str(exc))
+
+    def release(self) -> None:
+        """Drop the context and CUDA references (the predictor is closing); status stays."""
+        self._context = self._cuda = self._graph = None
+
+    def _fall_back(self, why: str) -> None:
+        """Record why capture failed (with TensorRT's own error, if it logged one); no graph."""
+        said = self._trt_log.last_error
+        self._fallback = f"{why}; TensorRT: {said}" if said else why
+        logger.warning(
+            "%s: CUDA graph capture failed (%s); launching without it", self._where, self._fallback
+        )
+        return None
+
+
 class TensorRTPredictor:
     """Runs a serialized TensorRT engine; same call contract as the ONNX Runtime predictor.
 
     Attributes: metadata (from the sidecar), info (build info), precision, backend_name,
-    max_batch, cuda_api ("cuda-python" or "pycuda"), cuda_graph (whether batch-1 calls replay a
-    captured graph).
+    max_batch, cuda_api ("cuda-python" or "pycuda"), cuda_graph (whether batch-1 calls replay,
+    or will replay, a captured graph), cuda_graph_status (what happened: "off", "pending",
+    "replayed" or "fallback: <why>"; the eval report's "cuda_graph").
     """
 
     def __init__(
@@ -111,8 +220,9 @@ class TensorRTPredictor:
         self.max_batch = self._check_io()
         self._bindings = self._allocate()
         self._stream = self._cuda.stream()
-        self.cuda_graph = cuda_graph
-        self._graph: Any = None
+        self._launcher = GraphLauncher(
+            self._context, self._cuda, self._stream, str(self.path), cuda_graph, self._logger
+        )
         self.precision: str = info.precision
         self.backend_name = "tensorrt"
         logger.info(
@@ -195,7 +305,7 @@ class TensorRTPredictor:
         host_in = binding.host[:batch]
         np.copyto(host_in, images, casting="same_kind")
         self._cuda.h2d(binding.device, host_in, self._stream)
-        self._execute(batch)
+        self._launcher.execute(batch)
         views = {}
         for name in OUTPUT_NAMES:
             shape = tuple(self._context.get_tensor_shape(name))
@@ -206,44 +316,23 @@ class TensorRTPredictor:
         self._cuda.synchronize(self._stream)
         return Detections.from_arrays(*(views[name].copy() for name in OUTPUT_NAMES))
 
-    def _execute(self, batch: int) -> None:
-        if self.cuda_graph and batch == 1:
-            if self._graph is None:
-                self._graph = self._capture()
-            if self._graph is not False:
-                self._cuda.launch(self._graph, self._stream)
-                return
-        if not self._context.execute_async_v3(self._stream):
-            raise DeployError(f"{self.path}: TensorRT execute_async_v3 failed (see the log)")
+    @property
+    def cuda_graph(self) -> bool:
+        """Whether batch-1 calls replay (or, before the first, will try) a captured CUDA graph."""
+        return self._launcher.active
 
-    def _capture(self) -> Any:
-        """Capture one batch-1 launch into a CUDA graph, or False if this engine cannot be.
-
-        TensorRT needs one plain launch after a shape change before capture. Engines with
-        data-dependent shapes (NMS sizes its output at run time) may refuse capture.
-        """
-        if not self._context.execute_async_v3(self._stream):
-            raise DeployError(f"{self.path}: TensorRT execute_async_v3 failed (see the log)")
-        self._cuda.synchronize(self._stream)
-        try:
-            self._cuda.begin_capture(self._stream)
-            ok = self._context.execute_async_v3(self._stream)
-            graph = self._cuda.end_capture(self._stream)
-            if not ok:
-                raise DeployError("execute_async_v3 returned False during capture")
-            return graph
-        except DeployError as exc:
-            self._cuda.abort_capture(self._stream)
-            logger.warning(
-                "%s: CUDA graph capture failed (%s); launching without it", self.path, exc
-            )
-            self.cuda_graph = False
-            return False
+    @property
+    def cuda_graph_status(self) -> str:
+        """What batch-1 calls did: off, pending, replayed or "fallback: <why>" (GraphLauncher)."""
+        return self._launcher.status
 
     def close(self) -> None:
         """Release the context, engine and CUDA memory (also done when garbage-collected)."""
         if getattr(self, "_cuda", None) is None:
             return
+        launcher = getattr(self, "_launcher", None)  # None when the constructor failed early
+        if launcher is not None:
+            launcher.release()
         self._context = None
         self._engine = None
         self._cuda.close()
