@@ -6,6 +6,7 @@ checkpoint holding one under "state_dict"/"model").
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -14,6 +15,8 @@ from torch import nn
 from torchvision.models._utils import IntermediateLayerGetter
 
 from train.errors import InputError
+
+log = logging.getLogger(__name__)
 
 # name -> (constructor, names of the C3, C4, C5 layers, their channels)
 BACKBONES: dict[str, tuple] = {
@@ -28,7 +31,8 @@ BACKBONES: dict[str, tuple] = {
 }
 
 
-def _load_local_weights(model: nn.Module, path: Path) -> None:
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a local weights file (a state dict, or a checkpoint holding one)."""
     if not path.is_file():
         raise InputError(f"{path}: pretrained weights file not found (give a local .pth file)")
     try:
@@ -39,14 +43,38 @@ def _load_local_weights(model: nn.Module, path: Path) -> None:
         state = state.get("state_dict", state.get("model", state))
     if not isinstance(state, dict):
         raise InputError(f"{path}: not a state dict ({type(state).__name__})")
-    prefix = "features." if isinstance(model, nn.Sequential) else ""
-    state = {str(k).removeprefix(prefix): v for k, v in state.items()}
+    return state
+
+
+def _load_local_weights(body: nn.Module, path: Path, prefix: str) -> None:
+    """Load `path` into the layers the detector keeps, counting what matched.
+
+    Counted over the kept layers' parameters and statistics, not BatchNorm's
+    `num_batches_tracked` counters (a file matching nothing would still "miss" fewer keys than
+    there are) nor the classifier the detector drops (a file whose only match is `fc.*` loads
+    nothing that is used). None matched is an error; a partial match is a warning.
+    """
+    state = {str(k).removeprefix(prefix): v for k, v in _read_state_dict(path).items()}
+    wanted = [k for k in body.state_dict() if not k.endswith("num_batches_tracked")]
+    matched = [k for k in wanted if k in state]
+    if not matched:
+        raise InputError(
+            f"{path}: no weights match the backbone (0 of {len(wanted)} tensors; wrong "
+            "architecture or key prefix?)"
+        )
     try:
-        missing, _ = model.load_state_dict(state, strict=False)
+        body.load_state_dict({k: v for k, v in state.items() if k in body.state_dict()}, False)
     except RuntimeError as exc:  # shapes that do not fit: another architecture
         raise InputError(f"{path}: weights do not fit the backbone (wrong architecture?)") from exc
-    if len(missing) == len(model.state_dict()):
-        raise InputError(f"{path}: no weights match the backbone (wrong architecture?)")
+    log.info("%s: loaded %d of %d backbone tensors", path, len(matched), len(wanted))
+    if len(matched) < len(wanted):
+        missing = sorted(set(wanted) - set(matched))
+        log.warning(
+            "%s: %d backbone tensors not in the file keep their random initialization (first: %s)",
+            path,
+            len(missing),
+            missing[0],
+        )
 
 
 class Backbone(nn.Module):
@@ -58,9 +86,10 @@ class Backbone(nn.Module):
             raise InputError(f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)}")
         build, layer_names, channels = BACKBONES[name]
         net = build(weights=None)
-        if pretrained is not None:
-            _load_local_weights(net, Path(pretrained))
+        prefix = "features." if isinstance(net, nn.Sequential) else ""
         self.body = IntermediateLayerGetter(net, {n: str(i) for i, n in enumerate(layer_names)})
+        if pretrained is not None:
+            _load_local_weights(self.body, Path(pretrained), prefix)
         self.out_channels = channels
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
