@@ -31,11 +31,13 @@ def metadata_from_checkpoint(payload: dict[str, Any]) -> ModelMetadata:
 def load_torch_predictor(path: Path, device: str = "cpu") -> Any:
     """A .pt checkpoint as a predictor (torch is imported here only: ONNX and engines skip it)."""
     from train.checkpoint import load_checkpoint, model_from_checkpoint
+    from train.distributed import resolve_device
     from train.predict import TorchPredictor
 
+    resolved = str(resolve_device(device))  # --device cuda without CUDA: one line, not a crash
     payload = load_checkpoint(path)
     model = model_from_checkpoint(payload, path)
-    return TorchPredictor(model, metadata_from_checkpoint(payload), device=device)
+    return TorchPredictor(model, metadata_from_checkpoint(payload), device=resolved)
 
 
 def load_predictor(

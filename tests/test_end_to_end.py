@@ -30,35 +30,8 @@ def test_train_writes_checkpoints_and_history(tiny_run):
     assert history[0]["epoch"] == 1 and "AP" in history[0] and history[0]["step"] == 3
 
 
-def test_export_and_eval_both_formats_agree(tiny_run, tiny_data, tmp_path):
-    result = invoke("export", "--weights", tiny_run / "best.pt", "--data", tiny_data)
-    assert result.exit_code == 0, result.output
-    assert "detections match: True" in result.output
-    reports = {}
-    for name in ("best.pt", "model.onnx"):
-        report_path = tmp_path / f"{name}.json"
-        result = invoke(
-            "eval",
-            "--model",
-            tiny_run / name,
-            "--data",
-            tiny_data,
-            "--json",
-            report_path,
-            "--results",
-            tmp_path / f"{name}.dets.json",
-            "--warmup",
-            1,
-        )
-        assert result.exit_code == 0, result.output
-        reports[name] = json.loads(report_path.read_text())
-    for key in ("AP", "AP50", "AP75"):
-        assert (
-            abs(reports["best.pt"]["metrics"][key] - reports["model.onnx"]["metrics"][key]) <= 1e-3
-        )
-    torch_dets = json.loads((tmp_path / "best.pt.dets.json").read_text())
-    onnx_dets = json.loads((tmp_path / "model.onnx.dets.json").read_text())
-    assert len(torch_dets) == len(onnx_dets)
+# PyTorch vs ONNX Runtime through export and eval: tests/test_detecting_model.py, on a model that
+# detects (this module's tiny run detects nothing, so its formats would agree trivially).
 
 
 def test_existing_run_is_not_overwritten(tiny_run, tiny_data):
