@@ -44,7 +44,8 @@ MIN_VAL_AP = 0.7
 
 @dataclass(frozen=True)
 class DetectingRun:
-    """The easy dataset and the run folder trained on it (best.pt, last.pt, history.json)."""
+    """The easy dataset and the run folder `pipeline run` made on it (best.pt, last.pt,
+    history.json, model.onnx, report.json)."""
 
     data: Path
     run: Path
@@ -60,6 +61,11 @@ class DetectingRun:
     @property
     def val_images(self) -> Path:
         return self.data / "val"
+
+    @property
+    def main_job_output(self) -> Path:
+        """What `pipeline run` printed: the PyTorch / ONNX Runtime table."""
+        return self.run / "main_job_output.txt"
 
     def history(self) -> list[dict]:
         return json.loads((self.run / "history.json").read_text())
@@ -115,7 +121,8 @@ def write_easy_dataset(root: Path, num_train: int = NUM_TRAIN, num_val: int = NU
 
 
 def detecting_run(tmp_path_factory: pytest.TempPathFactory) -> DetectingRun:
-    """The session's trained easy-dataset model, training it on first use."""
+    """The session's trained easy-dataset model, made on first use by `pipeline run` (the main
+    job: train, export model.onnx, evaluate both formats into report.json)."""
     home = tmp_path_factory.getbasetemp() / "detecting-model"
     home.mkdir(exist_ok=True)
     found = DetectingRun(data=home / "data", run=home / "run")
@@ -123,8 +130,9 @@ def detecting_run(tmp_path_factory: pytest.TempPathFactory) -> DetectingRun:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (home / "done").exists():
             write_easy_dataset(found.data)
-            result = invoke("train", "--data", found.data, "--out", found.run, "--overwrite",
+            result = invoke("run", "--data", found.data, "--out", found.run, "--overwrite",
                             *TRAIN_ARGS)  # fmt: skip
             assert result.exit_code == 0, result.output
+            found.main_job_output.write_text(result.output)
             (home / "done").touch()
     return found

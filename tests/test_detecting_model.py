@@ -20,7 +20,7 @@ from deploy.metadata import Detections
 from export.onnx import compare_detections, run_onnxruntime
 from pipeline.exporting import parity_images
 from tests.cli_support import invoke
-from tests.detecting_model import MIN_VAL_AP, DetectingRun, detecting_run
+from tests.detecting_model import MIN_VAL_AP, TRAIN_ARGS, DetectingRun, detecting_run
 
 pytestmark = pytest.mark.slow
 # Of the validation objects, the share a deployed model must find with the right category id
@@ -173,3 +173,35 @@ def test_compare_detections_reports_each_kind_of_mismatch(
         result = compare_detections(dets, _shifted(dets, **change))
         assert not result["match"], change.keys()
         assert result["mismatched"] >= 1
+
+
+def test_the_main_job_trains_exports_and_scores_both_formats_alike(model: DetectingRun) -> None:
+    """`pipeline run` (the demo's job) made the session model: its report and table."""
+    report = json.loads((model.run / "report.json").read_text())
+    assert set(report) == {"pytorch", "onnxruntime"}
+    best_ap = max(epoch["AP"] for epoch in model.history())
+    for name in ("pytorch", "onnxruntime"):
+        assert report[name]["metrics"]["AP"] == pytest.approx(best_ap, abs=1e-4), name
+    table = model.main_job_output.read_text().splitlines()
+    rows = {line.split()[0]: line.split()[1] for line in table if line.split()}
+    assert float(rows["onnxruntime"]) == pytest.approx(best_ap, abs=1e-3)
+    assert float(rows["pytorch"]) == pytest.approx(best_ap, abs=1e-3)
+
+
+def test_compare_scores_the_int8_engine(model: DetectingRun, tmp_path: Path) -> None:
+    """compare's onnx-int8 backend on the trained run (copied in as a finished training)."""
+    run = tmp_path / "study" / "runs" / "focal-s0"
+    run.mkdir(parents=True)
+    for name in ("best.pt", "last.pt", "history.json"):
+        shutil.copy(model.run / name, run / name)
+    (run / "trained.json").write_text(json.dumps({"train_wall_seconds": 1.0}))
+    result = invoke("compare", "--out", tmp_path / "study", "--data", model.data,
+                    "--losses", "focal", "--seeds", 1, "--backend", "onnx-int8",
+                    "--resamples", 10, *TRAIN_ARGS)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (run / "model.int8.onnx").is_file()
+    summary = json.loads((run / "run.json").read_text())
+    int8_ap, torch_ap = summary["metrics"]["onnx-int8"]["AP"], summary["metrics"]["pytorch"]["AP"]
+    assert torch_ap >= MIN_VAL_AP and int8_ap == pytest.approx(torch_ap, abs=0.03)
+    dets = json.loads((run / "detections_onnx-int8.json").read_text())
+    assert recall_with_category(model.val_ann, dets) >= MIN_RECALL
