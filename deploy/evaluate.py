@@ -53,7 +53,7 @@ def evaluate(
     (`skipped_images` in the report); `strict=True` makes the first one an error.
     """
     ann_file, img_dir = Path(ann_file), Path(img_dir)
-    metadata = _checked_metadata(predictor)
+    metadata = checked_metadata(predictor)
     _check_batch_args(batch_size, warmup, max_images)
     coco_gt = load_coco(ann_file)
     _check_categories(metadata, coco_gt, ann_file)
@@ -94,7 +94,7 @@ def predict_images(
     The one loop over images that both `evaluate` and DDP-sharded validation run, so a shard's
     detections are exactly what a single process would produce for the same images.
     """
-    metadata = _checked_metadata(predictor)
+    metadata = checked_metadata(predictor)
     paths = {info["id"]: image_path(img_dir, info.get("file_name"), ann_file) for info in infos}
     reader = _ImageReader(paths, strict)
     timer = timer if timer is not None else StageTimer()
@@ -125,13 +125,13 @@ def _predict_all(
     batches = [infos[i : i + batch_size] for i in range(0, len(infos), batch_size)]
     first = reader.read(batches[0]) if warmup else []
     for _ in range(warmup if first else 0):
-        _run_batch(predictor, metadata, first, batch_size, timer)
+        run_batch(predictor, metadata, first, batch_size, timer)
         timer.discard_batch()
     results: list[dict[str, Any]] = []
     for batch in batches:
         pairs = reader.read(batch)
         if pairs:
-            results += _run_batch(predictor, metadata, pairs, batch_size, timer)
+            results += run_batch(predictor, metadata, pairs, batch_size, timer)
             timer.end_batch(len(pairs))
     return results
 
@@ -140,7 +140,7 @@ def benchmark_latency(
     predictor: Predictor, batch_size: int = 1, iterations: int = 100, warmup: int = 10
 ) -> dict[str, Any]:
     """Latency and throughput on random 4:3 images through the evaluator's timed loop (no mAP)."""
-    metadata = _checked_metadata(predictor)
+    metadata = checked_metadata(predictor)
     _check_batch_args(batch_size, warmup, None)
     if iterations < 1:
         raise DeployError(f"iterations must be >= 1, got {iterations}")
@@ -152,15 +152,15 @@ def benchmark_latency(
     ]
     timer = StageTimer()
     for _ in range(warmup):
-        _run_batch(predictor, metadata, images, batch_size, timer)
+        run_batch(predictor, metadata, images, batch_size, timer)
         timer.discard_batch()
     for _ in range(iterations):
-        _run_batch(predictor, metadata, images, batch_size, timer)
+        run_batch(predictor, metadata, images, batch_size, timer)
         timer.end_batch(batch_size)
     return _timing_report(predictor, timer, batch_size)
 
 
-def _checked_metadata(predictor: Predictor) -> ModelMetadata:
+def checked_metadata(predictor: Predictor) -> ModelMetadata:
     """The preprocessing below only produces one input format; refuse any other."""
     metadata = predictor.metadata
     if metadata.input_format != INPUT_FORMAT:
@@ -213,18 +213,21 @@ class _ImageReader:
         return pairs
 
 
-def _run_batch(
+def run_batch(
     predictor: Predictor,
     metadata: ModelMetadata,
     images: list[tuple[int, Image.Image]],
     batch_size: int,
-    timer: StageTimer,
+    timer: StageTimer | None = None,
 ) -> list[dict[str, Any]]:
     """Preprocess, infer, postprocess one batch under the timer; COCO result dicts out.
 
-    A short last batch is padded with copies to `batch_size`, so fixed-batch models (TensorRT
-    engines, static ONNX exports) run every batch; the padding's outputs are dropped.
+    `images` are (image id, image) pairs, at most `batch_size` of them. A short last batch is
+    padded with copies to `batch_size`, so fixed-batch models (TensorRT engines, static ONNX
+    exports) run every batch; the padding's outputs are dropped. The evaluator and
+    `deploy.detector.Detector` both run this, so a prediction is what the evaluator scores.
     """
+    timer = timer if timer is not None else StageTimer()
     with timer.stage("preprocess_ms"):
         boxed = [letterbox(image, metadata.img_size, metadata.pad_value) for _, image in images]
         arrays = [array for array, _ in boxed]

@@ -1,4 +1,5 @@
-"""The `pipeline` command: data, train, export, eval, run, compare, analyze, losses, doctor."""
+"""The `pipeline` command: data, train, export, eval, predict, run, compare, analyze, losses,
+doctor."""
 
 from __future__ import annotations
 
@@ -59,6 +60,39 @@ def data_synth(
             f"{out}: cannot write the dataset there ({exc.strerror or exc})"
         ) from exc
     click.echo(f"wrote {num_train} train + {num_val} val images to {root}")
+
+
+@data.command("show")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Dataset folder (default: the built-in synthetic one).",
+)
+@click.option("--split", type=click.Choice(["train", "val"]), default="train", show_default=True)
+@click.option("--num", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    help="Show a random sample drawn with this seed (default: the first images by id).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output image (default: data_<split>.png in the current folder).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@user_errors_exit_2
+def data_show(
+    data_dir: Path | None, split: str, num: int, seed: int | None, out: Path | None, overwrite: bool
+) -> None:
+    """Draw dataset images with their ground-truth boxes into one grid image (crowd dashed)."""
+    from pipeline.data_show import run_data_show
+
+    click.echo(run_data_show(data_dir, split, num, seed, out, overwrite).line())
 
 
 def _loss_epilog() -> str:
@@ -258,6 +292,84 @@ def eval_cmd(
         overwrite=overwrite,
     )
     click.echo(format_metrics_table([(model_path.name, report)]))
+
+
+@cli.command()
+@click.argument("sources", nargs=-1, required=True)
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="A .pt checkpoint, .onnx model or .engine file.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Folder for the drawn images (same file names) and detections.json.",
+)
+@click.option(
+    "--conf",
+    type=click.FloatRange(0, 1),
+    default=0.25,
+    show_default=True,
+    help="Keep detections scoring at least this (not below the model's own threshold, 0.05).",
+)
+@click.option(
+    "--iou",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="NMS IoU (default: the model's own, 0.5). A .pt runs NMS at any IoU; .onnx and "
+    ".engine files have NMS in the graph and accept only its value.",
+)
+@click.option(
+    "--max-dets",
+    type=click.IntRange(min=1),
+    default=None,
+    help="At most this many detections per image (default: the model's cap, 100).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Images per model call (an .engine takes at most the batch it was built for).",
+)
+@click.option(
+    "--provider",
+    type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
+    default="auto",
+    show_default=True,
+    help="ONNX Runtime execution provider.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda"]),
+    default="cpu",
+    show_default=True,
+    help="Device for .pt checkpoints.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace existing drawn images / detections.json.")
+@user_errors_exit_2
+def predict(
+    sources: tuple[str, ...],
+    model_path: Path,
+    out: Path,
+    conf: float,
+    iou: float | None,
+    max_dets: int | None,
+    batch_size: int,
+    provider: str,
+    device: str,
+    overwrite: bool,
+) -> None:
+    """Detect objects in images, folders or glob patterns (SOURCES); draw them onto copies in
+    --out and list them in --out/detections.json (boxes x, y, w, h in original pixels)."""
+    from pipeline.predicting import PredictOptions, run_predict
+
+    options = PredictOptions(conf, iou, max_dets, batch_size, provider, device)
+    click.echo(run_predict(model_path, list(sources), out, options, overwrite).line())
 
 
 @cli.command()
