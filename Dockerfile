@@ -38,14 +38,19 @@ WORKDIR /src
 # Dependencies first (their own layer: a code change does not download them again), read from
 # pyproject.toml; torch is already satisfied by the CPU build above.
 COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies']))" > requirements.txt \
+# The `cpu` extra brings the one ONNX Runtime of this image (onnxruntime, the CPU build).
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['cpu']))" > requirements.txt \
  && pip install -r requirements.txt ${TEST_REQUIREMENTS}
 COPY pipeline ./pipeline
 COPY train ./train
 COPY export ./export
 COPY deploy ./deploy
-RUN pip install . \
- && python -c "import torch; assert torch.version.cuda is None, torch.__version__"
+COPY scripts/check_ort_providers.py ./scripts/
+# The extra's versions come from pyproject.toml's ranges, as for `make`.
+# hadolint ignore=DL3013
+RUN pip install ".[cpu]" \
+ && python -c "import torch; assert torch.version.cuda is None, torch.__version__" \
+ && python scripts/check_ort_providers.py CPUExecutionProvider
 
 FROM ${PYTHON_IMAGE} AS cpu
 RUN useradd --create-home --uid 1000 --user-group pipeline \
@@ -64,7 +69,8 @@ ENTRYPOINT ["pipeline"]
 CMD ["--help"]
 
 # ---------------------------------------------------------------------------------------- GPU
-# torch, tensorrt (tensorrt-cu13), onnxruntime-gpu and cuda-python from PyPI are all CUDA 13
+# torch, tensorrt-cu13 (TensorRT 10, the major onnxruntime-gpu's TensorRT provider links; pinned in
+# pyproject.toml's `gpu` extra), onnxruntime-gpu and cuda-python from PyPI are all CUDA 13
 # builds; the base image adds the system CUDA 13 runtime and cuDNN 9 that onnxruntime-gpu's CUDA
 # execution provider loads (torch and TensorRT bring their own libraries in their wheels).
 # Needs an NVIDIA driver >= 580 on the host.
@@ -90,16 +96,18 @@ COPY pipeline ./pipeline
 COPY train ./train
 COPY export ./export
 COPY deploy ./deploy
-# Versions come from pyproject.toml's ranges, as for `make`; torch is pinned above.
-# onnxruntime (a base dependency) and onnxruntime-gpu write the same `onnxruntime` package, and
-# whichever pip installed last wins: remove the CPU one and lay the GPU build down again.
+COPY scripts/check_ort_providers.py ./scripts/
+# Versions come from pyproject.toml's ranges, as for `make`; torch is pinned above. The `gpu` extra
+# holds the image's only ONNX Runtime (onnxruntime-gpu; no base dependency installs the CPU one).
+# The check creates a session per provider on a tiny model: the build has no GPU or driver, so
+# CUDA and TensorRT must run or fail only for want of them; a library of their own that cannot
+# load (cuDNN, cuBLAS, TensorRT's libnvinfer.so.10 for onnxruntime-gpu's provider) fails the build.
 # hadolint ignore=DL3013
 RUN pip install ".[gpu]" \
- && ort_gpu="$(python -c "from importlib.metadata import version; print(version('onnxruntime-gpu'))")" \
- && pip uninstall -y onnxruntime \
- && pip install --no-deps --force-reinstall "onnxruntime-gpu==${ort_gpu}" \
  && python -c "import torch; assert torch.version.cuda, torch.__version__" \
- && python -c "import onnxruntime as ort; assert 'CUDAExecutionProvider' in ort.get_available_providers()"
+ && python -c "from importlib.metadata import distributions as d; n = {x.metadata['Name'].lower() for x in d()}; assert 'onnxruntime' not in n, 'CPU onnxruntime beside onnxruntime-gpu'" \
+ && python scripts/check_ort_providers.py --without-gpu \
+        CPUExecutionProvider CUDAExecutionProvider TensorrtExecutionProvider
 
 FROM ${CUDA_IMAGE} AS gpu
 ARG DEBIAN_FRONTEND=noninteractive

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import platform
+import re
 import sys
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -386,18 +387,64 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# Distributions that install each GPU package's module, in the order they are looked up.
+TENSORRT_DISTRIBUTIONS = ("tensorrt-cu13", "tensorrt-cu12", "tensorrt")
+ONNXRUNTIME_DISTRIBUTIONS = ("onnxruntime-gpu", "onnxruntime")
+NVIDIA_DRIVER_FILE = Path("/proc/driver/nvidia/version")
+
+
+def _installed(distributions: tuple[str, ...]) -> str:
+    """ "<version> (<distribution>)" for each of `distributions` installed, or "not installed"."""
+    found = [f"{_version(name)} ({name})" for name in distributions]
+    found = [text for text in found if not text.startswith("not installed")]
+    return ", ".join(found) or "not installed"
+
+
+def nvidia_driver_version(version_file: Path = NVIDIA_DRIVER_FILE) -> str:
+    """The loaded NVIDIA kernel driver's version, read without CUDA (so it works when CUDA fails)."""
+    with contextlib.suppress(OSError):
+        found = re.search(r"Kernel Module\s+(?:for \S+\s+)?([\d.]+)", version_file.read_text())
+        if found:
+            return found.group(1)
+    return "no NVIDIA driver loaded"
+
+
+def gpu_stack_versions() -> dict[str, str]:
+    """The versions a GPU number depends on (read from package metadata: nothing is imported).
+
+    Two ONNX Runtime distributions listed together mean both write one `onnxruntime` package and
+    the last installed won: reinstall one extra (README: Deployment).
+    """
+    return {
+        "onnxruntime_distribution": _installed(ONNXRUNTIME_DISTRIBUTIONS),
+        "tensorrt": _installed(TENSORRT_DISTRIBUTIONS),
+        "cuda_python": _version("cuda-python"),
+        "cuda_bindings": _version("cuda-bindings"),
+        "nvidia_driver": nvidia_driver_version(),
+    }
+
+
+def _onnxruntime_info() -> dict[str, Any]:
+    try:
+        import onnxruntime
+    except ImportError:
+        return {"onnxruntime": "not installed", "onnxruntime_providers": []}
+    return {
+        "onnxruntime": onnxruntime.__version__,
+        "onnxruntime_providers": onnxruntime.get_available_providers(),
+    }
+
+
 def environment_info() -> dict[str, Any]:
     """Versions and hardware for a report, so a latency number says where it was measured."""
-    import onnxruntime
-
     return {
         "python": sys.version.split()[0],
         "numpy": np.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "onnxruntime_providers": onnxruntime.get_available_providers(),
+        **_onnxruntime_info(),
         "onnx": _version("onnx"),
         "pycocotools": _version("pycocotools"),
         "pillow": _version("pillow"),
+        **gpu_stack_versions(),
         "platform": platform.platform(),
         "cpu": _cpu_name(),
         "cpu_count": os.cpu_count(),

@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 
+from deploy.backends.onnxruntime import import_onnxruntime
 from export.graph_postprocess import OUTPUT_NAMES, append_postprocess
 from train.model.anchors import anchors_per_level
 from train.postprocess import PostprocessConfig
@@ -151,6 +151,7 @@ def read_postprocess_config(onnx_path: str | Path) -> PostprocessConfig:
 
 def run_onnxruntime(onnx_path: str | Path, images: np.ndarray) -> Detections:
     """Plain ONNX Runtime on CPU, outputs packed like the PyTorch predictor's."""
+    ort = import_onnxruntime()  # one line naming the extra when neither build is installed
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     outputs = session.run(list(OUTPUT_NAMES), {INPUT_NAME: images.astype(np.float32)})
     return Detections(**dict(zip(OUTPUT_NAMES, outputs, strict=True)))

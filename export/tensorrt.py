@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from deploy.backends.tensorrt import start_tensorrt
+from deploy.errors import DeployError
 from export.compat import check_tensorrt_compat
 from export.trt_calibrator import attach_calibrator
 from train.errors import InputError
@@ -282,7 +284,7 @@ def _build_serialized(
     """Parse, configure and build; returns (plan bytes, images the TensorRT 10 calibrator saw)."""
     model, path = source
     logger = _trt_logger(trt)
-    builder = trt.Builder(logger)
+    builder = _start_builder(trt, logger)
     network = builder.create_network(0)  # explicit batch; strongly typed by default on 11
     parser = _parse(trt, network, logger, model, path)
     config = builder.create_builder_config()
@@ -310,6 +312,14 @@ def _build_serialized(
         raise InputError("--precision int8: the calibrator got no images (is the dataset empty?)")
     del parser  # the parser owns weights the network used until the build finished
     return bytes(serialized), calibrated
+
+
+def _start_builder(trt: Any, logger: Any) -> Any:
+    """trt.Builder, or one InputError line when TensorRT cannot initialize CUDA (exit 2)."""
+    try:
+        return start_tensorrt(trt.Builder, logger, trt.__version__)
+    except DeployError as exc:
+        raise InputError(f"--trt: {exc}") from exc
 
 
 def _batch_range(options: EngineOptions) -> tuple[int, int, int]:

@@ -15,11 +15,22 @@ def _version(module_name: str) -> str | None:
     return str(getattr(module, "__version__", "installed"))
 
 
+def _onnxruntime() -> tuple[str, list[str]]:
+    """(version, providers), or the one line saying which extra installs it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        from deploy.backends.onnxruntime import NO_ONNXRUNTIME
+
+        return NO_ONNXRUNTIME, []
+    return onnxruntime.__version__, onnxruntime.get_available_providers()
+
+
 def machine_report() -> dict[str, Any]:
-    import onnxruntime
     import torch
 
     cuda = torch.cuda.is_available()
+    ort_version, ort_providers = _onnxruntime()
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -27,8 +38,8 @@ def machine_report() -> dict[str, Any]:
         "torch_cuda": cuda,
         "gpu": torch.cuda.get_device_name(0) if cuda else None,
         "cpu_bf16_autocast": torch.backends.mkldnn.is_available(),
-        "onnxruntime": onnxruntime.__version__,
-        "onnxruntime_providers": onnxruntime.get_available_providers(),
+        "onnxruntime": ort_version,
+        "onnxruntime_providers": ort_providers,
         "tensorrt": _version("tensorrt"),
         "cuda_python": _version("cuda.bindings") or _version("cuda"),
         "pycuda": _version("pycuda"),

@@ -7,7 +7,7 @@
 # engine latency at least 3x lower than PyTorch eager on the same GPU) and whether the fp16
 # engine replayed a CUDA graph or fell back (and why).
 #
-#   scripts/gpu_check.sh [WORK_DIR]      (default runs/gpu_check; needs: pip install '.[gpu]')
+#   scripts/gpu_check.sh [WORK_DIR]      (default runs/gpu_check; installs '.[gpu]' when missing)
 #
 # Every number it prints comes from the report JSON files it leaves in WORK_DIR/reports.
 set -euo pipefail
@@ -21,6 +21,12 @@ EVAL_IMAGES=${EVAL_IMAGES:-200}
 EPOCHS=${EPOCHS:-12}  # 800 images / batch 16 x 12 = 600 steps (the demo: AP 0.60 after 525)
 mkdir -p "$REPORTS"
 step() { printf '\n== %s (%ss)\n' "$1" "$SECONDS"; }
+
+step "install (only what is missing)"
+if ! $PY -c "import pipeline, tensorrt, onnxruntime, pytest, hypothesis" 2>/dev/null; then
+    $PY -m pip install --quiet -e ".[gpu]" "pytest>=8" "hypothesis>=6.100"
+fi
+$PY scripts/check_ort_providers.py CPUExecutionProvider CUDAExecutionProvider TensorrtExecutionProvider
 
 step "doctor"
 $PY -m pipeline doctor

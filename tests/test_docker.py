@@ -170,6 +170,44 @@ def test_gpu_image_installs_the_gpu_extra() -> None:
     assert re.search(r"pip install \"?\.\[gpu\]", runs)
 
 
+@pytest.mark.parametrize(
+    ("builder", "providers"),
+    [
+        ("cpu-build", ["CPUExecutionProvider"]),
+        (
+            "gpu-build",
+            ["CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"],
+        ),
+    ],
+    ids=RUNTIME_IDS,
+)
+def test_build_proves_each_onnxruntime_provider_runs(builder: str, providers: list[str]) -> None:
+    """A session per provider on a tiny model (scripts/check_ort_providers.py), not the list of
+    compiled-in providers, which names providers whose libraries cannot load."""
+    _, stages = parse_dockerfile()
+    stage = _stage(stages, builder)
+    runs = " ".join(stage.args("RUN"))
+    assert "get_available_providers" not in runs
+    assert any("scripts/check_ort_providers.py" in copy for copy in stage.args("COPY"))
+    check = re.search(r"python scripts/check_ort_providers\.py((?:\s+[\w-]+)+)", runs)
+    assert check, f"{builder} does not run scripts/check_ort_providers.py"
+    words = check.group(1).split()
+    assert [w for w in words if not w.startswith("--")] == providers
+    assert ("--without-gpu" in words) is (builder == "gpu-build")  # a docker build has no GPU
+
+
+@pytest.mark.parametrize(("builder", "extra"), [("cpu-build", "cpu"), ("gpu-build", "gpu")])
+def test_each_image_installs_one_onnxruntime_from_its_extra(builder: str, extra: str) -> None:
+    """pyproject.toml's `cpu` and `gpu` extras each hold one ONNX Runtime; no uninstall dance."""
+    _, stages = parse_dockerfile()
+    runs = " ".join(_stage(stages, builder).args("RUN"))
+    other = {"cpu": "gpu", "gpu": "cpu"}[extra]
+    assert f"['optional-dependencies']['{extra}']" in runs
+    assert f"['optional-dependencies']['{other}']" not in runs
+    assert f'pip install ".[{extra}]"' in runs
+    assert "pip uninstall" not in runs
+
+
 def test_torch_pins_match_the_makefile_and_ci() -> None:
     global_args, _ = parse_dockerfile()
     makefile = (ROOT / "Makefile").read_text()

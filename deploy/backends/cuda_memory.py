@@ -20,6 +20,12 @@ logger = logging.getLogger(__name__)
 
 CUDA_APIS = ("auto", "cuda-python", "pycuda")
 INSTALL_HINT = "pip install '.[gpu]' (or '.[pycuda]'), or use the Docker image"
+NO_DRIVER_HINT = "no usable NVIDIA driver, or one too old for this CUDA"
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's text on one line (pybind and CUDA messages span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 class CudaApi(Protocol):
@@ -72,7 +78,10 @@ class CudaPython:
         self._graphs: list[tuple[Any, Any]] = []
 
     def _call(self, name: str, *args: Any) -> Any:
-        result = getattr(self._rt, name)(*args)
+        try:
+            result = getattr(self._rt, name)(*args)
+        except RuntimeError as exc:  # cuda-python <= 12.5 raises when it cannot reach a driver
+            raise DeployError(f"CUDA {name} failed: {one_line(exc)} ({NO_DRIVER_HINT})") from exc
         status, values = result[0], result[1:]
         if status != self._rt.cudaError_t.cudaSuccess:
             error_name = self._rt.cudaGetErrorName(status)[1]

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from deploy.backends.cuda_memory import open_cuda
+from deploy.backends.cuda_memory import NO_DRIVER_HINT, one_line, open_cuda
 from deploy.engine_metadata import EngineInfo, check_engine_compat, read_engine_metadata
 from deploy.errors import DeployError
 from deploy.metadata import Detections, ModelMetadata
@@ -51,6 +51,31 @@ def import_tensorrt(what: str = "running a TensorRT engine") -> Any:
             f"({INSTALL_HINT})"
         ) from exc
     return tensorrt
+
+
+def start_tensorrt(factory: Any, trt_logger: Any, version: str) -> Any:
+    """`trt.Runtime(logger)` / `trt.Builder(logger)`, or one DeployError line naming the cause.
+
+    When TensorRT cannot initialize CUDA, pybind raises TypeError ("factory function returned
+    nullptr") instead of saying why; nearly always the driver is missing or too old for the CUDA
+    this TensorRT was built with.
+    """
+    try:
+        created = factory(trt_logger)
+    except TypeError as exc:
+        raise DeployError(tensorrt_start_failure(factory, version, exc)) from exc
+    if created is None:
+        raise DeployError(tensorrt_start_failure(factory, version, None))
+    return created
+
+
+def tensorrt_start_failure(factory: Any, version: str, exc: BaseException | None) -> str:
+    name = getattr(factory, "__name__", "TensorRT")
+    said = f" ({one_line(exc)})" if exc is not None else ""
+    return (
+        f"TensorRT {version} could not start: {name}() failed{said}; likely cause: {NO_DRIVER_HINT} "
+        "(TensorRT's cu13 wheels need driver >= 580; see nvidia-smi)"
+    )
 
 
 def _python_logger(trt: Any) -> Any:
@@ -212,7 +237,10 @@ class TensorRTPredictor:
         self.info: EngineInfo = info
         check_engine_compat(info, self._trt.__version__, *self._cuda.device_info(), self.path)
         self._logger = _python_logger(self._trt)
-        self._runtime = self._trt.Runtime(self._logger)
+        try:
+            self._runtime = start_tensorrt(self._trt.Runtime, self._logger, self._trt.__version__)
+        except DeployError as exc:
+            raise DeployError(f"{self.path}: {exc}") from exc
         self._engine = self._deserialize()
         self._context = self._engine.create_execution_context()
         if self._context is None:
