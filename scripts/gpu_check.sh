@@ -111,5 +111,17 @@ checks = [
 ]
 for text, ok in checks:
     print(("PASS " if ok else "FAIL ") + text)
-sys.exit(0 if all(ok for _, ok in checks) else 1)
+verdict = {
+    "gpu": gpu,
+    "checks": [{"check": text, "pass": bool(ok)} for text, ok in checks],
+    "models": {
+        name: {"AP": r["metrics"]["AP"], "precision": r["precision"],
+               "p50_ms": r["latency"]["total_ms"]["p50"], "cuda_graph": r.get("cuda_graph")}
+        for name, r in rows.items()
+    },
+    "pass": all(ok for _, ok in checks),
+}
+(reports / "verdict.json").write_text(json.dumps(verdict, indent=2))
+print(f"verdict written to {reports / 'verdict.json'}")
+sys.exit(0 if verdict["pass"] else 1)
 EOF
