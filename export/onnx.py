@@ -23,8 +23,8 @@ import onnx
 import torch
 from torch import nn
 
-from deploy.backends.onnxruntime import import_onnxruntime
 from export.graph_postprocess import OUTPUT_NAMES, append_postprocess
+from train.errors import InputError
 from train.model.anchors import anchors_per_level
 from train.postprocess import PostprocessConfig
 from train.predict import Detections, TorchPredictor
@@ -151,7 +151,13 @@ def read_postprocess_config(onnx_path: str | Path) -> PostprocessConfig:
 
 def run_onnxruntime(onnx_path: str | Path, images: np.ndarray) -> Detections:
     """Plain ONNX Runtime on CPU, outputs packed like the PyTorch predictor's."""
-    ort = import_onnxruntime()  # one line naming the extra when neither build is installed
+    try:  # imported here: exporting alone needs no ONNX Runtime
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise InputError(
+            "ONNX Runtime is not installed: pip install '.[cpu]' (or '.[gpu]' on an NVIDIA "
+            "machine), needed for the parity check"
+        ) from exc
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     outputs = session.run(list(OUTPUT_NAMES), {INPUT_NAME: images.astype(np.float32)})
     return Detections(**dict(zip(OUTPUT_NAMES, outputs, strict=True)))

@@ -28,8 +28,6 @@ from typing import Any
 import numpy as np
 import onnx
 
-from deploy.backends.tensorrt import start_tensorrt
-from deploy.errors import DeployError
 from export.compat import check_tensorrt_compat
 from export.trt_calibrator import attach_calibrator
 from train.errors import InputError
@@ -315,11 +313,26 @@ def _build_serialized(
 
 
 def _start_builder(trt: Any, logger: Any) -> Any:
-    """trt.Builder, or one InputError line when TensorRT cannot initialize CUDA (exit 2)."""
+    """trt.Builder, or one InputError line when TensorRT cannot initialize CUDA (exit 2).
+
+    pybind says only "factory function returned nullptr" (a TypeError); nearly always the driver
+    is missing or too old for the CUDA this TensorRT was built with. (deploy's runtime says the
+    same for trt.Runtime; export may not import deploy.)
+    """
     try:
-        return start_tensorrt(trt.Builder, logger, trt.__version__)
-    except DeployError as exc:
-        raise InputError(f"--trt: {exc}") from exc
+        builder = trt.Builder(logger)
+    except TypeError as exc:
+        said = " ".join(str(exc).split()) or type(exc).__name__
+        builder, failure = None, f"Builder() failed ({said})"
+    else:
+        failure = "Builder() failed"
+    if builder is None:
+        raise InputError(
+            f"--trt: TensorRT {trt.__version__} could not start: {failure}; likely cause: no "
+            "usable NVIDIA driver, or one too old for this CUDA (TensorRT's cu13 wheels need "
+            "driver >= 580; see nvidia-smi)"
+        )
+    return builder
 
 
 def _batch_range(options: EngineOptions) -> tuple[int, int, int]:
