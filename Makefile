@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean mutation
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ bench: $(STAMP)
 	$(PY) bench/losses.py
 	$(PY) bench/onnx_vs_torch.py
 	$(PY) bench/train_throughput.py
+
+# Mutation testing (long; not part of CI): one mutant at a time, each in a fresh pytest process.
+# Resumes from .mutation/results.json. Extra flags: make mutation MUTATION_ARGS="--module train/assign.py"
+mutation: $(STAMP)
+	$(PY) scripts/mutation $(MUTATION_ARGS)
 
 clean:
 	rm -rf runs .cache .pytest_cache
