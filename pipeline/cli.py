@@ -204,6 +204,23 @@ def export_cmd(
     click.echo(summary)
 
 
+# Where a model runs, the same for every command that runs one (eval, predict).
+provider_option = click.option(
+    "--provider",
+    type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
+    default="auto",
+    show_default=True,
+    help="ONNX Runtime execution provider.",
+)
+device_option = click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda"]),
+    default="cpu",
+    show_default=True,
+    help="Device for .pt checkpoints.",
+)
+
+
 @cli.command("eval")
 @click.option(
     "--model",
@@ -215,20 +232,8 @@ def export_cmd(
 @click.option("--data", type=click.Path(path_type=Path), default=None)
 @click.option("--split", default="val", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option(
-    "--provider",
-    type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
-    default="auto",
-    show_default=True,
-    help="ONNX Runtime execution provider.",
-)
-@click.option(
-    "--device",
-    type=click.Choice(["cpu", "cuda"]),
-    default="cpu",
-    show_default=True,
-    help="Device for .pt checkpoints.",
-)
+@provider_option
+@device_option
 @click.option("--max-images", type=click.IntRange(min=1), default=None)
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
 @click.option(
@@ -336,20 +341,8 @@ def eval_cmd(
     show_default=True,
     help="Images per model call (an .engine takes at most the batch it was built for).",
 )
-@click.option(
-    "--provider",
-    type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
-    default="auto",
-    show_default=True,
-    help="ONNX Runtime execution provider.",
-)
-@click.option(
-    "--device",
-    type=click.Choice(["cpu", "cuda"]),
-    default="cpu",
-    show_default=True,
-    help="Device for .pt checkpoints.",
-)
+@provider_option
+@device_option
 @click.option("--overwrite", is_flag=True, help="Replace existing drawn images / detections.json.")
 @user_errors_exit_2
 def predict(
