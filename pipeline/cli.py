@@ -204,7 +204,14 @@ def export_cmd(
     click.echo(summary)
 
 
-# Where a model runs, the same for every command that runs one (eval, predict).
+# Which model and where it runs, the same for every command that runs one (eval, predict).
+model_option = click.option(
+    "--model",
+    "model_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="A .pt checkpoint, .onnx model or .engine file.",
+)
 provider_option = click.option(
     "--provider",
     type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
@@ -222,13 +229,7 @@ device_option = click.option(
 
 
 @cli.command("eval")
-@click.option(
-    "--model",
-    "model_path",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="A .pt checkpoint, .onnx model or .engine file.",
-)
+@model_option
 @click.option("--data", type=click.Path(path_type=Path), default=None)
 @click.option("--split", default="val", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
@@ -301,13 +302,7 @@ def eval_cmd(
 
 @cli.command()
 @click.argument("sources", nargs=-1, required=True)
-@click.option(
-    "--model",
-    "model_path",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="A .pt checkpoint, .onnx model or .engine file.",
-)
+@model_option
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
