@@ -172,6 +172,25 @@ def test_a_whole_run_reports_the_expected_counts_and_survivors(toy_repo: Path, c
     assert "Nothing ran" in rerun and "| toy.py | 9 | 5 | 0 | 1 | 2 | 1 | 0 | 62% |" in rerun
 
 
+def test_a_new_test_reruns_only_the_survivors_unless_kills_are_rechecked(
+    toy_repo: Path, capsys
+) -> None:
+    config = str(toy_repo / "mutation.toml")
+    assert main(["--config", config]) == 0
+    capsys.readouterr()
+    with (toy_repo / "test_toy.py").open("a") as tests:  # kills `x < 0` -> `x < 1`
+        tests.write("\n\ndef test_half():\n    assert double_positive(0.5) == 1.0\n")
+
+    assert main(["--config", config]) == 0
+    rerun = capsys.readouterr().out
+    assert "[1/1] killed" in rerun and "toy.py:2: 0 -> 1" in rerun  # only the survivor ran
+    assert "| toy.py | 9 | 6 | 0 | 0 | 2 | 1 | 0 | 75% |" in rerun
+
+    assert main(["--config", config, "--recheck-killed"]) == 0
+    # the five killed under the old test file run again; the sixth ran under the current one
+    assert "[5/5]" in capsys.readouterr().out
+
+
 def test_a_mutant_that_renames_parametrized_cases_runs_every_case_of_their_function(
     tmp_path: Path, capsys
 ) -> None:

@@ -2,6 +2,10 @@
 
 Key: the mutated file's content hash, the mutant id and a hash of the tests that ran (their node
 ids and the content of their files), so editing a test file re-runs the mutants it guards.
+
+A mutant once killed stays killed while its file is unchanged (`killed_before`): adding tests
+cannot revive it, and re-running the hundreds already killed after each new test is what made a
+rerun cost an hour. Weakening or deleting a test can; `--recheck-killed` re-runs them all.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from mutation.operators import Mutant
 from mutation.workspace import content_hash
 
 _FORMAT = 1
+_KILLS = ("killed", "timeout")
 
 
 def result_key(mutant: Mutant, file_hash: str, tests_hash: str) -> str:
@@ -48,6 +53,14 @@ class ResultCache:
         if entry is None or entry["outcome"]["status"] == "error":
             return None  # an error says nothing about the mutant: try it again
         return Outcome(**entry["outcome"])
+
+    def killed_before(self, mutant: Mutant, file_hash: str) -> Outcome | None:
+        """A kill of this very mutant of this very file, by whatever tests ran then."""
+        prefix = f"{mutant.path}|{file_hash}|{mutant.id}|"
+        for key, entry in self._results.items():
+            if key.startswith(prefix) and entry["outcome"]["status"] in _KILLS:
+                return Outcome(**entry["outcome"])
+        return None
 
     def put(self, key: str, mutant: Mutant, outcome: Outcome) -> None:
         with self._lock:

@@ -50,6 +50,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--list", action="store_true", help="print the mutants, run nothing")
     parser.add_argument("--out", type=Path, help="results folder (default: ROOT/.mutation)")
     parser.add_argument("--rerun", action="store_true", help="ignore cached results")
+    parser.add_argument(
+        "--recheck-killed",
+        action="store_true",
+        help="re-run mutants killed before when the tests they ran have changed since "
+        "(default: a kill stands while the mutated file is unchanged)",
+    )
     return parser.parse_args(argv)
 
 
@@ -74,7 +80,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = (args.out or root / ".mutation").resolve()
     jobs = max(1, args.jobs or settings.jobs)
-    text = run_plan(plan, files, settings, out, jobs, use_cache=not args.rerun)
+    text = run_plan(
+        plan,
+        files,
+        settings,
+        out,
+        jobs,
+        use_cache=not args.rerun,
+        keep_kills=not args.recheck_killed,
+    )
     print(text)
     return 0
 
@@ -110,6 +124,7 @@ def run_plan(
     out: Path,
     jobs: int,
     use_cache: bool = True,
+    keep_kills: bool = True,
 ) -> str:
     """Baselines, then every mutant not already in the cache; writes and returns the report."""
     workspaces = [make_workspace(files) for _ in range(jobs)]
@@ -118,7 +133,9 @@ def run_plan(
         groups = {p.group for p in plan if p.equivalent_why is None}
         baselines = _baselines(groups, files, workspaces, out / "baseline")
         cache = ResultCache(out / "results.json")
-        results, pending = _classify(plan, baselines, files, settings, cache, use_cache)
+        results, pending = _classify(
+            plan, baselines, files, settings, cache, use_cache, keep_kills and use_cache
+        )
         started = time.monotonic()
         results += _run_pending(pending, workspaces, files, cache)
         wall = time.monotonic() - started
@@ -184,6 +201,7 @@ def _classify(
     settings: Settings,
     cache: ResultCache,
     use_cache: bool,
+    keep_kills: bool = False,
 ) -> tuple[list[Result], list[_Pending]]:
     """Results known without running (equivalent, not covered, cached) and the jobs to run."""
     results: list[Result] = []
@@ -201,8 +219,11 @@ def _classify(
         if tests is None:
             results.append(Result(mutant, "not covered", module=module))
             continue
-        key = result_key(mutant, content_hash(files[mutant.path]), tests_hash(tests, files))
+        file_hash = content_hash(files[mutant.path])
+        key = result_key(mutant, file_hash, tests_hash(tests, files))
         cached = cache.get(key) if use_cache else None
+        if cached is None and keep_kills:
+            cached = cache.killed_before(mutant, file_hash)
         if cached is not None:
             results.append(_result(mutant, cached, len(tests), module, ran=False))
             continue
