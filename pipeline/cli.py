@@ -1,5 +1,5 @@
-"""The `pipeline` command: data, train, export, eval, predict, run, compare, analyze, losses,
-doctor."""
+"""The `pipeline` command: data, train, pretrain, export, eval, predict, run, compare, analyze,
+losses, doctor."""
 
 from __future__ import annotations
 
@@ -388,6 +388,70 @@ def compare(**options: object) -> None:
     from pipeline.compare import run_compare, spec_from_options
 
     click.echo(f"wrote {run_compare(spec_from_options(options))}")
+
+
+@cli.command()
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="COCO-format dataset whose train split is cropped (default: the built-in one).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("runs/pretrain/backbone.pth"),
+    show_default=True,
+    help="Weights file to write (never overwritten); give it to --pretrained.",
+)
+@click.option(
+    "--backbone",
+    type=click.Choice(["resnet18", "resnet34", "resnet50", "mobilenet_v3_large"]),
+    default="resnet18",
+    show_default=True,
+)
+@click.option("--crop-size", type=click.IntRange(min=32), default=64, show_default=True)
+@click.option(
+    "--backgrounds-per-image",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    help="Background crops (overlapping no object) taken from each image.",
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="auto: CUDA when available, else CPU.",
+)
+@user_errors_exit_2
+def pretrain(data: Path | None, out: Path, device: str, **options: object) -> None:
+    """A loss-neutral backbone: classify object and background crops (no detection loss).
+
+    Every run of a loss study can then start from the same weights: `pipeline compare
+    --pretrained OUT`. Nothing is downloaded.
+    """
+    from train.data.synthetic import ensure_synthetic_dataset
+    from train.distributed import resolve_device
+    from train.pretrain import PretrainConfig, run_pretrain
+
+    config = PretrainConfig(
+        data=data if data is not None else ensure_synthetic_dataset(),
+        out=out,
+        device=str(resolve_device(device)),
+        **options,  # type: ignore[arg-type]
+    )
+    summary = run_pretrain(config)
+    last = summary["history"][-1]
+    accuracy = (
+        f", crop accuracy on val {last['val_accuracy']:.3f}" if "val_accuracy" in last else ""
+    )
+    click.echo(f"wrote {out} ({summary['train_crops']} training crops{accuracy})")
 
 
 @cli.command()
