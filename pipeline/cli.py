@@ -386,8 +386,11 @@ def compare(**options: object) -> None:
     loss that has it.
     """
     from pipeline.compare import run_compare, spec_from_options
+    from pipeline.compare_markdown import format_summary
 
-    click.echo(f"wrote {run_compare(spec_from_options(options))}")
+    markdown = run_compare(spec_from_options(options))
+    click.echo(format_summary(json.loads((markdown.parent / "report.json").read_text())))
+    click.echo(f"wrote {markdown}")
 
 
 @cli.command()

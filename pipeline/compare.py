@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.report import write_json_atomic
-from pipeline.compare_backends import build_deployed_model, check_backend
+from pipeline.compare_backends import build_deployed_model, check_backend, parse_backends
 from pipeline.errors import PipelineError
 from pipeline.evaluation import eval_in_run
 from pipeline.options import config_from_options
@@ -56,7 +56,7 @@ class CompareSpec:
     out: Path
     losses: list[str]
     seeds: list[int]
-    backend: str
+    backends: list[str]
     baseline: str
     resamples: int
     base: TrainConfig
@@ -126,7 +126,7 @@ def spec_from_options(options: dict[str, Any]) -> CompareSpec:
         out=out,
         losses=losses,
         seeds=list(range(first_seed, first_seed + int(options["seeds"]))),
-        backend=str(options["backend"]),
+        backends=parse_backends(str(options["backend"])),
         baseline=baseline,
         resamples=int(options["resamples"]),
         base=replace(base, loss_options={}),
@@ -214,15 +214,48 @@ def training_summary(history: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
+def _score(
+    spec: CompareSpec, config: TrainConfig, backends: list[str]
+) -> dict[str, dict[str, Any]]:
+    """The eval reports of best.pt on PyTorch and on each of `backends`."""
+    out = Path(config.out)
+    weights = out / "best.pt"
+    reports = {"pytorch": _evaluate("pytorch", lambda: weights, config)}
+    for backend in backends:
+        reports[backend] = _evaluate(
+            backend,
+            lambda backend=backend: build_deployed_model(backend, weights, out, config.data),
+            config,
+        )
+    return reports
+
+
+def _add_scores(summary: dict[str, Any], reports: dict[str, dict[str, Any]]) -> None:
+    for name, report in reports.items():
+        summary.setdefault("metrics", {})[name] = report["metrics"]
+        summary.setdefault("latency_ms", {})[name] = report["latency"]["total_ms"]
+        if "nms_candidates_per_image" in report:
+            summary["nms_candidates_per_image"] = report["nms_candidates_per_image"]
+
+
 def ensure_run(spec: CompareSpec, loss: str, seed: int) -> dict[str, Any]:
-    """Train, deploy and score one (loss, seed) unless finished; returns its run.json content."""
+    """Train, deploy and score one (loss, seed) unless finished; returns its run.json content.
+
+    A finished run asked for an engine it was not scored on is scored on it (nothing retrains).
+    """
     config = spec.run_config(loss, seed)
     out = Path(config.out)
     summary_path = out / "run.json"
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
         _check_same_config(out, summary["train_config"], config)
-        log.info("%s: finished earlier, reused", out)
+        missing = [b for b in spec.backends if b not in summary.get("metrics", {})]
+        if summary.get("status") != "ok" or not missing:
+            log.info("%s: finished earlier, reused", out)
+            return summary
+        log.info("%s: finished earlier; scoring it on %s too", out, ", ".join(missing))
+        _add_scores(summary, _score(spec, config, missing))
+        write_json_atomic(summary_path, summary)
         return summary
     summary: dict[str, Any] = {"loss": loss, "seed": seed, "train_config": config.to_dict()}
     try:
@@ -232,24 +265,10 @@ def ensure_run(spec: CompareSpec, loss: str, seed: int) -> dict[str, Any]:
         summary.update(status="failed", error=str(exc))
         write_json_atomic(summary_path, summary)
         return summary
-    weights = out / "best.pt"
-    reports = {
-        "pytorch": _evaluate("pytorch", lambda: weights, config),
-        spec.backend: _evaluate(
-            spec.backend,
-            lambda: build_deployed_model(spec.backend, weights, out, config.data),
-            config,
-        ),
-    }
+    reports = _score(spec, config, spec.backends)
     history = json.loads((out / "history.json").read_text())
-    summary.update(
-        status="ok",
-        backend=spec.backend,
-        train_wall_seconds=wall,
-        **training_summary(history),
-        metrics={name: report["metrics"] for name, report in reports.items()},
-        latency_ms={name: report["latency"]["total_ms"] for name, report in reports.items()},
-    )
+    summary.update(status="ok", train_wall_seconds=wall, **training_summary(history))
+    _add_scores(summary, reports)
     write_json_atomic(summary_path, summary)
     return summary
 
@@ -258,7 +277,8 @@ def run_compare(spec: CompareSpec) -> Path:
     """Every run, then the report; returns the path of report.md."""
     from pipeline.compare_report import write_report
 
-    check_backend(spec.backend)
+    for backend in spec.backends:
+        check_backend(backend)
     runs = []
     total = len(spec.losses) * len(spec.seeds)
     for loss in spec.losses:

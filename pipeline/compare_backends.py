@@ -26,6 +26,18 @@ BACKENDS: dict[str, tuple[bool, str]] = {
 ONNX_OPSET = 17
 
 
+def parse_backends(text: str) -> list[str]:
+    """'onnx, onnx-int8' -> ['onnx', 'onnx-int8'] (order kept, repeats dropped, names checked)."""
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown or not names:
+        raise PipelineError(
+            f"--backend {text!r}: unknown {', '.join(unknown) or '(empty)'}; "
+            f"valid: {', '.join(BACKENDS)}"
+        )
+    return names
+
+
 def check_backend(backend: str) -> None:
     """Raise PipelineError when `backend` cannot run here (before any training starts)."""
     if backend not in BACKENDS:

@@ -23,22 +23,33 @@ def _signed(value: float, digits: int = 1) -> str:
     return f"{value * 100:+.{digits}f}"
 
 
+def _engine_label(engine: str) -> str:
+    return "PyTorch" if engine == "pytorch" else engine
+
+
+def _learn_note(row: dict[str, Any]) -> str:
+    silent = len(row["did_not_learn"])
+    if not silent:
+        return ""
+    return " (did not learn)" if silent == row["runs"] else f" ({silent} did not learn)"
+
+
 def _results_table(report: dict[str, Any]) -> list[str]:
-    backend = report["backend"]
+    engines, primary = ["pytorch", *report["backends"]], report["primary_backend"]
     header = [
-        "loss", "seeds", *TABLE_METRICS, "AP PyTorch", f"{backend} - PyTorch",
-        f"p50 ms ({backend})", "train s", "train img/s",
+        "loss", "seeds", *(f"AP {_engine_label(e)}" for e in engines),
+        *(f"{m} ({primary})" for m in TABLE_METRICS[1:]),
+        "NMS candidates / image", "train s", "train img/s",
     ]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for loss, row in report["per_loss"].items():
         failed = f" ({len(row['failed'])} failed)" if row["failed"] else ""
         cells = [
-            loss,
+            loss + _learn_note(row),
             f"{row['runs']}{failed}",
-            *(_pm(row["engine"][m]) for m in TABLE_METRICS),
-            _pm(row["pytorch_AP"]),
-            _pm(row["engine_minus_pytorch_AP"], digits=2),
-            _pm(row["latency_p50_ms"], scale=1.0, digits=2),
+            *(_pm(row["engines"][e]["metrics"]["AP"]) for e in engines),
+            *(_pm(row["engines"][primary]["metrics"][m]) for m in TABLE_METRICS[1:]),
+            _pm(row["nms_candidates_per_image"], scale=1.0, digits=0),
             _pm(row["train_seconds"], scale=1.0, digits=0),
             _pm(row["train_images_per_second"], scale=1.0, digits=1),
         ]
@@ -46,31 +57,64 @@ def _results_table(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _verdict(effect: dict[str, Any]) -> str:
+def verdict(effect: dict[str, Any]) -> str:
+    if effect.get("did_not_learn"):
+        return "did not learn"
+    if "error" in effect:
+        return effect["error"]
     low, high = effect["ci"]
     if low > 0:
-        return "better than the baseline (interval above 0)"
+        return "better"
     if high < 0:
-        return "worse than the baseline (interval below 0)"
-    return "no difference distinguishable from noise (interval contains 0)"
+        return "worse"
+    return "noise"
 
 
-def _effects_table(report: dict[str, Any]) -> list[str]:
+_VERDICT_WORDS = {
+    "better": "better than the baseline (interval above 0)",
+    "worse": "worse than the baseline (interval below 0)",
+    "noise": "no difference distinguishable from noise (interval contains 0)",
+}
+
+
+def _interval(effect: dict[str, Any], digits: int = 1) -> str:
+    low, high = effect["ci"]
+    return f"{_signed(effect['delta'], digits)} [{_signed(low, digits)}, {_signed(high, digits)}]"
+
+
+def _effects_table(report: dict[str, Any], engine: str) -> list[str]:
     baseline = report["baseline"]
     lines = [
-        f"| loss | AP - AP({baseline}) | 95% interval | per seed | verdict |",
-        "|---|---|---|---|---|",
+        f"| loss | AP - AP({baseline}) [95% interval] | per seed | verdict |",
+        "|---|---|---|---|",
     ]
-    for loss, effect in report["effects"].items():
-        if "error" in effect:
-            lines.append(f"| {loss} | - | - | - | {effect['error']} |")
+    for loss, effect in report["effects"][engine].items():
+        if "ci" not in effect:
+            lines.append(f"| {loss} | - | - | {verdict(effect)} |")
             continue
-        low, high = effect["ci"]
         per_seed = ", ".join(_signed(d) for d in effect["per_seed_delta"])
-        lines.append(
-            f"| {loss} | {_signed(effect['delta'])} | [{_signed(low)}, {_signed(high)}] "
-            f"| {per_seed} | {_verdict(effect)} |"
-        )
+        words = _VERDICT_WORDS[verdict(effect)]
+        lines.append(f"| {loss} | {_interval(effect)} | {per_seed} | {words} |")
+    return lines
+
+
+def _deployment_table(report: dict[str, Any]) -> list[str]:
+    engines = report["backends"]
+    header = [
+        "loss", *(f"{e} - PyTorch [95%]" for e in engines),
+        *(f"p50 ms {_engine_label(e)}" for e in ["pytorch", *engines]),
+    ]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for loss, row in report["per_loss"].items():
+        deltas = []
+        for engine in engines:
+            effect = report["deployment"][engine][loss]
+            deltas.append(_interval(effect, digits=2) if "ci" in effect else "-")
+        latencies = [
+            _pm(row["engines"][e]["latency_p50_ms"], scale=1.0, digits=2)
+            for e in ["pytorch", *engines]
+        ]
+        lines.append("| " + " | ".join([loss, *deltas, *latencies]) + " |")
     return lines
 
 
@@ -96,22 +140,40 @@ def format_markdown(report: dict[str, Any]) -> str:
     training = report["training"]
     budget = ", ".join(f"{k} {training.get(k)}" for k in BUDGET_KEYS if k in training)
     env = report.get("environment", {})
+    baseline = report["baseline"]
+    effects = []
+    for engine in report["backends"]:
+        effects += [
+            f"## Effect against {baseline} on {engine}",
+            "",
+            *_effects_table(report, engine),
+        ]
+        effects.append("")
     lines = [
         "# Loss comparison",
         "",
         f"Losses {', '.join(report['losses'])}; seeds {', '.join(map(str, report['seeds']))}; "
-        f"deployed backend {report['backend']}; baseline {report['baseline']}.",
-        f"Training: {budget}. Machine: {env.get('cpu', '?')} ({env.get('cpu_count', '?')} CPUs).",
+        f"engines PyTorch, {', '.join(report['backends'])}; baseline {baseline}.",
+        f"Training: {budget}"
+        + (f", backbone weights {training['pretrained']}" if training.get("pretrained") else "")
+        + f". Machine: {env.get('cpu', '?')} ({env.get('cpu_count', '?')} CPUs).",
         "",
-        f"## Results on {report['backend']} (COCO AP in points, mean ± std over seeds)",
+        "## Results (COCO AP in points, mean ± std over seeds)",
         "",
         *_results_table(report),
         "",
-        "APs/APm/APl show '-' when the validation set has no object of that size.",
+        "APs/APm/APl show '-' when the validation set has no object of that size. "
+        "NMS candidates: (anchor, class) pairs above the score threshold after the per-level "
+        "top-k, counted on the PyTorch model. A run whose PyTorch AP is under 0.1 points "
+        "learned nothing and is marked 'did not learn' rather than ranked.",
         "",
-        f"## Effect against {report['baseline']}",
+        *effects,
+        "## The deployed engines: AP minus PyTorch's on the same weights, and latency",
         "",
-        *_effects_table(report),
+        *_deployment_table(report),
+        "",
+        "Latency: median ms per image at batch 1, pre-processing excluded, decode and NMS "
+        "included (they are inside the exported graph).",
         "",
         f"Method: {report['method']} Resamples: {report['resamples']}.",
         "",
@@ -125,3 +187,24 @@ def format_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    """The terminal's table: AP per engine and the effect against the baseline on the first."""
+    engines, primary = ["pytorch", *report["backends"]], report["primary_backend"]
+    header = ["loss", *(f"AP {_engine_label(e)}" for e in engines)]
+    header += [f"vs {report['baseline']} on {primary} [95%]", "verdict"]
+    rows = [header]
+    for loss, row in report["per_loss"].items():
+        effect = report["effects"][primary].get(loss)
+        if effect is None:
+            compared, said = "(baseline)", "did not learn" if _learn_note(row) else ""
+        else:
+            compared, said = (_interval(effect) if "ci" in effect else "-"), verdict(effect)
+        aps = [_pm(row["engines"][e]["metrics"]["AP"]) for e in engines]
+        rows.append([loss, *aps, compared, said])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    text = [
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    ]
+    return "\n".join(["AP in points, mean ± std over seeds", *text])

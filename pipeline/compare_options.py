@@ -47,10 +47,12 @@ COMPARE_OPTIONS: list[Callable] = [
     ),
     click.option(
         "--backend",
-        type=click.Choice(list(BACKENDS)),
         default="onnx",
         show_default=True,
-        help="Deployed engine to score (PyTorch is always scored too, for parity).",
+        help="Deployed engines to score, comma-separated, from: "
+        + ", ".join(BACKENDS)
+        + ". PyTorch is always scored too; the first engine is the one the losses are "
+        "ranked on.",
     ),
     click.option(
         "--baseline",

@@ -30,31 +30,50 @@ def save(figure: Figure, path: Path) -> None:
     figure.savefig(path, format="png")
 
 
-def plot_ap_bars(per_loss: dict[str, dict[str, Any]], backend: str, path: Path) -> None:
-    """Grouped bars (AP, AP50, AP75) per loss: mean over seeds, std as error bars, seeds as dots."""
-    figure = new_figure(7.0, 4.0)
-    axes = figure.add_subplot()
+def _legend_below(figure: Figure, axes: Any, columns: int) -> None:
+    """One legend under the panels, so it never covers a bar or a curve."""
+    handles, labels = axes.get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, labels, loc="lower center", ncols=min(columns, len(labels)))
+
+
+def plot_ap_bars(per_loss: dict[str, dict[str, Any]], engines: list[str], path: Path) -> None:
+    """AP in points per loss, one bar per engine: mean over seeds, std as error bars, seeds as
+    dots."""
     losses = list(per_loss)
-    width = 0.8 / len(BAR_METRICS)
+    figure = new_figure(max(7.0, 0.9 * len(losses) * max(1, len(engines)) / 2 + 3), 4.6)
+    axes = figure.add_subplot()
+    width = 0.8 / len(engines)
     x = np.arange(len(losses))
-    for i, metric in enumerate(BAR_METRICS):
-        stats = [per_loss[loss]["engine"][metric] for loss in losses]
-        means = [s["mean"] if s["mean"] is not None else 0.0 for s in stats]
-        errors = [s["std"] or 0.0 for s in stats]
-        offset = x + (i - (len(BAR_METRICS) - 1) / 2) * width
-        axes.bar(offset, means, width, yerr=errors, capsize=3, label=metric)
+    for i, engine in enumerate(engines):
+        stats = [per_loss[loss]["engines"][engine]["metrics"]["AP"] for loss in losses]
+        means = [100 * s["mean"] if s["mean"] is not None else 0.0 for s in stats]
+        errors = [100 * (s["std"] or 0.0) for s in stats]
+        offset = x + (i - (len(engines) - 1) / 2) * width
+        label = "PyTorch (fp32)" if engine == "pytorch" else engine
+        axes.bar(offset, means, width, yerr=errors, capsize=3, label=label)
         for xi, s in zip(offset, stats, strict=True):
-            axes.scatter([xi] * len(s["values"]), s["values"], s=9, color="black", zorder=3)
-    axes.set_xticks(x, losses)
-    axes.set_ylabel("COCO AP (0..1)")
-    axes.set_title(f"AP per loss on {backend} (bars: mean, error bars: std, dots: seeds)")
-    axes.legend()
-    save(figure, path)
+            values = [100 * v for v in s["values"]]
+            axes.scatter([xi] * len(values), values, s=9, color="black", zorder=3)
+    axes.set_xticks(
+        x,
+        losses,
+        rotation=30 if len(losses) > 5 else 0,
+        ha="right" if len(losses) > 5 else "center",
+    )
+    axes.set_ylabel("COCO AP (points)")
+    axes.set_ylim(bottom=0)
+    axes.grid(axis="y", alpha=0.3)
+    axes.set_title("AP per loss and engine (bar: mean over seeds, line: std, dot: one seed)")
+    figure.tight_layout(rect=(0, 0.08, 1, 1))
+    _legend_below(figure, axes, len(engines))
+    _save_laid_out(figure, path)
 
 
 def plot_pr_curves(curves: dict[str, dict[str, Any]], backend: str, path: Path) -> None:
     """Precision-recall per loss at IoU 0.5 and 0.75 (COCO's interpolated precision)."""
-    figure = new_figure(10.0, 4.0)
+    figure = new_figure(10.0, 4.6)
+    axes = None
     for i, iou in enumerate(("0.5", "0.75")):
         axes = figure.add_subplot(1, 2, i + 1)
         for loss, by_iou in curves.items():
@@ -63,10 +82,17 @@ def plot_pr_curves(curves: dict[str, dict[str, Any]], backend: str, path: Path) 
         axes.set_ylim(0, 1.02)
         axes.set_xlabel("recall")
         axes.set_ylabel("precision")
-        axes.set_title(f"IoU {iou}, {backend} (mean over classes and seeds)")
-        if axes.lines:
-            axes.legend()
-    save(figure, path)
+        axes.set_title(f"IoU {iou} on {backend} (mean over classes and seeds)")
+    figure.tight_layout(rect=(0, 0.1, 1, 1))
+    if axes is not None:
+        _legend_below(figure, axes, 5)
+    _save_laid_out(figure, path)
+
+
+def _save_laid_out(figure: Figure, path: Path) -> None:
+    """Save a figure whose layout (room for the legend below) is already set."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")
 
 
 def _mean_by_epoch(histories: list[list[dict]], key: str) -> tuple[list[int], list[float]]:
@@ -90,21 +116,26 @@ def _record_value(record: dict[str, Any], key: str) -> float | None:
 
 
 def plot_training_curves(histories: dict[str, list[list[dict]]], path: Path) -> None:
-    """Training loss (sum of the loss's parts, each loss on its own scale) and validation AP
-    per epoch, mean over seeds."""
-    figure = new_figure(10.0, 4.0)
-    panels = (("loss", "training loss (own scale per loss)", True), ("AP", "validation AP", False))
-    for i, (key, title, log_scale) in enumerate(panels):
+    """Training loss (sum of the loss's parts, each loss on its own scale) and validation AP in
+    points per epoch, mean over seeds."""
+    figure = new_figure(10.0, 4.6)
+    panels = (
+        ("loss", "training loss (own scale per loss)", True, 1.0),
+        ("AP", "validation AP (points)", False, 100.0),
+    )
+    axes = None
+    for i, (key, title, log_scale, scale) in enumerate(panels):
         axes = figure.add_subplot(1, 2, i + 1)
         for loss, runs in histories.items():
             epochs, means = _mean_by_epoch(runs, key)
             if epochs:
-                axes.plot(epochs, means, marker="o", label=loss)
+                axes.plot(epochs, [scale * m for m in means], marker="o", label=loss)
         if log_scale and axes.lines:
             axes.set_yscale("log")
         axes.set_xlabel("epoch")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_title(title + " (mean over seeds)")
-        if axes.lines:
-            axes.legend()
-    save(figure, path)
+    figure.tight_layout(rect=(0, 0.1, 1, 1))
+    if axes is not None:
+        _legend_below(figure, axes, 5)
+    _save_laid_out(figure, path)

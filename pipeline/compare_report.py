@@ -53,28 +53,45 @@ def stat(values: list[float | None]) -> dict[str, Any]:
     }
 
 
-def _loss_stats(runs: list[dict[str, Any]], backend: str) -> dict[str, Any]:
-    """One loss's table row: engine metrics, PyTorch parity, latency and training cost."""
+# A run whose PyTorch AP is below this learned nothing (AP 0, no useful detection): it gets
+# "did not learn", not a verdict.
+LEARNED_AP = 0.001
+
+
+def learned(run: dict[str, Any]) -> bool:
+    return run.get("status") == "ok" and run["metrics"]["pytorch"]["AP"] >= LEARNED_AP
+
+
+def _engine_stats(ok: list[dict[str, Any]], engine: str) -> dict[str, Any]:
+    """One engine's metrics, its AP minus PyTorch's, and its latency, over a loss's runs."""
+    scored = [r for r in ok if engine in r["metrics"]]
+    metrics = [r["metrics"][engine] for r in scored]
+    return {
+        "metrics": {m: stat([e.get(m) for e in metrics]) for m in METRICS},
+        "minus_pytorch_AP": stat(
+            [r["metrics"][engine]["AP"] - r["metrics"]["pytorch"]["AP"] for r in scored]
+        ),
+        "latency_p50_ms": stat([r["latency_ms"][engine]["p50"] for r in scored]),
+    }
+
+
+def _loss_stats(runs: list[dict[str, Any]], engines: list[str]) -> dict[str, Any]:
+    """One loss's row: per engine (PyTorch first) metrics and latency, NMS load, training cost."""
     ok = [r for r in runs if r.get("status") == "ok"]
-    engine = [r["metrics"][backend] for r in ok]
-    torch_ap = [r["metrics"]["pytorch"]["AP"] for r in ok]
     return {
         "runs": len(ok),
         "failed": [{"seed": r["seed"], "error": r.get("error", "")} for r in runs if r not in ok],
-        "engine": {m: stat([e.get(m) for e in engine]) for m in METRICS},
-        "pytorch_AP": stat(torch_ap),
-        "engine_minus_pytorch_AP": stat(
-            [e["AP"] - t for e, t in zip(engine, torch_ap, strict=True)]
-        ),
-        "latency_p50_ms": stat([r["latency_ms"][backend]["p50"] for r in ok]),
+        "did_not_learn": [r["seed"] for r in ok if not learned(r)],
+        "engines": {engine: _engine_stats(ok, engine) for engine in ["pytorch", *engines]},
+        "nms_candidates_per_image": stat([r.get("nms_candidates_per_image") for r in ok]),
         "train_seconds": stat([r["train_seconds"] for r in ok]),
         "train_images_per_second": stat([r["train_images_per_second"] for r in ok]),
     }
 
 
-def _skipped_images(spec: CompareSpec, run: dict[str, Any]) -> int:
-    """How many unreadable images the evaluator left out of a run's engine score."""
-    path = run_dir(spec.out, run["loss"], run["seed"]) / f"report_{spec.backend}.json"
+def _skipped_images(spec: CompareSpec, run: dict[str, Any], engine: str) -> int:
+    """How many unreadable images the evaluator left out of a run's score on `engine`."""
+    path = run_dir(spec.out, run["loss"], run["seed"]) / f"report_{engine}.json"
     if run.get("status") != "ok" or not path.is_file():
         return 0
     return int(json.loads(path.read_text()).get("skipped_images", 0))
@@ -89,53 +106,94 @@ def _readable(path: Path) -> bool:
     return True
 
 
-def _matches(spec: CompareSpec, runs: list[dict[str, Any]]) -> dict[tuple[str, int], RunMatches]:
-    """COCO matching of every finished run's deployed-engine detections (one COCOeval each),
-    over the images the evaluator scored (unreadable ones, which it skips, are left out)."""
+Matches = dict[str, dict[tuple[str, int], RunMatches]]  # engine -> (loss, seed) -> matching
+
+
+def _matches(spec: CompareSpec, runs: list[dict[str, Any]]) -> Matches:
+    """COCO matching of every finished run's detections on PyTorch and each engine (one
+    COCOeval each), over the images the evaluator scored (unreadable ones are left out)."""
     ann_file, img_dir = resolve_split(data_root(spec.base), "val")
     coco_gt = load_coco(ann_file)
     infos = sorted(coco_gt.dataset["images"], key=lambda info: info["id"])
     infos = infos[: spec.base.max_val_images]
-    if any(_skipped_images(spec, run) for run in runs):
+    engines = ["pytorch", *spec.backends]
+    if any(_skipped_images(spec, run, engine) for run in runs for engine in engines):
         infos = [info for info in infos if _readable(img_dir / info["file_name"])]
     image_ids = [info["id"] for info in infos]
-    matches = {}
+    matches: Matches = {engine: {} for engine in engines}
     for run in runs:
         if run.get("status") != "ok":
             continue
-        path = run_dir(spec.out, run["loss"], run["seed"]) / f"detections_{spec.backend}.json"
-        detections = json.loads(path.read_text())
-        matches[(run["loss"], run["seed"])] = match_run(coco_gt, detections, image_ids)
+        for engine in engines:
+            path = run_dir(spec.out, run["loss"], run["seed"]) / f"detections_{engine}.json"
+            if path.is_file():
+                detections = json.loads(path.read_text())
+                matches[engine][(run["loss"], run["seed"])] = match_run(
+                    coco_gt, detections, image_ids
+                )
     return matches
 
 
+def _bootstrap(
+    pairs: list[tuple[RunMatches, RunMatches]], seeds: list[int], resamples: int
+) -> dict[str, Any]:
+    if not pairs:
+        return {"error": "no seed finished for both"}
+    return {"metric": "AP", "seeds": seeds, **paired_bootstrap(pairs, resamples, seed=0)}
+
+
 def _effects(
-    spec: CompareSpec, matches: dict[tuple[str, int], RunMatches]
-) -> dict[str, dict[str, Any]]:
-    """Each loss against the baseline, paired on the seeds both finished."""
-    effects = {}
-    for loss in spec.losses:
-        if loss == spec.baseline:
-            continue
-        seeds = [s for s in spec.seeds if (loss, s) in matches and (spec.baseline, s) in matches]
-        if not seeds:
-            effects[loss] = {"error": "no seed finished for both this loss and the baseline"}
-            continue
-        pairs = [(matches[(loss, s)], matches[(spec.baseline, s)]) for s in seeds]
-        effects[loss] = {
-            "metric": "AP",
-            "seeds": seeds,
-            **paired_bootstrap(pairs, spec.resamples, seed=0),
-        }
+    spec: CompareSpec, matches: Matches, silent: set[str]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per engine, each loss against the baseline, paired on the seeds both finished.
+
+    A loss (or baseline) none of whose runs learned anything gets no interval: comparing two
+    APs of 0 says nothing about the loss.
+    """
+    effects: dict[str, dict[str, dict[str, Any]]] = {}
+    for engine in spec.backends:
+        on_engine = matches[engine]
+        effects[engine] = {}
+        for loss in spec.losses:
+            if loss == spec.baseline:
+                continue
+            if {loss, spec.baseline} & silent:
+                who = loss if loss in silent else f"the baseline {spec.baseline}"
+                effects[engine][loss] = {"did_not_learn": True, "error": f"{who} did not learn"}
+                continue
+            seeds = [
+                s for s in spec.seeds if (loss, s) in on_engine and (spec.baseline, s) in on_engine
+            ]
+            pairs = [(on_engine[(loss, s)], on_engine[(spec.baseline, s)]) for s in seeds]
+            effects[engine][loss] = _bootstrap(pairs, seeds, spec.resamples)
     return effects
 
 
+def _deployment(spec: CompareSpec, matches: Matches) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per engine and loss: engine AP minus PyTorch AP of the same weights, paired bootstrap.
+
+    Does a loss change how well its model survives the engine (int8 above all)?
+    """
+    deployment: dict[str, dict[str, dict[str, Any]]] = {}
+    for engine in spec.backends:
+        deployment[engine] = {}
+        for loss in spec.losses:
+            seeds = [
+                s
+                for s in spec.seeds
+                if (loss, s) in matches[engine] and (loss, s) in matches["pytorch"]
+            ]
+            pairs = [(matches[engine][(loss, s)], matches["pytorch"][(loss, s)]) for s in seeds]
+            deployment[engine][loss] = _bootstrap(pairs, seeds, spec.resamples)
+    return deployment
+
+
 def _pr_curves(
-    spec: CompareSpec, matches: dict[tuple[str, int], RunMatches]
+    spec: CompareSpec, on_engine: dict[tuple[str, int], RunMatches]
 ) -> dict[str, dict[str, Any]]:
     curves: dict[str, dict[str, Any]] = {}
     for loss in spec.losses:
-        runs = [m for (name, _), m in matches.items() if name == loss]
+        runs = [m for (name, _), m in on_engine.items() if name == loss]
         if not runs:
             continue
         curves[loss] = {}
@@ -162,34 +220,45 @@ def build_report(spec: CompareSpec, runs: list[dict[str, Any]]) -> dict[str, Any
         for k, v in spec.base.to_dict().items()
         if k not in ("out", "loss", "seed", "overwrite")
     }
-    num_images = len(next(iter(matches.values())).image_ids) if matches else 0
+    primary = spec.backends[0]
+    scored = next(iter(matches[primary].values()), None)
+    per_loss = {
+        loss: _loss_stats([r for r in runs if r["loss"] == loss], spec.backends)
+        for loss in spec.losses
+    }
+    silent = {loss for loss, row in per_loss.items() if row["runs"] and not _learned_any(row)}
     return {
-        "backend": spec.backend,
+        "backends": spec.backends,
+        "primary_backend": primary,
         "baseline": spec.baseline,
         "losses": spec.losses,
         "seeds": spec.seeds,
         "training": {**training, "loss_options": spec.loss_options},
-        "num_val_images": num_images,
-        "per_loss": {
-            loss: _loss_stats([r for r in runs if r["loss"] == loss], spec.backend)
-            for loss in spec.losses
-        },
-        "effects": _effects(spec, matches),
+        "num_val_images": len(scored.image_ids) if scored else 0,
+        "per_loss": per_loss,
+        "did_not_learn": sorted(silent, key=spec.losses.index),
+        "effects": _effects(spec, matches, silent),
+        "deployment": _deployment(spec, matches),
         "method": METHOD,
         "resamples": spec.resamples,
-        "pr_curves": _pr_curves(spec, matches),
+        "pr_curves": _pr_curves(spec, matches[primary]),
         "runs": [{k: v for k, v in run.items() if k != "train_config"} for run in runs],
         "plots": dict(PLOTS),
         "environment": environment_info(),
     }
 
 
+def _learned_any(row: dict[str, Any]) -> bool:
+    return len(row["did_not_learn"]) < row["runs"]
+
+
 def write_report(spec: CompareSpec, runs: list[dict[str, Any]]) -> Path:
     """report.json, the plots and report.md into spec.out; returns report.md's path."""
     report = build_report(spec, runs)
     out = Path(spec.out)
-    plot_ap_bars(report["per_loss"], spec.backend, out / PLOTS["ap_bars"])
-    plot_pr_curves(report["pr_curves"], spec.backend, out / PLOTS["pr_curves"])
+    primary = report["primary_backend"]
+    plot_ap_bars(report["per_loss"], ["pytorch", *spec.backends], out / PLOTS["ap_bars"])
+    plot_pr_curves(report["pr_curves"], primary, out / PLOTS["pr_curves"])
     plot_training_curves(_histories(spec, runs), out / PLOTS["training_curves"])
     write_json_atomic(out / "report.json", report)
     markdown = out / "report.md"

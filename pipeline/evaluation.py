@@ -50,6 +50,10 @@ def run_eval(
         strict=strict,
     )
     report["model"] = str(model_path)
+    counts = getattr(predictor, "candidate_counts", None)  # PyTorch models only
+    if counts and report.get("num_images"):  # the scored images come after the warm-up calls
+        scored = counts[-int(report["num_images"]) :]
+        report["nms_candidates_per_image"] = sum(scored) / len(scored)
     report["environment"] = environment_info()
     if json_path is not None:
         write_json_atomic(json_path, report)

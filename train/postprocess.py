@@ -110,6 +110,26 @@ def select_candidates(
     return scores, labels, boxes
 
 
+def count_nms_candidates(
+    cls_logits: torch.Tensor, anchors_per_level: list[int], config: PostprocessConfig
+) -> torch.Tensor:
+    """(B,) int64: per image, the (anchor, class) pairs steps 1-2 pass on to NMS.
+
+    A loss that leaves many low-confidence scores above the threshold makes the deployed
+    engine's NMS slower; `pipeline compare` reports this count per loss.
+    """
+    batch, _, num_classes = cls_logits.shape
+    sizes = candidates_per_level(anchors_per_level, num_classes, config)
+    counts = torch.zeros(batch, dtype=torch.int64, device=cls_logits.device)
+    start = 0
+    for count, k in zip(anchors_per_level, sizes, strict=True):
+        level = cls_logits[:, start : start + count].reshape(batch, count * num_classes)
+        top = level.float().topk(k, dim=1, largest=True, sorted=False).values
+        counts += (torch.sigmoid(top) > config.score_threshold).sum(1)
+        start += count
+    return counts
+
+
 def postprocess(
     cls_logits: torch.Tensor,
     box_deltas: torch.Tensor,

@@ -16,7 +16,7 @@ from torch import nn
 
 from train.errors import InputError
 from train.model.anchors import anchors_per_level
-from train.postprocess import PostprocessConfig, postprocess
+from train.postprocess import PostprocessConfig, count_nms_candidates, postprocess
 
 _PRECISION_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
@@ -63,6 +63,7 @@ class TorchPredictor:
         self.config = config or PostprocessConfig()
         self.img_size = int(model.anchor_spec.img_size)
         self._anchors_per_level = anchors_per_level(model.anchor_spec)
+        self.candidate_counts: list[int] = []  # per image called on, warm-up calls included
 
     @property
     def precision(self) -> str:
@@ -89,6 +90,8 @@ class TorchPredictor:
             with torch.inference_mode():
                 batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
                 cls_logits, box_deltas = self.model(batch.to(self.device, dtype))
+                counts = count_nms_candidates(cls_logits, self._anchors_per_level, self.config)
+                self.candidate_counts.extend(counts.tolist())
                 out = postprocess(
                     cls_logits,
                     box_deltas,
