@@ -79,7 +79,9 @@ def run_analyze(weights: Path, data: Path | None, out: Path | None, max_images: 
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "analysis.json", results)
     plot_focal_cdf(results["focal_loss_cdf"], out / FIGURES["focal_loss_cdf"])
-    plot_ghm_gradients(results["ghm_gradients"], out / FIGURES["ghm_gradients"])
+    plot_ghm_gradients(
+        results["ghm_gradients"], results["ghm_r_gradients"], out / FIGURES["ghm_gradients"]
+    )
     plot_pisa_samples(results["pisa_samples"], out / FIGURES["pisa_samples"])
     negatives = results["focal_loss_cdf"]["negatives"]["curves"]
     pisa = results["pisa_samples"]["groups"]

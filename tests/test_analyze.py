@@ -91,6 +91,33 @@ def test_focal_cdf_at_gamma_0_matches_hand_values():
     )
 
 
+def test_the_tail_is_the_share_of_loss_in_the_hardest_fraction():
+    # 1000 negatives: 999 with p = 0.5 (CE ln 2) and one with p = 1 - 1e-4 (CE ln 1e4). At
+    # gamma 0 the hardest 0.1% (that one) carries ln 1e4 / (999 ln 2 + ln 1e4) of the loss.
+    logits = torch.cat([torch.zeros(999), torch.tensor([math.log(9999.0)])])
+    cdfs = focal_loss_cdfs(logits, torch.zeros(1000))
+    hardest = cdfs["hardest_fractions"]
+    tail = cdfs["negatives"]["curves"]["0"]["share_in_hardest"]
+    at = hardest.index(pytest.approx(1e-3))
+    total = 999 * math.log(2) + math.log(1e4)
+    assert tail[at] == pytest.approx(math.log(1e4) / total, rel=1e-4)
+    assert hardest[0] == pytest.approx(1e-6) and tail[-1] == pytest.approx(1.0)
+
+
+def test_ghm_panel_scales_every_loss_to_the_total_of_ce():
+    from pipeline.analysis_plots import same_total_as_ce
+
+    # two bins holding 90% and 10% of the samples; CE's total is 0.9 * 0.1 + 0.1 * 0.8 = 0.17
+    ghm = {"distribution": [0.9, 0.1],
+           "reweighted": {"ce": [0.1, 0.8], "ghm_c": [100.0, 800.0], "fl": [None, 0.5]}}  # fmt: skip
+    scaled = same_total_as_ce(ghm)
+    assert scaled["ce"] == pytest.approx([0.1, 0.8])
+    # GHM-C total 0.9 * 100 + 0.1 * 800 = 170: scaled by 0.17 / 170 = 1e-3
+    assert scaled["ghm_c"] == pytest.approx([0.1, 0.8])
+    # FL: only the second bin, total 0.1 * 0.5 = 0.05, scaled by 0.17 / 0.05 = 3.4
+    assert scaled["fl"][0] is None and scaled["fl"][1] == pytest.approx(1.7)
+
+
 def test_loss_cdf_of_equal_losses_is_the_diagonal():
     fractions = np.array([0.0, 0.3, 1.0])
     assert loss_cdf(torch.ones(10), fractions) == pytest.approx([0.0, 0.3, 1.0])

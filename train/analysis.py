@@ -33,6 +33,8 @@ from train.model.detector import RetinaDetector
 
 FL_GAMMAS = (0.0, 0.5, 1.0, 2.0)
 CDF_POINTS = 101
+# The tail of Figure 4 at a readable scale: share of the loss in the hardest 1e-6 .. 100%.
+HARDEST_FRACTIONS = np.logspace(-6, 0, 61)
 GHM_BINS = 30
 FL_GAMMA_FOR_GHM = 2.0
 GHM_R_MU, GHM_R_BINS = 0.02, 10  # the paper's COCO settings
@@ -131,20 +133,28 @@ def focal_loss_cdfs(
     logits: torch.Tensor, targets: torch.Tensor, gammas: tuple[float, ...] = FL_GAMMAS
 ) -> dict[str, Any]:
     """Figure 4 of the Focal Loss paper: per group and gamma, the loss CDF on a fraction grid,
-    and the share of the loss carried by the hardest 1% and 10% of samples.
+    the share of the loss carried by the hardest 1% and 10% of samples, and by the hardest
+    fraction f for f on a log grid (`share_in_hardest`: the tail Figure 4 squeezes into a
+    vertical line at x = 1).
 
     alpha is left out: a constant per group cancels in the normalization.
     """
     fractions = np.linspace(0.0, 1.0, CDF_POINTS)
-    result: dict[str, Any] = {"fractions": fractions.tolist(), "gammas": list(gammas)}
+    result: dict[str, Any] = {
+        "fractions": fractions.tolist(),
+        "hardest_fractions": HARDEST_FRACTIONS.tolist(),
+        "gammas": list(gammas),
+    }
+    grid = np.asarray([0.0, 0.9, 0.99, *fractions, *(1.0 - HARDEST_FRACTIONS)])
     for group, mask in (("positives", targets > 0.5), ("negatives", targets <= 0.5)):
         x, y = logits[mask], targets[mask]
         curves = {}
         for gamma in gammas:
             loss = sigmoid_focal_loss(x, y, alpha=-1.0, gamma=gamma)
-            cdf = loss_cdf(loss, np.asarray([0.0, 0.9, 0.99, *fractions]))
+            cdf = loss_cdf(loss, grid)
             curves[f"{gamma:g}"] = {
-                "cdf": cdf[3:],
+                "cdf": cdf[3 : 3 + len(fractions)],
+                "share_in_hardest": [1.0 - v for v in cdf[3 + len(fractions) :]],
                 "share_of_loss_in_hardest_10pct": 1.0 - cdf[1],
                 "share_of_loss_in_hardest_1pct": 1.0 - cdf[2],
             }
