@@ -1,7 +1,10 @@
-"""Torchvision backbones cut at C3..C5, built from scratch or from a LOCAL weights file.
+"""Torchvision backbones cut at C3..C5, built from scratch, from a local weights file, or from
+torchvision's ImageNet weights.
 
-Nothing is downloaded: `pretrained` is a path to a state dict saved from torchvision's model (or a
-checkpoint holding one under "state_dict"/"model").
+`pretrained` is a path to a state dict saved from torchvision's model (or a checkpoint holding
+one under "state_dict"/"model"), or "imagenet": torchvision's weights for the backbone, read from
+the torch hub cache where torchvision keeps them. When they are not there, one download is
+tried; offline that is one line naming the file and the folder to put it in.
 """
 
 from __future__ import annotations
@@ -17,6 +20,15 @@ from torchvision.models._utils import IntermediateLayerGetter
 from train.errors import InputError
 
 log = logging.getLogger(__name__)
+
+IMAGENET = "imagenet"
+# name -> torchvision's ImageNet weights enum for it (its .url names the file in the hub cache)
+IMAGENET_WEIGHTS = {
+    "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
+    "resnet34": torchvision.models.ResNet34_Weights.IMAGENET1K_V1,
+    "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
+    "mobilenet_v3_large": torchvision.models.MobileNet_V3_Large_Weights.IMAGENET1K_V1,
+}
 
 # name -> (constructor, names of the C3, C4, C5 layers, their channels)
 BACKBONES: dict[str, tuple] = {
@@ -77,6 +89,24 @@ def _load_local_weights(body: nn.Module, path: Path, prefix: str) -> None:
         )
 
 
+def imagenet_weights_file(name: str) -> Path:
+    """torchvision's ImageNet weights for backbone `name` in the torch hub cache; fetched once
+    if missing. Offline: InputError naming the file and where to place it."""
+    url = IMAGENET_WEIGHTS[name].url
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    if path.is_file():
+        return path
+    try:
+        torch.hub.download_url_to_file(url, str(path), progress=False)
+    except Exception as exc:  # offline, proxy, HTTP error: urllib raises several types
+        raise InputError(
+            f"--pretrained imagenet: {path.name} is not in {path.parent} and cannot be "
+            f"downloaded ({type(exc).__name__}); download {url} and place it there, or pass "
+            "its path to --pretrained"
+        ) from exc
+    return path
+
+
 class Backbone(nn.Module):
     """Returns the C3, C4, C5 feature maps (strides 8, 16, 32)."""
 
@@ -88,6 +118,8 @@ class Backbone(nn.Module):
         net = build(weights=None)
         prefix = "features." if isinstance(net, nn.Sequential) else ""
         self.body = IntermediateLayerGetter(net, {n: str(i) for i, n in enumerate(layer_names)})
+        if pretrained is not None and str(pretrained) == IMAGENET:
+            pretrained = imagenet_weights_file(name)
         if pretrained is not None:
             _load_local_weights(self.body, Path(pretrained), prefix)
         self.out_channels = channels
