@@ -98,8 +98,8 @@ class Detector:
         max_dets: int | None = None,
         batch_size: int = 1,
     ) -> Detector:
-        """A Detector for an exported .onnx model or a TensorRT .engine (`provider` applies to
-        .onnx: auto, cpu, cuda or tensorrt). A .pt checkpoint needs torch, which deploy/ never
+        """A Detector for an exported .onnx model, a TensorRT .engine or an OpenVINO .xml
+        (`provider` applies to .onnx: auto, cpu, cuda or tensorrt). A .pt checkpoint needs torch, which deploy/ never
         loads: pass `pipeline.models.load_predictor(path)` to `Detector(...)` instead."""
         predictor = _load_deployed_predictor(Path(path), provider)
         return cls(predictor, conf=conf, iou=iou, max_dets=max_dets, batch_size=batch_size)
@@ -179,7 +179,7 @@ def _is_rgb_uint8_array(image: object) -> bool:
 
 
 def _load_deployed_predictor(path: Path, provider: str) -> Predictor:
-    """The runtime for an .onnx or .engine file; other file types are one clear error."""
+    """The runtime for an .onnx, .engine or .xml file; other file types are one clear error."""
     if not path.is_file():
         raise DeployError(f"{path}: model file not found")
     suffix = path.suffix.lower()
@@ -191,11 +191,16 @@ def _load_deployed_predictor(path: Path, provider: str) -> Predictor:
         from deploy.backends.tensorrt import TensorRTPredictor
 
         return TensorRTPredictor(path)
+    if suffix == ".xml":
+        from deploy.backends.openvino import OpenVinoPredictor
+
+        return OpenVinoPredictor(path)
     if suffix == ".pt":
         raise DeployError(
             f"{path}: a .pt checkpoint needs torch, which deploy/ never loads; use "
             "Detector(pipeline.models.load_predictor(path)) or export it with `pipeline export`"
         )
     raise DeployError(
-        f"{path}: unsupported model file type {suffix or '(none)'!r}; expected .onnx or .engine"
+        f"{path}: unsupported model file type {suffix or '(none)'!r}; expected .onnx, .engine "
+        "or .xml"
     )

@@ -147,12 +147,18 @@ def train(out: Path, **options: object) -> None:
     help="Also build a TensorRT engine (model.<precision>.engine); needs an NVIDIA GPU.",
 )
 @click.option(
+    "--openvino",
+    is_flag=True,
+    help="Also write an OpenVINO IR (model.<precision>.xml + .bin) for CPU inference.",
+)
+@click.option(
     "--precision",
-    type=click.Choice(["fp32", "fp16", "int8"]),
+    type=click.Choice(["fp32", "fp16", "bf16", "int8"]),
     default="fp32",
     show_default=True,
-    help="Engine precision with --trt; without it, fp16/int8 write model.<precision>.onnx "
-    "(int8: static QDQ quantization for ONNX Runtime, post-processing kept in float).",
+    help="Engine precision with --trt (fp32, fp16, int8) or --openvino (fp32, bf16, int8); "
+    "otherwise fp16/int8 write model.<precision>.onnx (int8: static QDQ quantization for ONNX "
+    "Runtime, post-processing kept in float; OpenVINO's int8 IR is converted from it).",
 )
 @click.option(
     "--batch",
@@ -183,6 +189,7 @@ def export_cmd(
     opset: int,
     data: Path | None,
     trt: bool,
+    openvino: bool,
     precision: str,
     batch: int,
     workspace: float,
@@ -195,6 +202,7 @@ def export_cmd(
 
     options = ExportOptions(
         trt=trt,
+        openvino=openvino,
         precision=precision,
         batch=batch,
         workspace_gb=workspace,
@@ -210,7 +218,7 @@ model_option = click.option(
     "model_path",
     type=click.Path(path_type=Path),
     required=True,
-    help="A .pt checkpoint, .onnx model or .engine file.",
+    help="A .pt checkpoint, .onnx model, TensorRT .engine or OpenVINO .xml file.",
 )
 provider_option = click.option(
     "--provider",
@@ -259,6 +267,14 @@ device_option = click.option(
     help="CUDA bindings for .engine files.",
 )
 @click.option("--cuda-graph", is_flag=True, help="Replay a captured CUDA graph (.engine, batch 1).")
+@click.option(
+    "--openvino-hint",
+    type=click.Choice(["latency", "throughput"]),
+    default="latency",
+    show_default=True,
+    help="OpenVINO (.xml) performance hint: one request as fast as possible, or parallel "
+    "streams for batches.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace existing --json / --results files.")
 @user_errors_exit_2
 def eval_cmd(
@@ -275,6 +291,7 @@ def eval_cmd(
     strict: bool,
     cuda_api: str,
     cuda_graph: bool,
+    openvino_hint: str,
     overwrite: bool,
 ) -> None:
     """Score a model with COCO mAP and time it (one evaluator for every format)."""
@@ -295,6 +312,7 @@ def eval_cmd(
         strict=strict,
         cuda_api=cuda_api,
         cuda_graph=cuda_graph,
+        openvino_hint=openvino_hint,
         overwrite=overwrite,
     )
     click.echo(format_metrics_table([(model_path.name, report)]))

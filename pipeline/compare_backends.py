@@ -1,7 +1,7 @@
 """The deployed engines `pipeline compare` can score: checked before anything trains.
 
-Each backend is a `pipeline export` setting (plain ONNX, ONNX INT8, or a TensorRT engine at a
-precision); its model file is what the one evaluator scores. Availability is checked up front, so
+Each backend is a `pipeline export` setting (plain ONNX, ONNX INT8, an OpenVINO IR or a
+TensorRT engine, at a precision); its model file is what the one evaluator scores. Availability is checked up front, so
 a comparison never trains for an hour and then fails at deployment.
 """
 
@@ -15,13 +15,16 @@ from train.errors import InputError
 
 log = logging.getLogger(__name__)
 
-# backend -> (build a TensorRT engine, precision)
-BACKENDS: dict[str, tuple[bool, str]] = {
-    "onnx": (False, "fp32"),
-    "onnx-int8": (False, "int8"),
-    "tensorrt": (True, "fp32"),
-    "tensorrt-fp16": (True, "fp16"),
-    "tensorrt-int8": (True, "int8"),
+# backend -> (engine: onnx, tensorrt or openvino, precision)
+BACKENDS: dict[str, tuple[str, str]] = {
+    "onnx": ("onnx", "fp32"),
+    "onnx-int8": ("onnx", "int8"),
+    "openvino": ("openvino", "fp32"),
+    "openvino-bf16": ("openvino", "bf16"),
+    "openvino-int8": ("openvino", "int8"),
+    "tensorrt": ("tensorrt", "fp32"),
+    "tensorrt-fp16": ("tensorrt", "fp16"),
+    "tensorrt-int8": ("tensorrt", "int8"),
 }
 ONNX_OPSET = 17
 
@@ -42,21 +45,27 @@ def check_backend(backend: str) -> None:
     """Raise PipelineError when `backend` cannot run here (before any training starts)."""
     if backend not in BACKENDS:
         raise PipelineError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
-    if BACKENDS[backend][0]:
-        from export.tensorrt import require_tensorrt
-
-        try:
-            require_tensorrt()
-        except InputError as exc:
-            reason = str(exc).removeprefix("--trt: ")
-            raise PipelineError(f"--backend {backend}: {reason}; or use --backend onnx") from exc
+    engine = BACKENDS[backend][0]
+    if engine == "onnx":
+        return
+    if engine == "tensorrt":
+        from export.tensorrt import require_tensorrt as require
+    else:
+        from export.openvino import require_openvino as require
+    try:
+        require()
+    except InputError as exc:
+        reason = str(exc).removeprefix("--trt: ").removeprefix("--openvino: ")
+        raise PipelineError(f"--backend {backend}: {reason}; or use --backend onnx") from exc
 
 
 def deployed_model_path(backend: str, run_dir: Path) -> Path:
     """The file `pipeline export` writes for `backend` (model.onnx, model.int8.onnx, ...)."""
-    trt, precision = BACKENDS[backend]
-    if trt:
+    engine, precision = BACKENDS[backend]
+    if engine == "tensorrt":
         return run_dir / f"model.{precision}.engine"
+    if engine == "openvino":
+        return run_dir / f"model.{precision}.xml"
     return run_dir / ("model.onnx" if precision == "fp32" else f"model.{precision}.onnx")
 
 
@@ -64,8 +73,10 @@ def build_deployed_model(backend: str, weights: Path, run_dir: Path, data: Path 
     """Export `weights` for `backend` into `run_dir` (replacing partial files); the model path."""
     from pipeline.exporting import ExportOptions, run_export  # torch: only when exporting
 
-    trt, precision = BACKENDS[backend]
-    options = ExportOptions(trt=trt, precision=precision)
+    engine, precision = BACKENDS[backend]
+    options = ExportOptions(
+        trt=engine == "tensorrt", openvino=engine == "openvino", precision=precision
+    )
     summary = run_export(weights, run_dir / "model.onnx", ONNX_OPSET, data, True, options)
     log.info("%s", summary)
     return deployed_model_path(backend, run_dir)

@@ -26,11 +26,23 @@ def _onnxruntime() -> tuple[str, list[str]]:
     return onnxruntime.__version__, onnxruntime.get_available_providers()
 
 
+def _openvino() -> tuple[str | None, str | None]:
+    """(version, the CPU plugin's capabilities, e.g. "FP32 BF16 INT8"), or Nones."""
+    try:
+        from deploy.backends.openvino import cpu_capabilities
+
+        found = cpu_capabilities()
+    except Exception:  # not installed (DeployError) or a broken install: not available
+        return None, None
+    return found["version"], " ".join(found["capabilities"])
+
+
 def machine_report() -> dict[str, Any]:
     import torch
 
     cuda = torch.cuda.is_available()
     ort_version, ort_providers = _onnxruntime()
+    openvino_version, openvino_cpu = _openvino()
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -40,6 +52,8 @@ def machine_report() -> dict[str, Any]:
         "cpu_bf16_autocast": torch.backends.mkldnn.is_available(),
         "onnxruntime": ort_version,
         "onnxruntime_providers": ort_providers,
+        "openvino": openvino_version,
+        "openvino_cpu": openvino_cpu,
         "tensorrt": _version("tensorrt"),
         "cuda_python": _version("cuda.bindings") or _version("cuda"),
         "pycuda": _version("pycuda"),

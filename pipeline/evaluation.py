@@ -29,13 +29,19 @@ def run_eval(
     cuda_api: str = "auto",
     cuda_graph: bool = False,
     overwrite: bool = True,
+    openvino_hint: str = "latency",
 ) -> dict[str, Any]:
     """Score one model file; `overwrite=False` refuses to replace an existing report or results."""
     for output in (json_path, results):
         if output is not None:
             check_output_file(output, overwrite)
     predictor = load_predictor(
-        model_path, provider=provider, device=device, cuda_api=cuda_api, cuda_graph=cuda_graph
+        model_path,
+        provider=provider,
+        device=device,
+        cuda_api=cuda_api,
+        cuda_graph=cuda_graph,
+        openvino_hint=openvino_hint,
     )
     root = data if data is not None else ensure_synthetic_dataset()
     ann_file, img_dir = resolve_split(root, split)

@@ -39,6 +39,7 @@ from train.data.layout import resolve_split
 from train.data.synthetic import ensure_synthetic_dataset
 
 PRECISIONS = ("fp32", "fp16", "int8")
+OPENVINO_PRECISIONS = ("fp32", "bf16", "int8")
 log = logging.getLogger(__name__)
 
 
@@ -47,6 +48,7 @@ class ExportOptions:
     """The reduced-precision and TensorRT options of `pipeline export` (defaults: plain ONNX)."""
 
     trt: bool = False
+    openvino: bool = False
     precision: str = "fp32"
     batch: int = 1
     workspace_gb: float = 4.0
@@ -83,9 +85,21 @@ def _outputs(out: Path, options: ExportOptions) -> list[Path]:
     paths = [out]
     if options.trt:
         paths.append(out.with_name(f"{out.stem}.{options.precision}.engine"))
-    elif options.precision != "fp32":
+    elif options.precision in ("fp16", "int8"):
         paths.append(out.with_name(f"{out.stem}.{options.precision}.onnx"))
+    if options.openvino:
+        paths.append(out.with_name(f"{out.stem}.{options.precision}.xml"))
     return paths
+
+
+def _check_combination(options: ExportOptions) -> None:
+    """The precisions each target knows, and one target at a time."""
+    if options.trt and options.openvino:
+        raise PipelineError("--trt and --openvino: choose one engine per export")
+    known = OPENVINO_PRECISIONS if options.openvino else PRECISIONS
+    if options.precision not in known:
+        target = "--openvino takes" if options.openvino else "ONNX Runtime and TensorRT take"
+        raise PipelineError(f"--precision {options.precision}: {target} {', '.join(known)}")
 
 
 def _calibration(data: Path | None, metadata: ModelMetadata, count: int) -> Any:
@@ -221,12 +235,15 @@ def run_export(
 ) -> str:
     """Export, check, and optionally convert; returns the summary lines for the CLI."""
     options = options or ExportOptions()
-    if options.precision not in PRECISIONS:
-        raise PipelineError(f"--precision: must be one of {', '.join(PRECISIONS)}")
+    _check_combination(options)
     if options.trt:
         from export.tensorrt import require_tensorrt
 
         require_tensorrt()  # before any work: a CPU-only machine fails in a second
+    if options.openvino:
+        from export.openvino import require_openvino
+
+        require_openvino()
     payload = load_checkpoint(weights)
     model = model_from_checkpoint(payload, weights)
     out = out or weights.parent / "model.onnx"
@@ -246,6 +263,37 @@ def run_export(
     ]
     if options.trt:
         lines += _engine(out, paths[1], options, metadata, data, images)
-    elif options.precision != "fp32":
+    elif options.precision in ("fp16", "int8"):
         lines += _onnx_variant(out, paths[1], options, metadata, data, images)
+    if options.openvino:
+        lines += _openvino_ir(out, paths[1] if options.precision == "int8" else out, paths[-1],
+                              options.precision, images)  # fmt: skip
     return "\n".join(lines)
+
+
+def _openvino_ir(
+    reference: Path, source: Path, xml: Path, precision: str, check: np.ndarray
+) -> list[str]:
+    """model.<precision>.xml/.bin from `source` (the QDQ ONNX for int8), then IR vs ONNX."""
+    from deploy.backends.openvino import PRECISION_KEY, RT_INFO_SECTION, OpenVinoPredictor
+    from export.openvino import convert_onnx_to_ir
+
+    props = {
+        p.key: p.value for p in onnx.load(str(source), load_external_data=False).metadata_props
+    }
+    props[PRECISION_KEY] = precision
+    convert_onnx_to_ir(source, xml, props, RT_INFO_SECTION)
+    predictor = OpenVinoPredictor(xml)
+    detections = predictor(check)
+    fp32 = run_onnxruntime(reference, check)
+    lines = [f"wrote {xml} and {xml.with_suffix('.bin').name} (OpenVINO IR, {precision})"]
+    if precision == "fp32":
+        exact = compare_detections(fp32, detections)
+        lines.append(
+            f"OpenVINO fp32 vs ONNX Runtime fp32 on {len(check)} images: max box diff "
+            f"{exact['max_box_diff']:.2e} px, max score diff {exact['max_score_diff']:.2e}, "
+            f"detections match: {exact['match']}"
+        )
+    else:
+        lines.append(_compare_line(f"OpenVINO {precision}", fp32, detections))
+    return lines

@@ -9,7 +9,7 @@ from deploy.errors import DeployError
 from deploy.metadata import ModelMetadata
 from pipeline.errors import PipelineError
 
-MODEL_SUFFIXES = (".pt", ".onnx", ".engine")
+MODEL_SUFFIXES = (".pt", ".onnx", ".engine", ".xml")
 
 
 def metadata_from_checkpoint(payload: dict[str, Any]) -> ModelMetadata:
@@ -46,11 +46,13 @@ def load_predictor(
     device: str = "cpu",
     cuda_api: str = "auto",
     cuda_graph: bool = False,
+    openvino_hint: str = "latency",
 ) -> Any:
     """Dispatch on the file suffix; a wrong type is one clear error.
 
     `provider` applies to .onnx, `device` to .pt, `cuda_api` ("auto", "cuda-python", "pycuda")
-    and `cuda_graph` (replay batch-1 launches from a CUDA graph) to .engine files.
+    and `cuda_graph` (replay batch-1 launches from a CUDA graph) to .engine files,
+    `openvino_hint` ("latency" or "throughput") to OpenVINO's .xml.
     """
     path = Path(path)
     if not path.exists():
@@ -64,6 +66,10 @@ def load_predictor(
         return OnnxRuntimePredictor(path, provider=provider)
     if suffix == ".engine":
         return _load_engine(path, cuda_api, cuda_graph)
+    if suffix == ".xml":
+        from deploy.backends.openvino import OpenVinoPredictor
+
+        return OpenVinoPredictor(path, hint=openvino_hint)
     raise PipelineError(
         f"{path}: unsupported model file type {suffix or '(none)'!r}; expected one of "
         + ", ".join(MODEL_SUFFIXES)

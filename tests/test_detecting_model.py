@@ -189,14 +189,15 @@ def test_the_main_job_trains_exports_and_scores_both_formats_alike(model: Detect
 
 
 def test_compare_scores_the_int8_engine(model: DetectingRun, tmp_path: Path) -> None:
-    """compare's onnx-int8 backend on the trained run (copied in as a finished training)."""
+    """compare's onnx-int8 and openvino-bf16 engines on the trained run (copied in as a finished
+    training)."""
     run = tmp_path / "study" / "runs" / "focal-s0"
     run.mkdir(parents=True)
     for name in ("best.pt", "last.pt", "history.json"):
         shutil.copy(model.run / name, run / name)
     (run / "trained.json").write_text(json.dumps({"train_wall_seconds": 1.0}))
     result = invoke("compare", "--out", tmp_path / "study", "--data", model.data,
-                    "--losses", "focal", "--seeds", 1, "--backend", "onnx-int8",
+                    "--losses", "focal", "--seeds", 1, "--backend", "onnx-int8,openvino-bf16",
                     "--resamples", 10, *TRAIN_ARGS)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert (run / "model.int8.onnx").is_file()
@@ -205,3 +206,11 @@ def test_compare_scores_the_int8_engine(model: DetectingRun, tmp_path: Path) -> 
     assert torch_ap >= MIN_VAL_AP and int8_ap == pytest.approx(torch_ap, abs=0.03)
     dets = json.loads((run / "detections_onnx-int8.json").read_text())
     assert recall_with_category(model.val_ann, dets) >= MIN_RECALL
+    assert (run / "model.bf16.xml").is_file()  # OpenVINO's IR, scored as the second engine
+    bf16_ap = summary["metrics"]["openvino-bf16"]["AP"]
+    assert bf16_ap == pytest.approx(torch_ap, abs=0.01)
+    report = json.loads((tmp_path / "study" / "report.json").read_text())
+    assert report["backends"] == ["onnx-int8", "openvino-bf16"]
+    assert report["deployment"]["openvino-bf16"]["focal"]["delta"] == pytest.approx(
+        bf16_ap - torch_ap, abs=1e-9
+    )

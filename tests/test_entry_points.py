@@ -72,6 +72,15 @@ def test_doctor_reports_this_machine() -> None:
         "tensorrt": tensorrt or "not available",
     }
     assert {key: report.get(key) for key in expected} == expected
+    try:  # OpenVINO's version and what its CPU plugin says this CPU runs, asked directly
+        import openvino
+
+        core = openvino.Core()
+        capabilities = " ".join(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        assert report["openvino"] == openvino.__version__.split("-")[0]
+        assert report["openvino_cpu"] == capabilities and "FP32" in capabilities
+    except ImportError:
+        assert report["openvino"] == "not available"
     can_build = report["can build TensorRT"]
     if tensorrt is not None and cuda:
         assert can_build == "yes"

@@ -1,0 +1,169 @@
+"""Every CPU engine side by side in one run: ONNX Runtime fp32/int8 and OpenVINO fp32/bf16/int8.
+
+All engines score the same model (exported here from --weights) through deploy's timed loop
+(letterbox, inference with decode and NMS in the graph, and unpadding), alternating in rounds so
+machine noise hits them alike; latency p50 is the median over rounds. Each also gets COCO AP on
+the same validation images. For ONNX Runtime fp32 the table gives the share of the CPU's fp32
+FMA peak its inference reaches (the model's GFLOP per image over the p50 inference time, against
+cores x clock x FLOP per cycle). With --loaded the whole table is measured again while a second
+process keeps one core busy, as on a shared server.
+
+Targets (issue 15, demo model, quiet machine): OpenVINO bf16 <= 0.55x ONNX Runtime fp32 at
+batch 1 and <= 0.35x at batch 8 with AP within 0.3 points; the best int8 engine <= 0.5x at batch
+1 with AP within 1.0 point.
+
+    python bench/engines.py --weights runs/demo/best.pt [--rounds 5] [--iterations 20] [--loaded]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from deploy.backends.onnxruntime import OnnxRuntimePredictor
+from deploy.backends.openvino import PRECISION_KEY, RT_INFO_SECTION, OpenVinoPredictor
+from deploy.evaluate import benchmark_latency, evaluate
+from export.openvino import convert_onnx_to_ir
+from pipeline.exporting import ExportOptions, run_export
+from train.checkpoint import load_checkpoint, model_from_checkpoint
+from train.data.layout import resolve_split
+from train.data.synthetic import ensure_synthetic_dataset
+
+BATCHES = (1, 8)
+LOAD = "import numpy as np\na = np.random.rand(1024, 1024).astype(np.float32)\nwhile True:\n    a @ a\n"
+
+
+def model_gflop(weights: Path) -> float:
+    """GFLOP per image of the network (backbone, FPN, heads), counted by torch's FLOP counter;
+    decode and NMS are left out (they are a small tail)."""
+    model = model_from_checkpoint(load_checkpoint(weights), weights).eval()
+    size = int(model.anchor_spec.img_size)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 3, size, size))
+    return counter.get_total_flops() / 1e9
+
+
+def cpu_fp32_peak_gflops(fma_units: int) -> tuple[float, str]:
+    """cores x GHz x FLOP/cycle (2 per FMA x fp32 lanes x FMA units), and how it was derived."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = set(re.search(r"^flags\s*:\s*(.*)$", info, re.M).group(1).split()) if info else set()
+    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
+    mhz = [float(m) for m in re.findall(r"^cpu MHz\s*:\s*([\d.]+)", info, re.M)] or [2000.0]
+    cores = os.cpu_count() or 1
+    ghz = max(mhz) / 1000
+    peak = cores * ghz * 2 * lanes * fma_units
+    return peak, f"{cores} cores x {ghz:.2f} GHz x 2 x {lanes} fp32 lanes x {fma_units} FMA units"
+
+
+def build_engines(weights: Path, data: Path, folder: Path) -> dict[str, Any]:
+    """The five engines on the same weights, exported into `folder`."""
+    run_export(weights, folder / "model.onnx", 17, data, True, ExportOptions(precision="int8"))
+    fp32, int8 = folder / "model.onnx", folder / "model.int8.onnx"
+    for name, source, precision in (("fp32", fp32, "fp32"), ("bf16", fp32, "bf16"),
+                                    ("int8", int8, "int8")):  # fmt: skip
+        import onnx
+
+        props = {
+            p.key: p.value for p in onnx.load(str(source), load_external_data=False).metadata_props
+        }
+        convert_onnx_to_ir(source, folder / f"model.{name}.xml", {**props, PRECISION_KEY: precision},
+                           RT_INFO_SECTION)  # fmt: skip
+    return {
+        "ONNX Runtime fp32": OnnxRuntimePredictor(fp32, provider="cpu"),
+        "ONNX Runtime int8 (QDQ)": OnnxRuntimePredictor(int8, provider="cpu"),
+        "OpenVINO fp32": OpenVinoPredictor(folder / "model.fp32.xml"),
+        "OpenVINO bf16": OpenVinoPredictor(folder / "model.bf16.xml"),
+        "OpenVINO int8 (QDQ)": OpenVinoPredictor(folder / "model.int8.xml"),
+    }
+
+
+def measure(engines: dict[str, Any], rounds: int, iterations: int) -> dict[tuple[str, int], dict]:
+    """p50 total and inference ms per image, median over alternating rounds, and throughput."""
+    samples: dict[tuple[str, int], list[dict]] = {}
+    for _ in range(rounds):
+        for batch in BATCHES:
+            for name, predictor in engines.items():
+                report = benchmark_latency(predictor, batch, iterations, warmup=3)
+                samples.setdefault((name, batch), []).append(report)
+    return {
+        key: {
+            "total_ms": statistics.median(r["latency"]["total_ms"]["p50"] for r in reports),
+            "inference_ms": statistics.median(r["latency"]["inference_ms"]["p50"] for r in reports),
+            "images_per_s": statistics.median(r["throughput_ips"] for r in reports),
+        }
+        for key, reports in samples.items()
+    }
+
+
+def table(engines: dict[str, Any], timing: dict, aps: dict[str, float], flop_note: str) -> str:
+    base = {b: timing[("ONNX Runtime fp32", b)]["total_ms"] for b in BATCHES}
+    lines = [
+        "| engine | AP | batch 1 ms | ratio | batch 8 ms | ratio | batch 8 img/s |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in engines:
+        one, eight = timing[(name, 1)], timing[(name, 8)]
+        lines.append(
+            f"| {name} | {100 * aps[name]:.2f} | {one['total_ms']:.1f} | "
+            f"{one['total_ms'] / base[1]:.2f} | {eight['total_ms']:.1f} | "
+            f"{eight['total_ms'] / base[8]:.2f} | {eight['images_per_s']:.0f} |"
+        )
+    return "\n".join([*lines, "", flop_note])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", type=Path, default=Path("runs/demo/best.pt"))
+    parser.add_argument("--data", type=Path, default=None, help="default: the built-in dataset")
+    parser.add_argument("--ap-images", type=int, default=200, help="validation images for AP")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--fma-units", type=int, default=2, help="FMA units per core (Xeon: 2)")
+    parser.add_argument("--loaded", action="store_true", help="also measure under a second process")
+    args = parser.parse_args()
+    if not args.weights.is_file():
+        sys.exit(f"{args.weights}: no such checkpoint (make demo writes runs/demo/best.pt)")
+    data = args.data or ensure_synthetic_dataset()
+    ann, img_dir = resolve_split(data, "val")
+    with tempfile.TemporaryDirectory() as tmp:
+        engines = build_engines(args.weights, data, Path(tmp))
+        aps = {
+            name: evaluate(p, ann, img_dir, batch_size=8, warmup=0, max_images=args.ap_images)[
+                "metrics"
+            ]["AP"]
+            for name, p in engines.items()
+        }
+        gflop = model_gflop(args.weights)
+        peak, how = cpu_fp32_peak_gflops(args.fma_units)
+        passes = [("quiet", None)] + ([("loaded", LOAD)] if args.loaded else [])
+        for label, load in passes:
+            busy = subprocess.Popen([sys.executable, "-c", load], env={**os.environ, "OMP_NUM_THREADS": "1"}) if load else None  # fmt: skip
+            try:
+                timing = measure(engines, args.rounds, args.iterations)
+            finally:
+                if busy is not None:
+                    busy.kill()
+            inference_s = timing[("ONNX Runtime fp32", 8)]["inference_ms"] / 1000
+            note = (
+                f"ONNX Runtime fp32 at batch 8: {gflop:.2f} GFLOP per image / "
+                f"{1000 * inference_s:.1f} ms = {gflop / inference_s:.0f} GFLOP/s, "
+                f"{gflop / inference_s / peak:.0%} of the fp32 peak {peak:.0f} GFLOP/s ({how})"
+            )
+            print(f"\n## {label}: p50 ms per image, median of {args.rounds} rounds, "
+                  f"AP on {args.ap_images} val images\n")  # fmt: skip
+            print(table(engines, timing, aps, note))
+
+
+if __name__ == "__main__":
+    main()

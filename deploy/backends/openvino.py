@@ -1,0 +1,137 @@
+"""OpenVINO predictor: an IR (.xml + .bin) converted from the exported ONNX -> the predictor contract.
+
+The IR is the same graph as the ONNX file (decode and NMS inside); the model's metadata travels in
+its rt_info under RT_INFO_SECTION, so nothing beside the two files is needed. The precision the
+export chose (fp32, bf16, or int8 for a graph converted from the QDQ ONNX) is stored there too
+and becomes OpenVINO's inference precision hint: fp32 must be asked for explicitly, because on a
+CPU with bf16 units OpenVINO runs float graphs in bf16 by default.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from deploy.errors import DeployError
+from deploy.metadata import Detections, ModelMetadata
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("num_dets", "boxes", "scores", "labels")
+RT_INFO_SECTION = "detector"
+PRECISION_KEY = "inference_precision"
+PRECISIONS = ("fp32", "bf16", "int8")
+# OpenVINO's names for the precision of the float parts of the graph (int8's float tail in f32).
+INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
+NO_OPENVINO = "OpenVINO is not installed: pip install '.[openvino]'"
+
+
+def import_openvino() -> ModuleType:
+    """The openvino module, or one DeployError line saying which extra installs it."""
+    try:
+        import openvino
+    except ImportError as exc:
+        raise DeployError(NO_OPENVINO) from exc
+    return openvino
+
+
+def read_rt_info(model: Any) -> dict[str, str]:
+    """The pipeline's key -> value pairs stored in an OpenVINO model's rt_info."""
+    if not model.has_rt_info([RT_INFO_SECTION]):
+        return {}
+    section = model.get_rt_info([RT_INFO_SECTION])
+    return {str(key): value.astype(str) for key, value in section.astype(dict).items()}
+
+
+def cpu_capabilities() -> dict[str, Any]:
+    """OpenVINO's version and what the CPU plugin reports it can run (BF16, INT8, ...)."""
+    ov = import_openvino()
+    core = ov.Core()
+    return {
+        "version": ov.__version__.split("-")[0],
+        "cpu": str(core.get_property("CPU", "FULL_DEVICE_NAME")),
+        "capabilities": [str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")],
+    }
+
+
+class OpenVinoPredictor:
+    """Runs an OpenVINO IR on the CPU.
+
+    Attributes: metadata (from the IR's rt_info), precision ("fp32", "bf16" or "int8", from the
+    IR unless given), hint ("latency": one inference at a time as fast as possible;
+    "throughput": OpenVINO splits the cores into parallel streams, for batches and servers),
+    backend_name ("openvino-cpu").
+    """
+
+    backend_name = "openvino-cpu"
+
+    def __init__(
+        self,
+        path: str | Path,
+        precision: str | None = None,
+        hint: str = "latency",
+        threads: int | None = None,
+    ) -> None:
+        self.path = Path(path)
+        ov = import_openvino()
+        if not self.path.is_file():
+            raise DeployError(f"{self.path}: model file not found")
+        if not self.path.with_suffix(".bin").is_file():
+            raise DeployError(
+                f"{self.path}: its weights {self.path.with_suffix('.bin').name} are missing"
+            )
+        if hint not in HINTS:
+            raise DeployError(f"hint {hint!r}: expected one of {', '.join(HINTS)}")
+        core = ov.Core()
+        try:
+            model = core.read_model(str(self.path))
+        except RuntimeError as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+            raise DeployError(f"{self.path}: not an OpenVINO IR ({reason})") from exc
+        props = read_rt_info(model)
+        self.metadata: ModelMetadata = ModelMetadata.from_props(props, str(self.path))
+        self.precision: str = precision or props.get(PRECISION_KEY, "fp32")
+        if self.precision not in PRECISIONS:
+            raise DeployError(
+                f"{self.path}: precision {self.precision!r} is not one of {PRECISIONS}"
+            )
+        self.hint = hint
+        self._check_io(model)
+        config = {
+            "INFERENCE_PRECISION_HINT": INFERENCE_PRECISION[self.precision],
+            "PERFORMANCE_HINT": HINTS[hint],
+        }
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = str(threads)
+        self._compiled = core.compile_model(model, "CPU", config)
+        self._request = self._compiled.create_infer_request()
+        logger.info("%s: OpenVINO %s on CPU (%s, %s)", self.path, ov.__version__.split("-")[0],
+                    self.precision, hint)  # fmt: skip
+
+    def _check_io(self, model: Any) -> None:
+        """The graph must expose the exporter's names, or outputs would be misread."""
+        inputs = [port.get_any_name() for port in model.inputs]
+        outputs = {name for port in model.outputs for name in port.get_names()}
+        if inputs != [INPUT_NAME]:
+            raise DeployError(f"{self.path}: expected one input named {INPUT_NAME!r}, got {inputs}")
+        missing = [name for name in OUTPUT_NAMES if name not in outputs]
+        if missing:
+            raise DeployError(f"{self.path}: missing outputs {missing}")
+
+    def __call__(self, images: np.ndarray) -> Detections:
+        """images: float32 (B, 3, S, S) raw 0..255 letterboxed RGB -> padded Detections."""
+        size = self.metadata.img_size
+        if images.ndim != 4 or images.shape[1:] != (3, size, size):
+            raise DeployError(
+                f"{self.path}: expected input (B, 3, {size}, {size}), got {tuple(images.shape)}"
+            )
+        batch = np.ascontiguousarray(images, dtype=np.float32)
+        results = self._request.infer({INPUT_NAME: batch})
+        by_name = {name: results[self._compiled.output(name)] for name in OUTPUT_NAMES}
+        return Detections.from_arrays(*(np.array(by_name[name]) for name in OUTPUT_NAMES))

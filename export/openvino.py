@@ -1,0 +1,44 @@
+"""ONNX -> OpenVINO IR (.xml + .bin), the model's metadata written into the IR's rt_info.
+
+The float32 ONNX becomes the fp32 and bf16 IRs (the same weights: bf16 is a run-time precision
+hint, stored with the metadata); the int8 IR is converted from the QDQ ONNX that `--precision
+int8` writes for ONNX Runtime, so both int8 engines run the same quantization. Weights are kept
+in float32 (OpenVINO would otherwise compress them to fp16 on save).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import ModuleType
+
+from train.errors import InputError
+
+NO_OPENVINO = "--openvino: OpenVINO is not installed: pip install '.[openvino]'"
+
+
+def require_openvino() -> ModuleType:
+    """The openvino module, or one InputError line saying which extra installs it."""
+    try:
+        import openvino
+    except ImportError as exc:
+        raise InputError(NO_OPENVINO) from exc
+    return openvino
+
+
+def ir_paths(xml: Path) -> tuple[Path, Path]:
+    """(model.xml, model.bin): OpenVINO reads the weights beside the .xml, by its stem."""
+    return xml, xml.with_suffix(".bin")
+
+
+def convert_onnx_to_ir(onnx_path: Path, xml: Path, rt_info: dict[str, str], section: str) -> None:
+    """Write the IR pair for `onnx_path` with `rt_info` under `section`, atomically: the pair is
+    written as .partial files and moved into place, weights first."""
+    ov = require_openvino()
+    model = ov.convert_model(str(onnx_path))
+    for key, value in rt_info.items():
+        model.set_rt_info(value, [section, key])
+    partial = xml.with_name(xml.stem + ".partial.xml")
+    ov.save_model(model, str(partial), compress_to_fp16=False)
+    os.replace(ir_paths(partial)[1], ir_paths(xml)[1])
+    os.replace(partial, xml)
