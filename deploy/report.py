@@ -2,36 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
+from common.files import write_json_atomic
+
+__all__ = ["format_metrics_table", "write_json_atomic"]
+
 _COLUMNS = ("name", "AP", "AP50", "AP75", "p50 ms", "throughput")
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON to a temp file in the same folder, then os.replace it over `path`.
-
-    A crash or Ctrl-C mid-write leaves the old report (or none), never a truncated one that a
-    later `compare` would misread.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(obj, handle, indent=2)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
 
 
 def _number(value: Any, digits: int) -> str:

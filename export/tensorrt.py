@@ -17,7 +17,6 @@ imported only here, inside functions, so the module imports anywhere.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Iterable
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from common.files import write_bytes_atomic
 from export.compat import check_tensorrt_compat
 from export.trt_calibrator import attach_calibrator
 from train.errors import InputError
@@ -229,18 +229,6 @@ def _timing_cache(config: Any, path: Path) -> Any:
     return cache
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 TRT_QDQ_OPS = ("Conv", "Add")  # TensorRT fuses Q/DQ into convolutions and residual adds
 
 
@@ -304,7 +292,7 @@ def _build_serialized(
         raise InputError(
             f"{path}: TensorRT could not build the engine (its errors are logged above)"
         )
-    _write_atomic(cache_path, bytes(cache.serialize()))
+    write_bytes_atomic(cache_path, bytes(cache.serialize()))
     calibrated = calibrator.count if calibrator is not None else 0
     if plan.int8_calibrator and calibrated == 0:
         raise InputError("--precision int8: the calibrator got no images (is the dataset empty?)")
@@ -372,7 +360,7 @@ def build_engine(
         serialized, calibrated = _build_serialized(
             trt, (model, source), plan, options, batches, cache_path, calibration
         )
-    _write_atomic(engine_path, serialized)
+    write_bytes_atomic(engine_path, serialized)
     seconds = time.perf_counter() - start
     log.info(
         "wrote %s (%s, TensorRT %s, %s) in %.0f s",

@@ -1,5 +1,6 @@
 """The dependency rules of architecture.md, checked on the source: pipeline -> train, export,
-deploy; export -> train; deploy never imports torch (nor train/export); nothing imports pipeline.
+deploy; export -> train; deploy never imports torch (nor train/export); nothing imports pipeline;
+every stage may import common/, which imports none of them.
 
 Every import statement counts, including the lazy ones inside functions.
 """
@@ -11,6 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
+    # common/ is the bottom layer every stage may import: it imports none of them, nor torch
+    "common": {"pipeline", "train", "export", "deploy", "torch", "torchvision", "onnx"},
     "train": {"pipeline", "export", "deploy"},
     "export": {"pipeline", "deploy"},
     "deploy": {"pipeline", "train", "export", "torch", "torchvision"},

@@ -6,48 +6,24 @@ half-written best.pt or last.pt; read with `weights_only=True` so a checkpoint c
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
+from common.files import replace_atomically, write_text_atomic
 from train.errors import InputError
 from train.model.detector import ModelConfig, RetinaDetector
 
+__all__ = ["write_text_atomic"]  # and the names below; trainer.py imports it from here
 FORMAT = "softsample-pipeline/1"
 REQUIRED_KEYS = ("model_config", "state_dict", "class_names", "category_ids", "img_size")
 
 
-def _replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write through `write` into a temporary sibling, fsync, then os.replace onto `path`.
-
-    A crash at any point leaves either the old file or the new one, never half of either.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_atomic(obj: Any, path: Path) -> None:
     """torch.save `obj` to `path` atomically."""
-    _replace_atomically(path, lambda handle: torch.save(obj, handle))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Text (a report, the history) to `path` atomically, like save_atomic."""
-    _replace_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
+    replace_atomically(path, lambda handle: torch.save(obj, handle))
 
 
 def checkpoint_payload(

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from common.files import replace_atomically
 from train.data.coco import MIN_BOX_SIDE, load_coco_json
 from train.data.layout import resolve_split
 from train.data.transforms import to_rgb
@@ -267,8 +268,6 @@ def run_pretrain(config: PretrainConfig) -> dict[str, Any]:
         "val_crops": 0 if val is None else len(val.labels),
         "history": history,
     }
-    config.out.parent.mkdir(parents=True, exist_ok=True)
-    partial = config.out.with_name(config.out.name + ".partial")
-    torch.save({"state_dict": backbone_state_dict(model), "pretrain": summary}, partial)
-    partial.replace(config.out)
+    payload = {"state_dict": backbone_state_dict(model), "pretrain": summary}
+    replace_atomically(config.out, lambda handle: torch.save(payload, handle))
     return summary

@@ -11,7 +11,6 @@ so generation is deterministic and parallel-safe.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import multiprocessing
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from common.files import write_json_atomic
 from train.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -290,12 +290,6 @@ def _apply_label_noise(anns: list[dict], fraction: float, seed: int) -> int:
     return count
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, separators=(",", ":")))
-    os.replace(tmp, path)
-
-
 def _render_split(
     out_dir: Path, split: str, count: int, seed: int, small: bool, pool: Executor | None
 ) -> tuple[list[dict], list[dict]]:
@@ -354,7 +348,9 @@ def generate_synthetic_dataset(
             info["relabelled_annotations"] = _apply_label_noise(anns, noise, seed)
             data = {"info": info, "licenses": [], "images": images, "annotations": anns}
             data["categories"] = [dict(c) for c in CATEGORIES]
-            _write_json_atomic(out_dir / "annotations" / f"instances_{split}.json", data)
+            write_json_atomic(
+                out_dir / "annotations" / f"instances_{split}.json", data, compact=True
+            )
     elapsed = time.perf_counter() - start
     logger.info("generated %d+%d images in %s in %.1fs", num_train, num_val, out_dir, elapsed)
     return out_dir
