@@ -15,6 +15,7 @@ from pipeline.options import config_from_command_line, format_loss_listing, trai
 
 
 @click.group()
+@click.version_option(package_name="softsample-pipeline", prog_name="pipeline")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def cli(verbose: bool) -> None:
     """Train detectors with soft-sampling losses, deploy them, and measure what ships."""
@@ -504,12 +505,20 @@ def analyze(weights: Path, data: Path | None, out: Path | None, max_images: int 
 
 
 @cli.command()
+@click.argument("names", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable listing.")
-def losses(as_json: bool) -> None:
-    """List the losses with their options and defaults."""
+@user_errors_exit_2
+def losses(names: tuple[str, ...], as_json: bool) -> None:
+    """List the losses (or only NAMES) with their options and defaults."""
     from train.losses.registry import describe_losses
 
     described = describe_losses()
+    unknown = [n for n in names if n not in {entry["name"] for entry in described}]
+    if unknown:
+        valid = ", ".join(entry["name"] for entry in described)
+        raise PipelineError(f"pipeline losses: unknown {', '.join(unknown)}; valid: {valid}")
+    if names:
+        described = [entry for entry in described if entry["name"] in names]
     if as_json:
         click.echo(json.dumps(described, indent=2, default=str))
         return

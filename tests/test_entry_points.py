@@ -193,6 +193,34 @@ def test_losses_listing_shows_every_option_and_default_under_its_loss() -> None:
             assert value == str(default) and rest[:1] in ("", " "), (name, key, shown[key])
 
 
+def test_losses_names_lists_only_those_in_the_order_asked_by_the_registry() -> None:
+    result = invoke("losses", "ohem", "ghm")
+    assert result.exit_code == 0, result.output
+    blocks = _listing_blocks(result.output)
+    assert list(blocks) == ["ghm", "ohem"]  # the registry's order, nothing else
+    for name, lines in blocks.items():
+        assert {line.split("=", 1)[0] for line in lines} == set(_expected_options(name))
+
+
+def test_losses_unknown_name_is_one_line_listing_the_valid_ones() -> None:
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    result = CliRunner().invoke(cli, ["losses", "focal", "nope"])
+    assert result.exit_code == 2
+    assert "unknown nope; valid: ce, balanced-ce, focal" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_version_is_the_installed_packages() -> None:
+    from importlib.metadata import version
+
+    result = invoke("--version")
+    assert result.exit_code == 0
+    assert result.output.strip() == f"pipeline, version {version('softsample-pipeline')}"
+
+
 # ------------------------------------------------------------------------ pipeline train --compile
 
 
