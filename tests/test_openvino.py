@@ -21,7 +21,17 @@ from tests.detecting_model import DetectingRun, detecting_run
 from tests.test_detecting_model import MIN_RECALL, recall_with_category
 
 openvino = pytest.importorskip("openvino")
-from deploy.backends.openvino import OpenVinoPredictor, cpu_capabilities  # noqa: E402
+from deploy.backends.openvino import (  # noqa: E402
+    PRECISION_KEY,
+    RT_INFO_SECTION,
+    OpenVinoPredictor,
+    cpu_capabilities,
+    read_rt_info,
+)
+from deploy.metadata import ModelMetadata  # noqa: E402
+from export.onnx import export_onnx  # noqa: E402
+from export.openvino import convert_onnx_to_ir  # noqa: E402
+from train.model.detector import ModelConfig, RetinaDetector  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16", "int8")
 
@@ -108,6 +118,97 @@ def test_the_ir_alone_carries_the_metadata(
     assert result.exit_code == 0, result.output
     found = json.loads((tmp_path / "drawn" / "detections.json").read_text())
     assert {d["category_id"] for image in found["images"] for d in image["detections"]} <= {3, 8}
+
+
+# ------------------------------------------------- a tiny model built to detect, no training
+
+TINY_METADATA = ModelMetadata(class_names=["a", "b"], category_ids=[4, 9], img_size=64)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny detector whose classifier bias is raised so that it scores many boxes (0.85 to
+    0.9, varying with the image), exported to ONNX and to fp32 and bf16 IRs."""
+    import torch
+
+    torch.manual_seed(0)
+    config = ModelConfig(num_classes=2, img_size=64, fpn_channels=16, head_convs=1)
+    model = RetinaDetector(config).eval()
+    with torch.no_grad():
+        model.head.cls_out.bias.fill_(2.0)
+    folder = tmp_path_factory.mktemp("built")
+    onnx_path = export_onnx(model, folder / "model.onnx", TINY_METADATA.to_props())
+    props = TINY_METADATA.to_props()
+    for precision in ("fp32", "bf16"):
+        convert_onnx_to_ir(onnx_path, folder / f"model.{precision}.xml",
+                           {**props, PRECISION_KEY: precision}, RT_INFO_SECTION)  # fmt: skip
+    return {"onnx": onnx_path, "fp32": folder / "model.fp32.xml", "bf16": folder / "model.bf16.xml"}
+
+
+def _images(count: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 255, (count, 3, 64, 64)).astype(np.float32)
+
+
+def test_fp32_ir_equals_onnxruntime_on_a_model_built_to_detect(built: dict[str, Path]) -> None:
+    images = _images(3)
+    reference = run_onnxruntime(built["onnx"], images)
+    assert (reference.num_dets > 10).all()  # it detects: many boxes in every image
+    found = OpenVinoPredictor(built["fp32"])(images)
+    parity = compare_detections(reference, found)
+    assert parity["match"], parity
+    assert found.labels.dtype == np.int64 and found.num_dets.dtype == np.int64
+    assert found.boxes.dtype == np.float32 and found.boxes.shape == reference.boxes.shape
+
+
+def test_the_ir_carries_the_metadata_and_the_precision(built: dict[str, Path]) -> None:
+    fp32, bf16 = OpenVinoPredictor(built["fp32"]), OpenVinoPredictor(built["bf16"])
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+    assert bf16.metadata == TINY_METADATA
+    assert fp32.backend_name == "openvino-cpu" and fp32.hint == "latency"
+    assert OpenVinoPredictor(built["bf16"], precision="fp32").precision == "fp32"  # overridden
+    model = openvino.Core().read_model(str(built["bf16"]))
+    assert read_rt_info(model) == {**TINY_METADATA.to_props(), PRECISION_KEY: "bf16"}
+
+
+def test_the_throughput_hint_reaches_openvino(built: dict[str, Path]) -> None:
+    predictor = OpenVinoPredictor(built["fp32"], hint="throughput", threads=1)
+    assert str(predictor._compiled.get_property("PERFORMANCE_HINT")) == "THROUGHPUT"
+    assert predictor._compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    with pytest.raises(DeployError, match="hint 'fast': expected one of latency, throughput"):
+        OpenVinoPredictor(built["fp32"], hint="fast")
+
+
+def test_a_wrong_input_shape_is_one_line(built: dict[str, Path]) -> None:
+    with pytest.raises(DeployError, match=r"expected input \(B, 3, 64, 64\), got \(1, 3, 32, 32\)"):
+        OpenVinoPredictor(built["fp32"])(np.zeros((1, 3, 32, 32), np.float32))
+
+
+def test_an_ir_not_written_by_this_pipeline_is_refused(tmp_path: Path) -> None:
+    """Another graph (input `x`, no detection outputs, no metadata) is one clear error."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "other",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+    )  # fmt: skip
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "o.onnx"
+    )
+    convert_onnx_to_ir(tmp_path / "o.onnx", tmp_path / "o.xml", {}, RT_INFO_SECTION)
+    with pytest.raises(DeployError, match="o.xml"):
+        OpenVinoPredictor(tmp_path / "o.xml")
+    props = TINY_METADATA.to_props()
+    convert_onnx_to_ir(tmp_path / "o.onnx", tmp_path / "m.xml", props, RT_INFO_SECTION)
+    with pytest.raises(DeployError, match="expected one input named 'images', got \\['x'\\]"):
+        OpenVinoPredictor(tmp_path / "m.xml")
+
+
+def test_the_ir_is_written_whole_or_not_at_all(built: dict[str, Path], tmp_path: Path) -> None:
+    """The pair appears only when both are written; no .partial files are left behind."""
+    convert_onnx_to_ir(built["onnx"], tmp_path / "m.xml", TINY_METADATA.to_props(), RT_INFO_SECTION)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.xml"]
 
 
 def test_missing_weights_file_is_one_line(tmp_path: Path) -> None:
