@@ -18,6 +18,18 @@ class PipelineError(click.ClickException):
     exit_code = 2
 
 
+class TrainingInterrupted(click.ClickException):
+    """Ctrl-C during training: say what is kept and how to go on (exit code 130, like SIGINT)."""
+
+    exit_code = 130
+
+    def format_message(self) -> str:
+        return self.message
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"Interrupted: {self.message}", file=file, err=True)
+
+
 USER_ERRORS = (InputError, TrainingError, DeployError, UnknownLossError, PipelineError)
 
 

@@ -7,9 +7,12 @@ torchrun directly, the process is already a worker. `--resume` swaps in the stor
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 from deploy.metadata import ModelMetadata
+from pipeline.errors import TrainingInterrupted
 from pipeline.launch import catch_user_errors, launch_local
 from pipeline.validation import make_validator
 from train.builders import per_rank_batch, prepare_output
@@ -55,7 +58,22 @@ def _fit(config: TrainConfig, context: DistContext) -> TrainResult:
     trainer.validate = make_validator(
         val_ann, val_dir, metadata, config.max_val_images, str(trainer.device), config.strict
     )
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(interrupted_message(config.out)) from None
+
+
+def interrupted_message(out: Path) -> str:
+    """What Ctrl-C leaves behind: last.pt holds the last finished epoch, resumable exactly."""
+    history = out / "history.json"
+    epochs = len(json.loads(history.read_text())) if history.is_file() else 0
+    if not (out / "last.pt").is_file() or epochs == 0:
+        return f"no epoch had finished, so {out} holds nothing to resume; train again"
+    return (
+        f"{out / 'last.pt'} holds epoch {epochs} (the unfinished epoch is lost); continue exactly "
+        f"from there with: pipeline train --resume {out}"
+    )
 
 
 def _check_before_launch(config: TrainConfig) -> None:

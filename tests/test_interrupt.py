@@ -1,0 +1,69 @@
+"""Ctrl-C during training: one message saying what last.pt holds and the command that resumes
+from it exactly, exit code 130, and that command working."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import pipeline.training
+from pipeline.cli import cli
+from tests.cli_support import TINY, make_tiny_dataset
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_dataset(tmp_path_factory)
+
+
+def _train(*args: object):
+    return CliRunner().invoke(cli, ["train", *map(str, args)])
+
+
+def test_ctrl_c_in_epoch_2_says_last_pt_holds_epoch_1_and_resume_finishes_the_run(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = pipeline.training.make_validator
+
+    def validator_pressing_ctrl_c_in_epoch_2(*args, **kwargs):
+        validate, calls = real(*args, **kwargs), []
+
+        def wrapped(*a, **k):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return validate(*a, **k)
+
+        return wrapped
+
+    monkeypatch.setattr(pipeline.training, "make_validator", validator_pressing_ctrl_c_in_epoch_2)
+    out = tmp_path / "run"
+    budget = [*TINY, "--epochs", 2, "--max-steps", 4]  # later flags win: 2 epochs of 2 steps
+    result = _train("--data", tiny_data, "--out", out, *budget)
+    assert result.exit_code == 130, result.output
+    assert f"{out / 'last.pt'} holds epoch 1" in result.output
+    assert f"pipeline train --resume {out}" in result.output
+    assert "Traceback" not in result.output and "Aborted" not in result.output
+    assert len(json.loads((out / "history.json").read_text())) == 1
+
+    monkeypatch.setattr(pipeline.training, "make_validator", real)
+    resumed = _train("--resume", out)
+    assert resumed.exit_code == 0, resumed.output
+    assert [e["epoch"] for e in json.loads((out / "history.json").read_text())] == [1, 2]
+
+
+def test_ctrl_c_before_any_epoch_says_there_is_nothing_to_resume(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from train.trainer import Trainer
+
+    def pressed(self) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "fit", pressed)
+    result = _train("--data", tiny_data, "--out", tmp_path / "run", *TINY)
+    assert result.exit_code == 130
+    assert "no epoch had finished" in result.output and "Traceback" not in result.output
