@@ -111,15 +111,32 @@ class _LossEpilogCommand(click.Command):
         super().format_epilog(ctx, formatter)
 
 
+def _run_folder(out: Path | None, default: Path, options: dict[str, object]) -> Path:
+    """--out, or the next free folder after `default` (runs/train, runs/train2, ...); a
+    --resume takes its folder from the checkpoint instead."""
+    from pipeline.outputs import next_run_dir
+
+    if out is not None:
+        return out
+    resume = options.get("resume")
+    return Path(str(resume)) if resume is not None else next_run_dir(default)
+
+
 @cli.command(cls=_LossEpilogCommand)
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/exp"), show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Run folder (default: runs/train, or the next free runs/trainN).",
+)
 @train_options
 @user_errors_exit_2
-def train(out: Path, **options: object) -> None:
+def train(out: Path | None, **options: object) -> None:
     """Train a RetinaNet-style detector with the chosen loss."""
     from pipeline.training import run_training
     from train.distributed import is_main_process
 
+    out = _run_folder(out, Path("runs/train"), options)
     result = run_training(config_from_command_line(out, options))
     if is_main_process():  # under torchrun every rank returns here
         click.echo(
@@ -381,14 +398,18 @@ def predict(
 
 @cli.command()
 @click.option(
-    "--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Run folder (default: runs/demo, or the next free runs/demoN).",
 )
 @train_options
 @user_errors_exit_2
-def run(out: Path, **options: object) -> None:
+def run(out: Path | None, **options: object) -> None:
     """The main job: synthesize (if needed) -> train -> export -> eval PyTorch and ONNX."""
     from pipeline.main_job import run_main_job
 
+    out = _run_folder(out, Path("runs/demo"), options)
     table = run_main_job(config_from_command_line(out, options))
     if table:  # empty on torchrun ranks > 0
         click.echo(table)

@@ -26,3 +26,18 @@ def check_output_file(path: Path, overwrite: bool = True) -> None:
         os.unlink(probe)
     except OSError as exc:
         raise PipelineError(f"{path}: cannot write there ({exc.strerror or exc})") from exc
+
+
+def next_run_dir(base: Path) -> Path:
+    """`base` if it is free (absent or empty), else the first free `base`2, `base`3, ...: a run
+    without --out never lands in (or is refused by) an earlier run's folder."""
+
+    def free(path: Path) -> bool:
+        return not path.exists() or (path.is_dir() and not any(path.iterdir()))
+
+    if free(base):
+        return base
+    number = 2
+    while not free(base.with_name(f"{base.name}{number}")):
+        number += 1
+    return base.with_name(f"{base.name}{number}")

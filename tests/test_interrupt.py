@@ -1,5 +1,6 @@
-"""Ctrl-C during training: one message saying what last.pt holds and the command that resumes
-from it exactly, exit code 130, and that command working."""
+"""Ctrl-C during training (one message saying what last.pt holds and the command that resumes
+from it exactly, exit code 130, and that command working), and the run folder chosen when --out
+is not given."""
 
 from __future__ import annotations
 
@@ -67,3 +68,15 @@ def test_ctrl_c_before_any_epoch_says_there_is_nothing_to_resume(
     result = _train("--data", tiny_data, "--out", tmp_path / "run", *TINY)
     assert result.exit_code == 130
     assert "no epoch had finished" in result.output and "Traceback" not in result.output
+
+
+def test_without_out_each_run_gets_the_next_free_folder(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "train").mkdir(parents=True)  # empty: still free
+    for expected in ("runs/train", "runs/train2", "runs/train3"):
+        result = _train("--data", tiny_data, *TINY)
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / expected / "last.pt").is_file(), expected
+    assert not (tmp_path / "runs" / "train4").exists()
