@@ -247,10 +247,10 @@ provider_option = click.option(
 )
 device_option = click.option(
     "--device",
-    type=click.Choice(["cpu", "cuda"]),
-    default="cpu",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
     show_default=True,
-    help="Device for .pt checkpoints.",
+    help="Device for .pt checkpoints (auto: CUDA when available, else CPU).",
 )
 
 
