@@ -633,7 +633,15 @@ def test_compare_trains_deploys_and_reports_what_its_options_say(
     tiny_data, tmp_path, monkeypatch
 ) -> None:
     """Training, export and scoring replaced: ghm runs detect every object (AP 1), pisa runs
-    nothing (AP 0), so against --baseline pisa, ghm's effect is +1 AP."""
+    only the first image's (AP from pycocotools), so against --baseline pisa, ghm's effect is
+    1 - AP(pisa)."""
+    from deploy.evaluate import load_coco, score_coco
+
+    val_ann = tiny_data / "annotations" / "instances_val.json"
+    coco_gt = load_coco(val_ann)
+    first_3 = sorted(coco_gt.getImgIds())[:3]  # --max-val-images 3 (SHARED)
+    pisa_ap = score_coco(coco_gt, _perfect_detections(tiny_data, 1), first_3)
+    assert 0.0 < pisa_ap["AP"] < 1.0
     trained: list[TrainConfig] = []
     deployed: list[str] = []
     scored: list[str] = []
@@ -651,9 +659,10 @@ def test_compare_trains_deploys_and_reports_what_its_options_say(
     def fake_eval(name: str, model: Path, config: TrainConfig) -> dict[str, Any]:
         scored.append(name)
         good = config.loss == "ghm"
-        detections = _perfect_detections(tiny_data, 3) if good else []
+        detections = _perfect_detections(tiny_data, 3 if good else 1)
         (Path(config.out) / f"detections_{name}.json").write_text(json.dumps(detections))
-        report = {"metrics": {"AP": float(good)}, "skipped_images": 0,
+        ap = 1.0 if good else pisa_ap["AP"]
+        report = {"metrics": {"AP": ap}, "skipped_images": 0,
                   "latency": {"total_ms": {"p50": 1.0, "mean": 1.0}}}  # fmt: skip
         (Path(config.out) / f"report_{name}.json").write_text(json.dumps(report))
         return report
@@ -680,7 +689,7 @@ def test_compare_trains_deploys_and_reports_what_its_options_say(
     assert deployed == ["onnx-int8"] * 4 and sorted(set(scored)) == ["onnx-int8", "pytorch"]
     report = json.loads((out / "report.json").read_text())
     assert report["num_val_images"] == 3
-    assert set(report["effects"]) == {"ghm"}
-    effect = report["effects"]["ghm"]
+    assert report["backends"] == ["onnx-int8"] and set(report["effects"]["onnx-int8"]) == {"ghm"}
+    effect = report["effects"]["onnx-int8"]["ghm"]
     assert effect["resamples"] == 50 and effect["seeds"] == [5, 6]
-    assert effect["delta"] == pytest.approx(1.0)
+    assert effect["delta"] == pytest.approx(1.0 - pisa_ap["AP"])
