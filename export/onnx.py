@@ -12,8 +12,6 @@ from __future__ import annotations
 import copy
 import io
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ import onnx
 import torch
 from torch import nn
 
+from common.files import replace_atomically
 from export.graph_postprocess import OUTPUT_NAMES, append_postprocess
 from train.errors import InputError
 from train.model.anchors import anchors_per_level
@@ -78,15 +77,8 @@ def _set_metadata(model: onnx.ModelProto, props: dict[str, str]) -> None:
 
 def _save_atomic(model: onnx.ModelProto, out_path: Path) -> None:
     """Write next to `out_path`, then rename, so an existing file is never half-overwritten."""
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    os.close(fd)
-    try:
-        onnx.save(model, tmp_name)
-        os.replace(tmp_name, out_path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    data = model.SerializeToString()  # onnx.save on a handle would read its .name as a path
+    replace_atomically(out_path, lambda handle: handle.write(data))
 
 
 def export_onnx(

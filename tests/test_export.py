@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -190,11 +191,10 @@ def test_export_never_leaves_half_written_file(
     target = tmp_path / "model.onnx"
     target.write_bytes(b"previous export")
 
-    def broken_save(model: onnx.ModelProto, path: str) -> None:
-        Path(path).write_bytes(b"partial")
+    def disk_full(fd: int) -> None:  # the bytes are written; flushing them to disk fails
         raise OSError("disk full")
 
-    monkeypatch.setattr(onnx, "save", broken_save)
+    monkeypatch.setattr(os, "fsync", disk_full)
     with pytest.raises(OSError, match="disk full"):
         export_onnx(tiny_model, target, {})
     assert target.read_bytes() == b"previous export"

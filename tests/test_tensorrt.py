@@ -528,8 +528,18 @@ def test_every_export_option_reaches_run_export(monkeypatch: pytest.MonkeyPatch)
     assert result.exit_code == 0, result.output
     options = ExportOptions(trt=True, precision="int8", batch=8, workspace_gb=2.5, calib_images=32)
     assert seen == [(Path("w.pt"), Path("m.onnx"), 18, Path("d"), True, options)]
+    openvino = ["export", "--weights", "w.pt", "--openvino", "--precision", "bf16"]
+    assert invoke(*openvino).exit_code == 0
+    assert seen[1] == (
+        Path("w.pt"),
+        None,
+        17,
+        None,
+        False,
+        ExportOptions(openvino=True, precision="bf16"),
+    )
     flags = {f for p in cli.commands["export"].params for f in p.opts}
-    assert flags == {a for a in args if a.startswith("--")}
+    assert flags == {a for a in [*args, *openvino] if a.startswith("--")}
 
 
 # ------------------------------------------------------------- GPU: build, run, reload, refuse
