@@ -75,7 +75,8 @@ TRAIN_OPTIONS: list[Callable] = [
         "--pretrained",
         type=click.Path(path_type=Path, dir_okay=False),
         default=None,
-        help="Local backbone weights file (nothing is downloaded).",
+        help="Backbone weights: a local file (e.g. from `pipeline pretrain`), or imagenet for "
+        "torchvision's weights from the torch hub cache (downloaded once if missing).",
     ),
     click.option(
         "--epochs", type=click.IntRange(min=1), default=DEFAULTS.epochs, show_default=True
