@@ -199,7 +199,31 @@ def train(out: Path | None, **options: object) -> None:
     show_default=True,
     help="Training images used to calibrate int8.",
 )
-@click.option("--overwrite", is_flag=True)
+@click.option(
+    "--img-size",
+    type=click.IntRange(min=32),
+    default=None,
+    help="Input size of the exported model (default: the size it trained at).",
+)
+@click.option(
+    "--conf",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=None,
+    help="Score threshold baked into the graph (default 0.05).",
+)
+@click.option(
+    "--iou",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="NMS IoU baked into the graph (default 0.5).",
+)
+@click.option(
+    "--max-dets",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Detections per image the graph returns at most (default 100).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @user_errors_exit_2
 def export_cmd(
     weights: Path,
@@ -212,6 +236,10 @@ def export_cmd(
     batch: int,
     workspace: float,
     calib_images: int,
+    img_size: int | None,
+    conf: float | None,
+    iou: float | None,
+    max_dets: int | None,
     overwrite: bool,
 ) -> None:
     """Export a checkpoint to ONNX with decoding and NMS in the graph, and check parity;
@@ -225,6 +253,10 @@ def export_cmd(
         batch=batch,
         workspace_gb=workspace,
         calib_images=calib_images,
+        img_size=img_size,
+        score_threshold=conf,
+        nms_iou=iou,
+        max_detections=max_dets,
     )
     summary = run_export(weights, out, opset, data, overwrite, options)
     click.echo(summary)

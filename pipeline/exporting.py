@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from train.checkpoint import load_checkpoint, model_from_checkpoint
 from train.data.coco import load_coco_json
 from train.data.layout import resolve_split
 from train.data.synthetic import ensure_synthetic_dataset
+from train.postprocess import PostprocessConfig
 
 PRECISIONS = ("fp32", "fp16", "int8")
 OPENVINO_PRECISIONS = ("fp32", "bf16", "int8")
@@ -53,6 +54,19 @@ class ExportOptions:
     batch: int = 1
     workspace_gb: float = 4.0
     calib_images: int = 128
+    img_size: int | None = None  # None: the size the model trained at
+    score_threshold: float | None = None  # None: the post-processing defaults (train.postprocess)
+    nms_iou: float | None = None
+    max_detections: int | None = None
+
+    def postprocess(self) -> PostprocessConfig:
+        """The thresholds baked into the graph: the defaults, less what was given."""
+        given = {
+            "score_threshold": self.score_threshold,
+            "nms_iou": self.nms_iou,
+            "max_detections": self.max_detections,
+        }
+        return replace(PostprocessConfig(), **{k: v for k, v in given.items() if v is not None})
 
 
 def parity_images(data: Path | None, img_size: int, count: int = 4) -> np.ndarray:
@@ -225,6 +239,15 @@ def _engine(
     ]
 
 
+def at_input_size(payload: dict[str, Any], img_size: int | None) -> dict[str, Any]:
+    """The checkpoint as if trained at `img_size` (the network is convolutional; only the
+    anchors and the letterbox size follow the input size)."""
+    if img_size is None or img_size == payload["img_size"]:
+        return payload
+    config = {**payload["model_config"], "img_size": img_size}
+    return {**payload, "model_config": config, "img_size": img_size}
+
+
 def run_export(
     weights: Path,
     out: Path | None,
@@ -244,14 +267,20 @@ def run_export(
         from export.openvino import require_openvino
 
         require_openvino()
-    payload = load_checkpoint(weights)
+    payload = at_input_size(load_checkpoint(weights), options.img_size)
     model = model_from_checkpoint(payload, weights)
     out = out or weights.parent / "model.onnx"
     paths = _outputs(out, options)
     _refuse_overwrite(paths, overwrite)
-    metadata = metadata_from_checkpoint(payload)
+    post = options.postprocess()
+    metadata = replace(
+        metadata_from_checkpoint(payload),
+        score_threshold=post.score_threshold,
+        nms_iou=post.nms_iou,
+        max_detections=post.max_detections,
+    )  # what the graph applies, for eval and predict to read
     images = parity_images(data, metadata.img_size)  # before writing: a bad dataset fails first
-    export_onnx(model, out, metadata.to_props(), opset=opset)
+    export_onnx(model, out, metadata.to_props(), opset=opset, postprocess=post)
     parity = check_parity(model, out, images)
     update_metadata(out, {"parity": json.dumps(parity, default=float)})  # travels with the model
     problems = check_tensorrt_compat(out)

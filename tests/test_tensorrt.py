@@ -522,11 +522,22 @@ def test_every_export_option_reaches_run_export(monkeypatch: pytest.MonkeyPatch)
         "2.5",
         "--calib-images",
         "32",
+        "--img-size",
+        "96",
+        "--conf",
+        "0.3",
+        "--iou",
+        "0.6",
+        "--max-dets",
+        "20",
         "--overwrite",
     ]
     result = invoke(*args)
     assert result.exit_code == 0, result.output
-    options = ExportOptions(trt=True, precision="int8", batch=8, workspace_gb=2.5, calib_images=32)
+    options = ExportOptions(
+        trt=True, precision="int8", batch=8, workspace_gb=2.5, calib_images=32, img_size=96,
+        score_threshold=0.3, nms_iou=0.6, max_detections=20,
+    )  # fmt: skip
     assert seen == [(Path("w.pt"), Path("m.onnx"), 18, Path("d"), True, options)]
     openvino = ["export", "--weights", "w.pt", "--openvino", "--precision", "bf16"]
     assert invoke(*openvino).exit_code == 0
