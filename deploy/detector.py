@@ -22,7 +22,6 @@ keeps A and C), so it would silently differ from the same model run as a checkpo
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from PIL import Image
 from deploy.errors import DeployError
 from deploy.evaluate import checked_metadata, run_batch
 from deploy.metadata import Predictor
+from deploy.narrow import check_narrowing
 
 ImageInput = Image.Image | np.ndarray
 
@@ -131,25 +131,7 @@ class Detector:
 
     def _check_settings(self) -> None:
         """Refuse what the model's own post-processing makes impossible to honour exactly."""
-        model = self.metadata
-        if not 0.0 <= self.conf <= 1.0:
-            raise DeployError(f"score threshold (--conf) must be in [0, 1], got {self.conf}")
-        if self.conf < model.score_threshold:
-            raise DeployError(
-                f"{self.source}: score threshold (--conf) {self.conf} is below the "
-                f"{model.score_threshold} this model applies itself; it can only be raised"
-            )
-        if not math.isclose(self.iou, model.nms_iou, abs_tol=1e-9):
-            raise DeployError(
-                f"{self.source}: NMS runs inside this model at IoU {model.nms_iou}; IoU (--iou) "
-                f"{self.iou} cannot be applied to its output exactly (a second NMS pass is not "
-                "NMS at that IoU); leave --iou out, or predict with the .pt checkpoint"
-            )
-        if not 1 <= self.max_dets <= model.max_detections:
-            raise DeployError(
-                f"{self.source}: detections per image (--max-dets) must be in "
-                f"[1, {model.max_detections}] for this model, got {self.max_dets}"
-            )
+        check_narrowing(self.metadata, self.conf, self.iou, self.max_dets, self.source)
         if self.batch_size < 1:
             raise DeployError(f"batch size must be >= 1, got {self.batch_size}")
 

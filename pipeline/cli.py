@@ -318,6 +318,26 @@ device_option = click.option(
 )
 @click.option("--cuda-graph", is_flag=True, help="Replay a captured CUDA graph (.engine, batch 1).")
 @click.option(
+    "--conf",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Score threshold (default: the model's own, 0.05; an exported model's can only be "
+    "raised).",
+)
+@click.option(
+    "--iou",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="NMS IoU (default: the model's own, 0.5; only a .pt can change it).",
+)
+@click.option(
+    "--max-dets",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Detections per image at most (default: the model's own, 100; an exported model's "
+    "can only be lowered).",
+)
+@click.option(
     "--openvino-hint",
     type=click.Choice(["latency", "throughput"]),
     default="latency",
@@ -341,12 +361,15 @@ def eval_cmd(
     strict: bool,
     cuda_api: str,
     cuda_graph: bool,
+    conf: float | None,
+    iou: float | None,
+    max_dets: int | None,
     openvino_hint: str,
     overwrite: bool,
 ) -> None:
     """Score a model with COCO mAP and time it (one evaluator for every format)."""
     from deploy.report import format_metrics_table
-    from pipeline.evaluation import run_eval
+    from pipeline.evaluation import Thresholds, run_eval
 
     report = run_eval(
         model_path,
@@ -364,6 +387,7 @@ def eval_cmd(
         cuda_graph=cuda_graph,
         openvino_hint=openvino_hint,
         overwrite=overwrite,
+        thresholds=Thresholds(conf, iou, max_dets),
     )
     click.echo(format_metrics_table([(model_path.name, report)]))
 

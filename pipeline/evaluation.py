@@ -2,16 +2,48 @@
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from deploy.evaluate import environment_info, evaluate
+from deploy.narrow import NarrowedPredictor, check_narrowing
 from deploy.report import write_json_atomic
 from pipeline.models import load_predictor
 from pipeline.outputs import check_output_file
 from train.config import TrainConfig
 from train.data.layout import resolve_split
 from train.data.synthetic import ensure_synthetic_dataset
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Post-processing asked of `pipeline eval`; None keeps the model's own value."""
+
+    conf: float | None = None
+    iou: float | None = None
+    max_dets: int | None = None
+
+    def applied_to(self, predictor: Any, model_path: Path) -> Any:
+        """A .pt runs its NMS at exactly these values; a deployed model (NMS in its graph) is
+        narrowed after the fact where that is exact, and refuses the rest (deploy/narrow.py)."""
+        model = predictor.metadata
+        conf = model.score_threshold if self.conf is None else self.conf
+        iou = model.nms_iou if self.iou is None else self.iou
+        max_dets = model.max_detections if self.max_dets is None else self.max_dets
+        if (conf, iou, max_dets) == (model.score_threshold, model.nms_iou, model.max_detections):
+            return predictor
+        if Path(model_path).suffix.lower() == ".pt":
+            predictor.config = dataclasses.replace(
+                predictor.config, score_threshold=conf, nms_iou=iou, max_detections=max_dets
+            )
+            predictor.metadata = dataclasses.replace(
+                model, score_threshold=conf, nms_iou=iou, max_detections=max_dets
+            )
+            return predictor
+        check_narrowing(model, conf, iou, max_dets, str(model_path))
+        return NarrowedPredictor(predictor, conf, max_dets)
 
 
 def run_eval(
@@ -30,6 +62,7 @@ def run_eval(
     cuda_graph: bool = False,
     overwrite: bool = True,
     openvino_hint: str = "latency",
+    thresholds: Thresholds | None = None,
 ) -> dict[str, Any]:
     """Score one model file; `overwrite=False` refuses to replace an existing report or results."""
     for output in (json_path, results):
@@ -43,6 +76,8 @@ def run_eval(
         cuda_graph=cuda_graph,
         openvino_hint=openvino_hint,
     )
+    if thresholds is not None:
+        predictor = thresholds.applied_to(predictor, model_path)
     root = data if data is not None else ensure_synthetic_dataset()
     ann_file, img_dir = resolve_split(root, split)
     report = evaluate(
