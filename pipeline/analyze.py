@@ -12,6 +12,7 @@ from typing import Any
 
 from deploy.report import write_json_atomic
 from pipeline.analysis_plots import plot_focal_cdf, plot_ghm_gradients, plot_pisa_samples
+from pipeline.datasets import model_dataset
 from train.analysis import (
     collect_samples,
     focal_loss_cdfs,
@@ -22,7 +23,6 @@ from train.analysis import (
 from train.checkpoint import load_checkpoint, model_from_checkpoint
 from train.data.coco import CocoDetection
 from train.data.layout import resolve_split
-from train.data.synthetic import ensure_synthetic_dataset
 
 log = logging.getLogger(__name__)
 
@@ -33,21 +33,13 @@ FIGURES = {
 }
 
 
-def _dataset_root(data: Path | None, payload: dict[str, Any]) -> Path:
-    """--data, else the dataset the checkpoint was trained on, else the built-in one."""
-    if data is not None:
-        return data
-    trained_on = (payload.get("train_config") or {}).get("data")
-    return Path(trained_on) if trained_on else ensure_synthetic_dataset()
-
-
 def analyze_checkpoint(
     weights: Path, data: Path | None, max_images: int | None, batch_size: int = 8
 ) -> dict[str, Any]:
     """Every analysis's numbers for the checkpoint `weights` on the validation split."""
     payload = load_checkpoint(weights)
     model = model_from_checkpoint(payload, weights)
-    root = _dataset_root(data, payload)
+    root = model_dataset(data, (payload.get("train_config") or {}).get("data"))
     ann_file, img_dir = resolve_split(root, "val")
     dataset = CocoDetection(
         ann_file, img_dir, int(payload["img_size"]), category_ids=payload["category_ids"]

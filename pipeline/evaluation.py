@@ -10,11 +10,11 @@ from typing import Any
 from deploy.evaluate import environment_info, evaluate
 from deploy.narrow import NarrowedPredictor, check_narrowing
 from deploy.report import write_json_atomic
+from pipeline.datasets import model_dataset
 from pipeline.models import load_predictor
 from pipeline.outputs import check_output_file
 from train.config import TrainConfig
 from train.data.layout import resolve_split
-from train.data.synthetic import ensure_synthetic_dataset
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def run_eval(
     )
     if thresholds is not None:
         predictor = thresholds.applied_to(predictor, model_path)
-    root = data if data is not None else ensure_synthetic_dataset()
+    root = model_dataset(data, predictor.metadata.extra.get("data"))
     ann_file, img_dir = resolve_split(root, split)
     report = evaluate(
         predictor,

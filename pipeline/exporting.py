@@ -30,6 +30,7 @@ from export.onnx import (
     run_onnxruntime,
     update_metadata,
 )
+from pipeline.datasets import model_dataset
 from pipeline.errors import PipelineError
 from pipeline.models import metadata_from_checkpoint
 from pipeline.outputs import check_output_file
@@ -268,6 +269,7 @@ def run_export(
 
         require_openvino()
     payload = at_input_size(load_checkpoint(weights), options.img_size)
+    data = model_dataset(data, (payload.get("train_config") or {}).get("data"))
     model = model_from_checkpoint(payload, weights)
     out = out or weights.parent / "model.onnx"
     paths = _outputs(out, options)

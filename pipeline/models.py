@@ -24,6 +24,8 @@ def metadata_from_checkpoint(payload: dict[str, Any]) -> ModelMetadata:
         extra={
             "backbone": payload["model_config"].get("backbone", ""),
             "loss_options": payload.get("loss_options", {}),
+            # the training dataset, so eval and export default to it (None: the built-in one)
+            "data": (payload.get("train_config") or {}).get("data"),
         },
     )
 

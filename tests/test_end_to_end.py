@@ -106,10 +106,11 @@ def test_eval_engine_options_reach_the_loader(monkeypatch, tmp_path):
 
     monkeypatch.setattr(pipeline.evaluation, "load_predictor", fake_load)
     args = ["eval", "--model", tmp_path / "m.engine", "--cuda-api", "pycuda", "--cuda-graph",
-            "--provider", "cpu", "--device", "cuda"]  # fmt: skip
+            "--provider", "cpu", "--device", "cuda", "--openvino-hint", "throughput"]  # fmt: skip
     result = CliRunner().invoke(cli, [str(a) for a in args])
     assert result.exit_code == 2 and "stop here" in result.output
-    assert seen == {"provider": "cpu", "device": "cuda", "cuda_api": "pycuda", "cuda_graph": True}
+    assert seen == {"provider": "cpu", "device": "cuda", "cuda_api": "pycuda", "cuda_graph": True,
+                    "openvino_hint": "throughput"}  # fmt: skip
 
 
 def test_export_stores_the_parity_result_in_the_model(tiny_run, tiny_data):
