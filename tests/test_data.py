@@ -15,7 +15,7 @@ from train.data import synthetic
 from train.data.coco import CocoDetection, collate_detections
 from train.data.layout import resolve_split
 from train.data.synthetic import CATEGORY_IDS, ensure_synthetic_dataset, generate_synthetic_dataset
-from train.data.transforms import hflip_boxes, letterbox, letterbox_size
+from train.data.transforms import hflip_boxes, letterbox, letterbox_size, to_rgb
 from train.errors import InputError
 
 
@@ -199,6 +199,33 @@ def test_letterbox_scales_16_bit(tmp_path: Path) -> None:
         assert image.mode in ("I;16", "I")
         canvas, _ = letterbox(image, 8)
     assert (canvas == 0x12).all()
+
+
+def test_letterbox_keeps_at_least_one_row_of_a_very_wide_image() -> None:
+    # 3 px high at scale 0.064 rounds to 0 rows; the content keeps one row
+    assert letterbox_size(1000, 3, 64) == (64, 1, 0.064)
+
+
+def test_rgb_images_pass_through_without_a_copy() -> None:
+    image = Image.new("RGB", (4, 2), (1, 2, 3))
+    assert to_rgb(image) is image
+
+
+def test_32_bit_integer_images_are_clipped_to_16_bits_then_shifted() -> None:
+    values = np.array([[-5, 255, 7 * 256 + 3, 65535, 70000]], dtype=np.int32)
+    image = Image.fromarray(values, "I")
+    assert image.mode == "I"
+    rgb = np.asarray(to_rgb(image))
+    # clip to 0..65535, >> 8: -5 -> 0, 255 -> 0, 1795 -> 7, 65535 -> 255, 70000 -> 255
+    assert rgb.shape == (1, 5, 3)
+    assert rgb[0].tolist() == [[0] * 3, [0] * 3, [7] * 3, [255] * 3, [255] * 3]
+
+
+def test_float_images_are_clipped_to_0_255_and_truncated() -> None:
+    values = np.array([[-5.0, 0.5, 12.7, 254.9, 300.0]], dtype=np.float32)
+    rgb = np.asarray(to_rgb(Image.fromarray(values, "F")))
+    assert rgb.shape == (1, 5, 3)
+    assert rgb[0].tolist() == [[0] * 3, [0] * 3, [12] * 3, [254] * 3, [255] * 3]
 
 
 def test_hflip_boxes_round_trip() -> None:
