@@ -116,7 +116,9 @@ def test_pretrain_learns_and_writes_weights_the_detector_loads_in_full(
     accuracies = [r["val_accuracy"] for r in summary["history"]]
     assert accuracies[-1] >= 0.9  # red vs blue vs grey: chance is about 1/3
 
-    saved = torch.load(out, weights_only=True)["state_dict"]
+    stored = torch.load(out, weights_only=True)
+    assert [r["epoch"] for r in stored["pretrain"]["history"]] == [1, 2, 3, 4]
+    saved = stored["state_dict"]
     assert "conv1.weight" in saved and not any(k.startswith("fc.") for k in saved)
     backbone = Backbone("resnet18", pretrained=out)
     loaded = backbone.body.state_dict()
@@ -125,6 +127,30 @@ def test_pretrain_learns_and_writes_weights_the_detector_loads_in_full(
     assert not torch.equal(  # and they are not a fresh initialization
         Backbone("resnet18").body.state_dict()["conv1.weight"], saved["conv1.weight"]
     )
+
+
+def test_an_interrupted_pretraining_keeps_its_last_finished_epoch(
+    squares: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import train.pretrain
+
+    real = train.pretrain.accuracy
+    calls: list[int] = []
+
+    def ctrl_c_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train.pretrain, "accuracy", ctrl_c_in_epoch_2)
+    out = tmp_path / "backbone.pth"
+    config = PretrainConfig(data=squares, out=out, crop_size=32, epochs=3, batch_size=16)
+    with pytest.raises(KeyboardInterrupt):
+        run_pretrain(config)
+    stored = torch.load(out, weights_only=True)
+    assert [r["epoch"] for r in stored["pretrain"]["history"]] == [1]
+    Backbone("resnet18", pretrained=out)  # and it loads
 
 
 def test_pretrain_refuses_to_overwrite_with_one_line(squares: Path, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -192,9 +193,13 @@ def accuracy(model: CropClassifier, crops: Crops, device: torch.device, batch: i
 
 
 def train_classifier(
-    config: PretrainConfig, train: Crops, val: Crops | None
+    config: PretrainConfig,
+    train: Crops,
+    val: Crops | None,
+    after_epoch: Callable[[CropClassifier, list[dict[str, float]]], None] | None = None,
 ) -> tuple[CropClassifier, list[dict[str, float]]]:
-    """AdamW with a cosine schedule, horizontal flips; per epoch: loss, train and val accuracy."""
+    """AdamW with a one-cycle schedule, horizontal flips; per epoch: loss and val accuracy,
+    then `after_epoch(model, history)`."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     device = torch.device(config.device)
@@ -231,6 +236,8 @@ def train_classifier(
             record["val_accuracy"] = accuracy(model, val, device)
         log.info("pretrain epoch %d/%d: %s", epoch + 1, config.epochs, record)
         history.append(record)
+        if after_epoch is not None:
+            after_epoch(model, history)
     return model, history
 
 
@@ -261,13 +268,17 @@ def run_pretrain(config: PretrainConfig) -> dict[str, Any]:
         int((train.labels == train.num_categories).sum()),
         train.num_categories,
     )
-    model, history = train_classifier(config, train, val)
-    summary = {
+    summary: dict[str, Any] = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
         "train_crops": len(train.labels),
         "val_crops": 0 if val is None else len(val.labels),
-        "history": history,
     }
-    payload = {"state_dict": backbone_state_dict(model), "pretrain": summary}
-    replace_atomically(config.out, lambda handle: torch.save(payload, handle))
+
+    def write(model: CropClassifier, history: list[dict[str, float]]) -> None:
+        """After every epoch: an interrupted pretraining keeps its last finished epoch."""
+        summary["history"] = list(history)
+        payload = {"state_dict": backbone_state_dict(model), "pretrain": summary}
+        replace_atomically(config.out, lambda handle: torch.save(payload, handle))
+
+    train_classifier(config, train, val, after_epoch=write)
     return summary
