@@ -170,6 +170,23 @@ def test_the_ir_carries_the_metadata_and_the_precision(built: dict[str, Path]) -
     assert read_rt_info(model) == {**TINY_METADATA.to_props(), PRECISION_KEY: "bf16"}
 
 
+def test_an_int8_ir_runs_its_float_parts_in_f32(built: dict[str, Path]) -> None:
+    """int8 is the quantized convolutions; the float tail (decode, NMS inputs) stays f32 rather
+    than OpenVINO's bf16 default, so int8 is compared with fp32 on the quantization alone."""
+    as_int8 = OpenVinoPredictor(built["fp32"], precision="int8")
+    assert as_int8._compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.f32
+    with pytest.raises(DeployError, match="precision 'fp8' is not one of"):
+        OpenVinoPredictor(built["fp32"], precision="fp8")
+
+
+def test_cpu_capabilities_are_openvinos_own_words() -> None:
+    core = openvino.Core()
+    found = cpu_capabilities()
+    assert found["version"] == openvino.__version__.split("-")[0] and "-" not in found["version"]
+    assert found["capabilities"] == list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    assert "FP32" in found["capabilities"]
+
+
 def test_the_throughput_hint_reaches_openvino(built: dict[str, Path]) -> None:
     predictor = OpenVinoPredictor(built["fp32"], hint="throughput", threads=1)
     assert str(predictor._compiled.get_property("PERFORMANCE_HINT")) == "THROUGHPUT"

@@ -55,7 +55,6 @@ def cpu_capabilities() -> dict[str, Any]:
     core = ov.Core()
     return {
         "version": ov.__version__.split("-")[0],
-        "cpu": str(core.get_property("CPU", "FULL_DEVICE_NAME")),
         "capabilities": [str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")],
     }
 
