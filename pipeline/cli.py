@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from common.logs import LOG_FORMAT
 from pipeline.compare_options import compare_options
 from pipeline.errors import PipelineError, user_errors_exit_2
 from pipeline.options import config_from_command_line, format_loss_listing, train_options
@@ -19,10 +20,7 @@ from pipeline.options import config_from_command_line, format_loss_listing, trai
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def cli(verbose: bool) -> None:
     """Train detectors with soft-sampling losses, deploy them, and measure what ships."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT)
 
 
 @cli.group()
@@ -152,7 +150,13 @@ def train(out: Path | None, **options: object) -> None:
     default=None,
     help="Output .onnx (default: model.onnx beside the weights); other files take its stem.",
 )
-@click.option("--opset", type=click.IntRange(min=17), default=17, show_default=True)
+@click.option(
+    "--opset",
+    type=click.IntRange(min=17),
+    default=17,  # pipeline.exporting.DEFAULT_OPSET; importing it here would load torch
+    show_default=True,
+    help="ONNX opset of the exported graph (17 or later).",
+)
 @click.option(
     "--data",
     type=click.Path(path_type=Path),

@@ -40,6 +40,7 @@ from train.data.layout import resolve_split
 from train.data.synthetic import ensure_synthetic_dataset
 from train.postprocess import PostprocessConfig
 
+DEFAULT_OPSET = 17  # the opset every export writes unless --opset says otherwise
 PRECISIONS = ("fp32", "fp16", "int8")
 OPENVINO_PRECISIONS = ("fp32", "bf16", "int8")
 log = logging.getLogger(__name__)

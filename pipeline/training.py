@@ -11,6 +11,7 @@ import json
 import logging
 from pathlib import Path
 
+from common.logs import LOG_FORMAT
 from deploy.metadata import ModelMetadata
 from pipeline.errors import TrainingInterrupted
 from pipeline.launch import catch_user_errors, launch_local
@@ -28,7 +29,6 @@ from train.resume import resume_config
 from train.trainer import Trainer, TrainResult, data_root
 
 log = logging.getLogger(__name__)
-LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
 def run_training(config: TrainConfig) -> TrainResult:
