@@ -168,6 +168,9 @@ def test_the_ir_carries_the_metadata_and_the_precision(built: dict[str, Path]) -
     assert OpenVinoPredictor(built["bf16"], precision="fp32").precision == "fp32"  # overridden
     model = openvino.Core().read_model(str(built["bf16"]))
     assert read_rt_info(model) == {**TINY_METADATA.to_props(), PRECISION_KEY: "bf16"}
+    # the file format: where other tools (and older or newer versions of this one) look
+    assert model.get_rt_info(["detector", "inference_precision"]).astype(str) == "bf16"
+    assert model.get_rt_info(["detector", "softsample.category_ids"]).astype(str) == "[4, 9]"
 
 
 def test_an_int8_ir_runs_its_float_parts_in_f32(built: dict[str, Path]) -> None:
@@ -226,6 +229,17 @@ def test_the_ir_is_written_whole_or_not_at_all(built: dict[str, Path], tmp_path:
     """The pair appears only when both are written; no .partial files are left behind."""
     convert_onnx_to_ir(built["onnx"], tmp_path / "m.xml", TINY_METADATA.to_props(), RT_INFO_SECTION)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.xml"]
+
+
+def test_a_broken_ir_is_one_line_with_openvinos_first_line(tmp_path: Path) -> None:
+    (tmp_path / "model.xml").write_text("<net name='x' version='11'><layers>")
+    (tmp_path / "model.bin").write_bytes(b"")
+    with pytest.raises(RuntimeError) as raised:
+        openvino.Core().read_model(str(tmp_path / "model.xml"))
+    first = str(raised.value).strip().splitlines()[0]
+    with pytest.raises(DeployError) as refused:
+        OpenVinoPredictor(tmp_path / "model.xml")
+    assert str(refused.value) == f"{tmp_path / 'model.xml'}: not an OpenVINO IR ({first})"
 
 
 def test_missing_weights_file_is_one_line(tmp_path: Path) -> None:
