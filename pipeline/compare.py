@@ -22,7 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from deploy.report import write_json_atomic
-from pipeline.compare_backends import build_deployed_model, check_backend, parse_backends
+from pipeline.compare_backends import (
+    build_deployed_model,
+    check_backend,
+    parse_backends,
+    parse_names,
+)
 from pipeline.errors import PipelineError
 from pipeline.evaluation import eval_in_run
 from pipeline.options import config_from_options
@@ -79,14 +84,7 @@ def run_dir(out: Path, loss: str, seed: int) -> Path:
 
 def parse_losses(text: str) -> list[str]:
     """'ce, focal,ghm' -> ['ce', 'focal', 'ghm'] (order kept, repeats dropped, names checked)."""
-    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-    unknown = [n for n in names if n not in LOSSES]
-    if unknown or not names:
-        raise PipelineError(
-            f"--losses {text!r}: unknown {', '.join(unknown) or '(empty)'}; "
-            f"valid: {', '.join(LOSSES)}"
-        )
-    return names
+    return parse_names(text, LOSSES, "--losses")
 
 
 def split_loss_options(raw: dict[str, str], losses: list[str]) -> dict[str, dict[str, str]]:

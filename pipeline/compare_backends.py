@@ -8,6 +8,7 @@ a comparison never trains for an hour and then fails at deployment.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 from pipeline.errors import PipelineError
@@ -28,16 +29,21 @@ BACKENDS: dict[str, tuple[str, str]] = {
 }
 
 
-def parse_backends(text: str) -> list[str]:
-    """'onnx, onnx-int8' -> ['onnx', 'onnx-int8'] (order kept, repeats dropped, names checked)."""
+def parse_names(text: str, valid: Iterable[str], option: str) -> list[str]:
+    """'a, b,a' -> ['a', 'b']: order kept, repeats dropped, every name checked against `valid`."""
+    valid = list(valid)
     names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-    unknown = [n for n in names if n not in BACKENDS]
+    unknown = [n for n in names if n not in valid]
     if unknown or not names:
         raise PipelineError(
-            f"--backend {text!r}: unknown {', '.join(unknown) or '(empty)'}; "
-            f"valid: {', '.join(BACKENDS)}"
+            f"{option} {text!r}: unknown {', '.join(unknown) or '(empty)'}; valid: {', '.join(valid)}"
         )
     return names
+
+
+def parse_backends(text: str) -> list[str]:
+    """--backend 'onnx, onnx-int8' -> ['onnx', 'onnx-int8']."""
+    return parse_names(text, BACKENDS, "--backend")
 
 
 def check_backend(backend: str) -> None:
