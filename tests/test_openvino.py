@@ -18,7 +18,7 @@ from pipeline.cli import cli
 from pipeline.exporting import parity_images
 from tests.cli_support import invoke
 from tests.detecting_model import DetectingRun, detecting_run
-from tests.test_detecting_model import MIN_RECALL, recall_with_category
+from tests.test_detecting_model import MIN_RECALL, _evaluate, recall_with_category
 
 openvino = pytest.importorskip("openvino")
 from deploy.backends.openvino import (  # noqa: E402
@@ -56,14 +56,6 @@ def irs(model: DetectingRun, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     return found
 
 
-def _eval(model: DetectingRun, path: Path, out: Path) -> tuple[dict, list[dict]]:
-    report, dets = out / f"{path.stem}.report.json", out / f"{path.stem}.dets.json"
-    result = invoke("eval", "--model", path, "--data", model.data, "--json", report,
-                    "--results", dets, "--warmup", 0, "--batch-size", 4)  # fmt: skip
-    assert result.exit_code == 0, result.output
-    return json.loads(report.read_text()), json.loads(dets.read_text())
-
-
 @pytest.mark.slow
 def test_fp32_ir_equals_onnxruntime_detection_by_detection(
     model: DetectingRun, irs: dict[str, Path]
@@ -80,9 +72,9 @@ def test_fp32_ir_equals_onnxruntime_detection_by_detection(
 def test_every_precision_finds_the_objects_and_keeps_the_ap(
     model: DetectingRun, irs: dict[str, Path], tmp_path: Path
 ) -> None:
-    fp32_report, _ = _eval(model, irs["fp32"].with_name("model.onnx"), tmp_path)
+    fp32_report, _ = _evaluate(model, irs["fp32"].with_name("model.onnx"), tmp_path)
     for precision, allowed_drop in (("fp32", 1e-4), ("bf16", 0.01), ("int8", 0.03)):
-        report, dets = _eval(model, irs[precision], tmp_path)
+        report, dets = _evaluate(model, irs[precision], tmp_path)
         assert report["backend"] == "openvino-cpu" and report["precision"] == precision
         assert report["metrics"]["AP"] >= fp32_report["metrics"]["AP"] - allowed_drop, precision
         assert recall_with_category(model.val_ann, dets) >= MIN_RECALL, precision
