@@ -279,8 +279,9 @@ def run_compare(spec: CompareSpec) -> Path:
         check_backend(backend)
     runs = []
     total = len(spec.losses) * len(spec.seeds)
-    for loss in spec.losses:
-        for seed in spec.seeds:
+    # Seed-major: a grid stopped part-way has the same number of seeds for every loss.
+    for seed in spec.seeds:
+        for loss in spec.losses:
             log.info("run %d/%d: %s seed %d", len(runs) + 1, total, loss, seed)
             runs.append(ensure_run(spec, loss, seed))
     return write_report(spec, runs)
