@@ -267,3 +267,21 @@ def test_describe_lists_own_options_before_shared_ones_with_choices() -> None:
     assert described["ghm"]["grad_clip"] == 35.0 and described["focal"]["grad_clip"] is None
     assert described["ohem"]["summary"] == LOSSES["ohem"].summary
     assert "OHEM" in described["ohem"]["summary"]
+
+
+def test_ghm_without_ghm_c_classifies_by_retinanet_focal_loss() -> None:
+    """ghm_c=false (GHM-R alone): the focal term at alpha 0.25, gamma 2, / 1 positive, by hand."""
+    deltas, _, _, assignment = _one_positive()  # anchor 0: class 0; anchor 1: background
+    logits = torch.tensor([[[1.0, -2.0], [0.5, -1.0]]])
+
+    def focal(x: float, positive: bool) -> float:
+        p = 1 / (1 + math.exp(-x))
+        p_t, alpha_t = (p, 0.25) if positive else (1 - p, 0.75)
+        return -alpha_t * (1 - p_t) ** 2 * math.log(p_t)
+
+    by_hand = focal(1.0, True) + focal(-2.0, False) + focal(0.5, False) + focal(-1.0, False)
+    ghm_r_alone = GhmDetectionLoss(ghm_c=False)(logits, deltas, assignment)
+    both = GhmDetectionLoss()(logits, deltas, assignment)
+    assert ghm_r_alone["cls"].item() == pytest.approx(by_hand, rel=1e-5)
+    assert ghm_r_alone["reg"].item() == pytest.approx(both["reg"].item(), rel=1e-6)
+    assert both["cls"].item() != pytest.approx(by_hand, rel=1e-2)

@@ -199,9 +199,12 @@ def test_loss_builds_that_loss_with_its_papers_defaults(name: str, cli_config) -
     if name == "ce":
         assert loss.alpha < 0  # "alpha off"
     if name == "ghm":  # the options reach GHM-C and GHM-R themselves
-        assert (loss.ghm_c.density.bins, loss.ghm_c.density.momentum) == (30, 0.75)
-        assert (loss.ghm_reg.mu, loss.ghm_reg.density.bins) == (0.02, 10)
-        assert loss.ghm_reg.density.momentum == 0.7
+        assert (loss.cls_harmonizer.density.bins, loss.cls_harmonizer.density.momentum) == (
+            30,
+            0.75,
+        )
+        assert (loss.reg_harmonizer.mu, loss.reg_harmonizer.density.bins) == (0.02, 10)
+        assert loss.reg_harmonizer.density.momentum == 0.7
 
 
 def test_loss_opt_gamma_changes_the_focal_term(cli_config) -> None:
@@ -675,9 +678,9 @@ def test_compare_trains_deploys_and_reports_what_its_options_say(
                     "--seeds", "2", "--seed", "5", "--backend", "onnx-int8", "--baseline", "pisa",
                     "--resamples", "50", "--loss-opt", "gamma=1.5", *BASE, *SHARED)  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert [(c.loss, c.seed) for c in trained] == [("ghm", 5), ("ghm", 6), ("pisa", 5), ("pisa", 6)]
-    assert [Path(c.out).name for c in trained] == ["ghm-s5", "ghm-s6", "pisa-s5", "pisa-s6"]
-    assert [c.loss_options for c in trained] == [{}, {}, {"gamma": "1.5"}, {"gamma": "1.5"}]
+    assert [(c.loss, c.seed) for c in trained] == [("ghm", 5), ("pisa", 5), ("ghm", 6), ("pisa", 6)]
+    assert [Path(c.out).name for c in trained] == ["ghm-s5", "pisa-s5", "ghm-s6", "pisa-s6"]
+    assert [c.loss_options for c in trained] == [{}, {"gamma": "1.5"}, {}, {"gamma": "1.5"}]
     alone = config_from_cli(tiny_data, out, *SHARED)  # what `pipeline train` would train
     for config in trained:
         same = {

@@ -43,13 +43,15 @@ from train.losses.base import (
     positive_normalizer,
     selected_rows,
 )
-from train.losses.fused import consume_saved_grad
+from train.losses.fused import SigmoidFamily, consume_saved_grad, sigmoid_row_loss
 from train.losses.regression import REG_LOSSES, RegressionOptions
 from train.model.box_coder import encode_boxes
 
 MAX_LEVELS = 8
 LEVEL_MODES = ("global", "per-level", "reference")
 EMA_INITS = ("first", "zero")
+# Classification when ghm_c=false: Focal Loss at the paper's COCO setting.
+FOCAL_BASELINE = SigmoidFamily("focal", alpha=0.25, gamma=2.0)
 
 
 def anchor_levels(anchors: torch.Tensor) -> torch.Tensor:
@@ -296,6 +298,11 @@ class GhmDetectionLoss(RegressionOptions):
     ghm_r: bool = option(
         True, "harmonize the ASL1 regression loss with GHM-R (needs reg_loss=asl1)"
     )
+    ghm_c: bool = option(
+        True,
+        "harmonize classification with GHM-C; false: Focal Loss (alpha 0.25, gamma 2) "
+        "over positives, to measure GHM-R alone",
+    )
     level_mode: str = option("global", "histograms: global | per-level | reference", LEVEL_MODES)
     ema_init: str = option("first", "EMA start: first count | zero (reference)", EMA_INITS)
     sync_counts: bool = option(True, "average bin counts over ranks (false: per-GPU, reference)")
@@ -313,15 +320,18 @@ class GhmDetectionLoss(RegressionOptions):
             "ema_init": self.ema_init,
             "sync": self.sync_counts,
         }
-        self.ghm_c = GHMC(self.bins, self.momentum, **common)
-        self.ghm_reg = GHMR(self.reg_mu, self.reg_bins, self.reg_momentum, **common)
+        self.cls_harmonizer = GHMC(self.bins, self.momentum, **common)
+        self.reg_harmonizer = GHMR(self.reg_mu, self.reg_bins, self.reg_momentum, **common)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"ghm_c": self.ghm_c.state_dict(), "ghm_r": self.ghm_reg.state_dict()}
+        return {
+            "ghm_c": self.cls_harmonizer.state_dict(),
+            "ghm_r": self.reg_harmonizer.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.ghm_c.load_state_dict(state["ghm_c"])
-        self.ghm_reg.load_state_dict(state["ghm_r"])
+        self.cls_harmonizer.load_state_dict(state["ghm_c"])
+        self.reg_harmonizer.load_state_dict(state["ghm_r"])
 
     def __call__(
         self, cls_logits: torch.Tensor, box_deltas: torch.Tensor, assignment: AnchorAssignment
@@ -330,14 +340,29 @@ class GhmDetectionLoss(RegressionOptions):
         levels = None
         if self.level_mode != "global":
             levels = anchor_levels(assignment.anchors).repeat(cls_logits.shape[0])
-        targets = one_hot_targets(assignment, num_classes).view(-1, num_classes)
-        cls = self.ghm_c(
-            cls_logits.reshape(-1, num_classes), targets, assignment.valid.reshape(-1), levels
-        )
+        if self.ghm_c:
+            targets = one_hot_targets(assignment, num_classes).view(-1, num_classes)
+            cls = self.cls_harmonizer(
+                cls_logits.reshape(-1, num_classes), targets, assignment.valid.reshape(-1), levels
+            )
+        else:
+            cls = self._focal_classification(cls_logits, assignment)
         return {
             "cls": self.cls_weight * cls,
             "reg": self.reg_weight * self._regression(box_deltas, assignment, levels),
         }
+
+    def _focal_classification(
+        self, cls_logits: torch.Tensor, assignment: AnchorAssignment
+    ) -> torch.Tensor:
+        """RetinaNet's focal term (alpha 0.25, gamma 2) / positives: the GHM-R-alone baseline."""
+        num_classes = cls_logits.shape[-1]
+        rows = sigmoid_row_loss(
+            cls_logits.reshape(-1, num_classes), assignment.labels.reshape(-1), FOCAL_BASELINE
+        )
+        valid = assignment.valid.reshape(-1)
+        normalizer = positive_normalizer(assignment, self.sync_normalizer)
+        return torch.where(valid, rows, torch.zeros_like(rows)).sum() / normalizer
 
     def _regression(
         self, box_deltas: torch.Tensor, assignment: AnchorAssignment, levels: torch.Tensor | None
@@ -354,4 +379,4 @@ class GhmDetectionLoss(RegressionOptions):
         weights = torch.ones_like(rows, dtype=torch.float32) if mask is None else mask.float()
         pred = box_deltas.reshape(-1, 4)[rows]
         row_levels = None if levels is None else levels[rows]
-        return self.ghm_reg(pred, encode_boxes(gt, anchors), weights, row_levels)
+        return self.reg_harmonizer(pred, encode_boxes(gt, anchors), weights, row_levels)
