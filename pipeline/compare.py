@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -66,12 +66,14 @@ class CompareSpec:
     resamples: int
     base: TrainConfig
     loss_options: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Study name -> registry loss, for --variant names (a loss's own name maps to itself).
+    variants: dict[str, str] = field(default_factory=dict)
 
     def run_config(self, loss: str, seed: int) -> TrainConfig:
         return replace(
             self.base,
             out=run_dir(self.out, loss, seed),
-            loss=loss,
+            loss=self.variants.get(loss, loss),
             seed=seed,
             loss_options=dict(self.loss_options.get(loss, {})),
             overwrite=False,
@@ -82,34 +84,82 @@ def run_dir(out: Path, loss: str, seed: int) -> Path:
     return Path(out) / "runs" / f"{loss}-s{seed}"
 
 
-def parse_losses(text: str) -> list[str]:
+def parse_losses(text: str, variants: Iterable[str] = ()) -> list[str]:
     """'ce, focal,ghm' -> ['ce', 'focal', 'ghm'] (order kept, repeats dropped, names checked)."""
-    return parse_names(text, LOSSES, "--losses")
+    return parse_names(text, [*LOSSES, *variants], "--losses")
 
 
-def split_loss_options(raw: dict[str, str], losses: list[str]) -> dict[str, dict[str, str]]:
+@dataclass(frozen=True)
+class Variant:
+    """A named setting of a registry loss, compared as if it were a loss of its own."""
+
+    name: str
+    loss: str
+    options: dict[str, str]
+
+
+def parse_variant(text: str) -> Variant:
+    """'ghm-r-alone=ghm:ghm_c=false,reg_weight=1' -> Variant (options checked now)."""
+    name, eq, rest = text.partition("=")
+    loss, _, pairs = rest.partition(":")
+    name, loss = name.strip(), loss.strip()
+    if not eq or not name or not loss:
+        raise PipelineError(f"--variant {text!r}: expected NAME=LOSS:KEY=VALUE,...")
+    if name in LOSSES:
+        raise PipelineError(f"--variant {text!r}: {name!r} is already a loss; pick another name")
+    if loss not in LOSSES:
+        raise PipelineError(
+            f"--variant {text!r}: unknown loss {loss!r}; valid: {', '.join(LOSSES)}"
+        )
+    options = {}
+    for pair in filter(None, (p.strip() for p in pairs.split(","))):
+        key, eq, value = pair.partition("=")
+        if not eq:
+            raise PipelineError(f"--variant {text!r}: expected KEY=VALUE, got {pair!r}")
+        options[key.strip()] = value.strip()
+    if not options:
+        raise PipelineError(f"--variant {text!r}: a variant needs at least one KEY=VALUE")
+    try:
+        resolve_options(loss, options)
+    except ValueError as exc:
+        raise PipelineError(f"--variant {text!r}: {exc}") from exc
+    return Variant(name, loss, options)
+
+
+def split_loss_options(
+    raw: dict[str, str], losses: list[str], variants: dict[str, Variant] | None = None
+) -> dict[str, dict[str, str]]:
     """`loss.key=value` applies to that loss, `key=value` to every compared loss that has `key`.
 
-    Each loss's options are checked against the registry now, before anything trains.
+    A variant starts from its own options; --loss-opt then applies to it as to its loss. Each
+    loss's options are checked against the registry now, before anything trains.
     """
-    per_loss: dict[str, dict[str, str]] = {loss: {} for loss in losses}
+    variants = variants or {}
+    registry = {n: variants[n].loss if n in variants else n for n in losses}
+    per_loss = {n: dict(variants[n].options) if n in variants else {} for n in losses}
     for key, value in raw.items():
         scope, dot, option = key.rpartition(".")
         if dot and scope not in per_loss:
             raise PipelineError(f"--loss-opt {key}={value}: {scope!r} is not a compared loss")
-        targets = [scope] if dot else [n for n in losses if option in LOSSES[n].defaults]
+        targets = [scope] if dot else [n for n in losses if option in LOSSES[registry[n]].defaults]
         if not targets:
             raise PipelineError(f"--loss-opt {key}={value}: no compared loss has option {key!r}")
         for loss in targets:
             per_loss[loss][option] = value
     for loss, options in per_loss.items():
-        resolve_options(loss, options)
+        resolve_options(registry[loss], options)
     return per_loss
 
 
 def spec_from_options(options: dict[str, Any]) -> CompareSpec:
     """CompareSpec from the click options of `pipeline compare`."""
-    losses = parse_losses(str(options["losses"]))
+    variants = {v.name: v for v in map(parse_variant, options.get("variants") or ())}
+    losses = parse_losses(str(options["losses"]), variants)
+    unused = [name for name in variants if name not in losses]
+    if unused:
+        raise PipelineError(
+            f"--variant {', '.join(unused)}: not in --losses, so it would not run; add it there"
+        )
     baseline = options["baseline"] or (
         DEFAULT_BASELINE if DEFAULT_BASELINE in losses else losses[0]
     )
@@ -117,7 +167,8 @@ def spec_from_options(options: dict[str, Any]) -> CompareSpec:
         raise PipelineError(f"--baseline {baseline!r} is not one of --losses {', '.join(losses)}")
     out = Path(options["out"])
     # The shared options compare leaves out (compare_options.py), at their neutral values.
-    left_out = {"loss": losses[0], "overwrite": False, "resume": None}
+    first = variants[losses[0]].loss if losses[0] in variants else losses[0]
+    left_out = {"loss": first, "overwrite": False, "resume": None}
     base = config_from_options(out, {**options, **left_out})
     first_seed = int(options["seed"])
     return CompareSpec(
@@ -128,7 +179,8 @@ def spec_from_options(options: dict[str, Any]) -> CompareSpec:
         baseline=baseline,
         resamples=int(options["resamples"]),
         base=replace(base, loss_options={}),
-        loss_options=split_loss_options(base.loss_options, losses),
+        loss_options=split_loss_options(base.loss_options, losses, variants),
+        variants={name: v.loss for name, v in variants.items()},
     )
 
 

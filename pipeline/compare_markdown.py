@@ -135,6 +135,16 @@ def _caveats(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def _variant_lines(report: dict[str, Any]) -> list[str]:
+    """'name: loss with k=v, ...' for each --variant (what a study name stands for)."""
+    return [
+        f"Variant {name}: {v['loss']} with "
+        + ", ".join(f"{k}={value}" for k, value in v["options"].items())
+        + "."
+        for name, v in report.get("variants", {}).items()
+    ]
+
+
 def format_markdown(report: dict[str, Any]) -> str:
     """The whole report.md."""
     training = report["training"]
@@ -154,6 +164,7 @@ def format_markdown(report: dict[str, Any]) -> str:
         "",
         f"Losses {', '.join(report['losses'])}; seeds {', '.join(map(str, report['seeds']))}; "
         f"engines PyTorch, {', '.join(report['backends'])}; baseline {baseline}.",
+        *_variant_lines(report),
         f"Training: {budget}"
         + (f", backbone weights {training['pretrained']}" if training.get("pretrained") else "")
         + f". Machine: {env.get('cpu', '?')} ({env.get('cpu_count', '?')} CPUs).",

@@ -39,6 +39,14 @@ COMPARE_OPTIONS: list[Callable] = [
         help="Comma-separated losses to compare (`pipeline losses` lists them).",
     ),
     click.option(
+        "--variant",
+        "variants",
+        multiple=True,
+        metavar="NAME=LOSS:KEY=VALUE,...",
+        help="A named loss setting to compare like a loss, repeatable; list NAME in --losses. "
+        "E.g. --variant ghm-r-alone=ghm:ghm_c=false",
+    ),
+    click.option(
         "--seeds",
         type=click.IntRange(min=1),
         default=3,

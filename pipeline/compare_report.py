@@ -232,6 +232,10 @@ def build_report(spec: CompareSpec, runs: list[dict[str, Any]]) -> dict[str, Any
         "primary_backend": primary,
         "baseline": spec.baseline,
         "losses": spec.losses,
+        "variants": {
+            name: {"loss": loss, "options": spec.loss_options.get(name, {})}
+            for name, loss in spec.variants.items()
+        },
         "seeds": spec.seeds,
         "training": {**training, "loss_options": spec.loss_options},
         "num_val_images": len(scored.image_ids) if scored else 0,

@@ -4,14 +4,19 @@
 #   scripts/loss_study.sh [OUT]        (default runs/study; PIPELINE=path/to/pipeline to override)
 # Stages, in the order they run (each is one command you can also run alone):
 #   1. a loss-neutral backbone: crop classifier on the built-in training split
-#   2. clean study: nine losses x 3 seeds from that backbone, scored on ONNX fp32 and int8
+#   2. clean study: nine losses and GHM's two halves x 3 seeds from that backbone, scored on
+#      ONNX fp32 and int8
 #   3. label-noise study: focal, GHM and PISA on a copy with 20% of the training labels flipped
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/study}
 PIPELINE=${PIPELINE:-.venv/bin/pipeline}
 SEEDS=${SEEDS:-3}
-LOSSES=${LOSSES:-focal,ce,balanced-ce,focal-star,ghm,pisa,pisa-center,random,ohem}
+LOSSES=${LOSSES:-focal,ce,balanced-ce,focal-star,ghm,pisa,pisa-center,random,ohem,ghm-c-alone,ghm-r-alone}
+# GHM's two halves apart (is either one what lags?): GHM-C with focal's own regression (smooth-l1,
+# weight 1, / positives), and focal classification with GHM-R.
+VARIANTS=(--variant "ghm-c-alone=ghm:ghm_r=false,reg_loss=smooth-l1,reg_weight=1"
+          --variant "ghm-r-alone=ghm:ghm_c=false")
 # The study's budget: 1200 training images at 160 px, 6 epochs (450 optimizer steps), all 200
 # validation images; the backbone frozen in BatchNorm as usual with a pretrained start.
 BUDGET=(--img-size 160 --epochs 6 --batch-size 16 --warmup-iters 50 --freeze-bn)
@@ -21,7 +26,7 @@ if [[ ! -f "$OUT/backbone.pth" ]]; then
     "$PIPELINE" pretrain --out "$OUT/backbone.pth" --epochs 5
 fi
 "$PIPELINE" compare --out "$OUT/clean" --pretrained "$OUT/backbone.pth" --losses "$LOSSES" \
-    --seeds "$SEEDS" --backend onnx,onnx-int8 "${BUDGET[@]}"
+    --seeds "$SEEDS" --backend onnx,onnx-int8 "${VARIANTS[@]}" "${BUDGET[@]}"
 if [[ ! -d "$OUT/data-noisy" ]]; then
     "$PIPELINE" data synth --out "$OUT/data-noisy" --label-noise 0.2
 fi

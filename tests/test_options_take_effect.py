@@ -696,3 +696,68 @@ def test_compare_trains_deploys_and_reports_what_its_options_say(
     effect = report["effects"]["onnx-int8"]["ghm"]
     assert effect["resamples"] == 50 and effect["seeds"] == [5, 6]
     assert effect["delta"] == pytest.approx(1.0 - pisa_ap["AP"])
+
+
+def test_compare_variants_train_their_loss_with_their_options(
+    tiny_data, tmp_path, monkeypatch
+) -> None:
+    """--variant NAME=LOSS:K=V runs LOSS with K=V under NAME; --loss-opt reaches it as its loss."""
+    trained: list[TrainConfig] = []
+
+    def fake_train(config: TrainConfig) -> None:
+        trained.append(config)
+        Path(config.out).mkdir(parents=True, exist_ok=True)
+        record = {"epoch": 1, "step": 1, "seconds": 1.0, "images_per_second": 1.0}
+        (Path(config.out) / "history.json").write_text(json.dumps([record]))
+
+    def fake_eval(name: str, model: Path, config: TrainConfig) -> dict[str, Any]:
+        (Path(config.out) / f"detections_{name}.json").write_text(
+            json.dumps(_perfect_detections(tiny_data, 3))
+        )
+        return {"metrics": {"AP": 1.0}, "latency": {"total_ms": {"p50": 1.0, "mean": 1.0}}}
+
+    monkeypatch.setattr(pipeline.compare, "run_training", fake_train)
+    monkeypatch.setattr(pipeline.compare, "build_deployed_model", lambda *a: a[2] / "model.x")
+    monkeypatch.setattr(pipeline.compare, "eval_in_run", fake_eval)
+    out = tmp_path / "study"
+    result = invoke("compare", "--out", out, "--data", tiny_data, "--losses", "ghm,ghm-r-alone",
+                    "--variant", "ghm-r-alone=ghm:ghm_c=false", "--seeds", "1",
+                    "--resamples", "10", "--loss-opt", "bins=20", *BASE, *SHARED)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert [(c.loss, Path(c.out).name) for c in trained] == [
+        ("ghm", "ghm-s0"),
+        ("ghm", "ghm-r-alone-s0"),
+    ]
+    assert [c.loss_options for c in trained] == [
+        {"bins": "20"},
+        {"ghm_c": "false", "bins": "20"},
+    ]
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["per_loss"]) == {"ghm", "ghm-r-alone"}
+    assert report["variants"] == {
+        "ghm-r-alone": {"loss": "ghm", "options": {"ghm_c": "false", "bins": "20"}}
+    }
+    assert "Variant ghm-r-alone: ghm with ghm_c=false, bins=20." in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "variant,losses,complaint",
+    [
+        ("ghm-r-alone", "ghm-r-alone", "expected NAME=LOSS:KEY=VALUE"),
+        ("focal=ghm:ghm_c=false", "focal", "already a loss"),
+        ("x=nope:a=1", "x", "unknown loss 'nope'"),
+        ("x=ghm", "x", "at least one KEY=VALUE"),
+        ("x=ghm:ghm_c", "x", "expected KEY=VALUE, got 'ghm_c'"),
+        ("x=ghm:no_such_option=1", "x", "no_such_option"),
+        ("x=ghm:ghm_c=false", "ghm", "x: not in --losses"),
+    ],
+)
+def test_compare_refuses_bad_variants_in_one_line(
+    tiny_data, tmp_path, variant: str, losses: str, complaint: str
+) -> None:
+    out = tmp_path / "study"
+    result = invoke("compare", "--out", out, "--data", tiny_data, "--losses", losses,
+                    "--variant", variant, *BASE, *SHARED)  # fmt: skip
+    assert result.exit_code == 2
+    assert complaint in result.output and "Traceback" not in result.output
+    assert not out.exists()
