@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from common.logs import LOG_FORMAT
@@ -59,9 +63,31 @@ def _fit(config: TrainConfig, context: DistContext) -> TrainResult:
         val_ann, val_dir, metadata, config.max_val_images, str(trainer.device), config.strict
     )
     try:
-        return trainer.fit()
+        with sigterm_as_interrupt():
+            return trainer.fit()
     except KeyboardInterrupt:
         raise TrainingInterrupted(interrupted_message(config.out)) from None
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (kill, a scheduler's preemption) stops training the way Ctrl-C does.
+
+    A run started in the background by a script ignores SIGINT, so SIGTERM is how it is
+    stopped; without this it would die without saying what last.pt holds.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def interrupted_message(out: Path) -> str:

@@ -5,6 +5,8 @@ is not given."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -54,6 +56,38 @@ def test_ctrl_c_in_epoch_2_says_last_pt_holds_epoch_1_and_resume_finishes_the_ru
     resumed = _train("--resume", out)
     assert resumed.exit_code == 0, resumed.output
     assert [e["epoch"] for e in json.loads((out / "history.json").read_text())] == [1, 2]
+
+
+def test_sigterm_in_epoch_2_stops_like_ctrl_c_and_puts_the_old_handler_back(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`kill PID` (a backgrounded run ignores SIGINT) keeps epoch 1 and says how to resume."""
+    real = pipeline.training.make_validator
+
+    def validator_killed_in_epoch_2(*args, **kwargs):
+        validate, calls = real(*args, **kwargs), []
+
+        def wrapped(*a, **k):
+            calls.append(1)
+            if len(calls) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return validate(*a, **k)
+
+        return wrapped
+
+    monkeypatch.setattr(pipeline.training, "make_validator", validator_killed_in_epoch_2)
+
+    def ignore(signum: int, frame: object) -> None: ...
+
+    default = signal.signal(signal.SIGTERM, ignore)  # were training not to handle it: no effect
+    try:
+        out = tmp_path / "run"
+        result = _train("--data", tiny_data, "--out", out, *TINY, "--epochs", 2, "--max-steps", 4)
+        assert result.exit_code == 130, result.output
+        assert f"{out / 'last.pt'} holds epoch 1" in result.output
+        assert signal.getsignal(signal.SIGTERM) is ignore
+    finally:
+        signal.signal(signal.SIGTERM, default)
 
 
 def test_ctrl_c_before_any_epoch_says_there_is_nothing_to_resume(
