@@ -75,7 +75,9 @@ def test_doctor_reports_this_machine() -> None:
     try:  # OpenVINO's version and what its CPU plugin says this CPU runs, asked directly
         import openvino
 
-        core = openvino.Core()
+        from deploy.backends.openvino import shared_core
+
+        core = shared_core()
         capabilities = " ".join(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
         assert report["openvino"] == openvino.__version__.split("-")[0]
         assert report["openvino_cpu"] == capabilities and "FP32" in capabilities

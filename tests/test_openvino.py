@@ -27,6 +27,7 @@ from deploy.backends.openvino import (  # noqa: E402
     OpenVinoPredictor,
     cpu_capabilities,
     read_rt_info,
+    shared_core,
 )
 from deploy.metadata import ModelMetadata  # noqa: E402
 from export.onnx import export_onnx  # noqa: E402
@@ -158,7 +159,7 @@ def test_the_ir_carries_the_metadata_and_the_precision(built: dict[str, Path]) -
     assert bf16.metadata == TINY_METADATA
     assert fp32.backend_name == "openvino-cpu" and fp32.hint == "latency"
     assert OpenVinoPredictor(built["bf16"], precision="fp32").precision == "fp32"  # overridden
-    model = openvino.Core().read_model(str(built["bf16"]))
+    model = shared_core().read_model(str(built["bf16"]))
     assert read_rt_info(model) == {**TINY_METADATA.to_props(), PRECISION_KEY: "bf16"}
     # the file format: where other tools (and older or newer versions of this one) look
     assert model.get_rt_info(["detector", "inference_precision"]).astype(str) == "bf16"
@@ -174,8 +175,44 @@ def test_an_int8_ir_runs_its_float_parts_in_f32(built: dict[str, Path]) -> None:
         OpenVinoPredictor(built["fp32"], precision="fp8")
 
 
+def test_an_int8_ir_runs_with_a_static_batch_compiled_per_batch_size(
+    built: dict[str, Path],
+) -> None:
+    """OpenVINO's CPU plugin crashes on int8 graphs with a dynamic batch on AMX CPUs, so int8
+    compiles each batch size it meets, static; the detections stay ONNX Runtime's."""
+    as_int8 = OpenVinoPredictor(built["fp32"], precision="int8")
+    images = _images(3)
+    parity = compare_detections(run_onnxruntime(built["onnx"], images), as_int8(images))
+    assert parity["match"], parity
+    as_int8(images[:1])
+    assert sorted(as_int8._by_batch) == [1, 3]
+    for batch, (compiled, _) in as_int8._by_batch.items():
+        assert compiled.input(0).get_partial_shape().to_shape() == [batch, 3, 64, 64]
+    fp32 = OpenVinoPredictor(built["fp32"])
+    assert fp32._compiled.input(0).get_partial_shape().is_dynamic and not fp32._by_batch
+
+
+def test_every_predictor_shares_one_openvino_core(
+    built: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second Core in one process can crash it; predictors and doctor reuse the first."""
+    made = []
+    real = openvino.Core
+
+    def counting_core(*args, **kwargs):
+        made.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(openvino, "Core", counting_core)
+    shared_core.cache_clear()
+    for precision in PRECISIONS:
+        OpenVinoPredictor(built["fp32"], precision=precision)
+    cpu_capabilities()
+    assert made == [1]
+
+
 def test_cpu_capabilities_are_openvinos_own_words() -> None:
-    core = openvino.Core()
+    core = shared_core()
     found = cpu_capabilities()
     assert found["version"] == openvino.__version__.split("-")[0] and "-" not in found["version"]
     assert found["capabilities"] == list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
@@ -227,7 +264,7 @@ def test_a_broken_ir_is_one_line_with_openvinos_first_line(tmp_path: Path) -> No
     (tmp_path / "model.xml").write_text("<net name='x' version='11'><layers>")
     (tmp_path / "model.bin").write_bytes(b"")
     with pytest.raises(RuntimeError) as raised:
-        openvino.Core().read_model(str(tmp_path / "model.xml"))
+        shared_core().read_model(str(tmp_path / "model.xml"))
     first = str(raised.value).strip().splitlines()[0]
     with pytest.raises(DeployError) as refused:
         OpenVinoPredictor(tmp_path / "model.xml")

@@ -9,6 +9,7 @@ CPU with bf16 units OpenVINO runs float graphs in bf16 by default.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from types import ModuleType
@@ -41,6 +42,13 @@ def import_openvino() -> ModuleType:
     return openvino
 
 
+@functools.cache
+def shared_core() -> Any:
+    """The process's one openvino.Core: a second Core queried in the same process can crash it
+    (seen in ultralytics' CI after repeated loads), and one Core keeps the plugin loaded once."""
+    return import_openvino().Core()
+
+
 def read_rt_info(model: Any) -> dict[str, str]:
     """The pipeline's key -> value pairs stored in an OpenVINO model's rt_info."""
     if not model.has_rt_info([RT_INFO_SECTION]):
@@ -52,7 +60,7 @@ def read_rt_info(model: Any) -> dict[str, str]:
 def cpu_capabilities() -> dict[str, Any]:
     """OpenVINO's version and what the CPU plugin reports it can run (BF16, INT8, ...)."""
     ov = import_openvino()
-    core = ov.Core()
+    core = shared_core()
     return {
         "version": ov.__version__.split("-")[0],
         "capabilities": [str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")],
@@ -87,7 +95,7 @@ class OpenVinoPredictor:
             )
         if hint not in HINTS:
             raise DeployError(f"hint {hint!r}: expected one of {', '.join(HINTS)}")
-        core = ov.Core()
+        core = shared_core()
         try:
             model = core.read_model(str(self.path))
         except RuntimeError as exc:
@@ -108,8 +116,17 @@ class OpenVinoPredictor:
         }
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = str(threads)
-        self._compiled = core.compile_model(model, "CPU", config)
-        self._request = self._compiled.create_infer_request()
+        self._model, self._config = model, config
+        # int8 graphs run with a static batch, compiled once per batch size met: OpenVINO's CPU
+        # plugin crashes (SIGSEGV in JIT code, at inference or later) on int8 graphs with a
+        # dynamic dimension on AMX CPUs (openvinotoolkit/openvino#37577).
+        self.static_batch = self.precision == "int8"
+        self._by_batch: dict[int, tuple[Any, Any]] = {}
+        if self.static_batch:
+            self._compiled, self._request = self._for_batch(1)
+        else:
+            self._compiled = core.compile_model(model, "CPU", config)
+            self._request = self._compiled.create_infer_request()
         logger.info("%s: OpenVINO %s on CPU (%s, %s)", self.path, ov.__version__.split("-")[0],
                     self.precision, hint)  # fmt: skip
 
@@ -131,6 +148,19 @@ class OpenVinoPredictor:
                 f"{self.path}: expected input (B, 3, {size}, {size}), got {tuple(images.shape)}"
             )
         batch = np.ascontiguousarray(images, dtype=np.float32)
-        results = self._request.infer({INPUT_NAME: batch})
-        by_name = {name: results[self._compiled.output(name)] for name in OUTPUT_NAMES}
+        compiled, request = self._for_batch(len(batch))
+        results = request.infer({INPUT_NAME: batch})
+        by_name = {name: results[compiled.output(name)] for name in OUTPUT_NAMES}
         return Detections.from_arrays(*(np.array(by_name[name]) for name in OUTPUT_NAMES))
+
+    def _for_batch(self, batch: int) -> tuple[Any, Any]:
+        """The compiled model and request for this batch size (one for all unless static_batch)."""
+        if not self.static_batch:
+            return self._compiled, self._request
+        if batch not in self._by_batch:
+            size = self.metadata.img_size
+            model = self._model.clone()
+            model.reshape({INPUT_NAME: [batch, 3, size, size]})
+            compiled = shared_core().compile_model(model, "CPU", self._config)
+            self._by_batch[batch] = (compiled, compiled.create_infer_request())
+        return self._by_batch[batch]
