@@ -1,7 +1,7 @@
 """Loop implementations of GHM and PISA as the reference implementation (mmdetection) computes them.
 
 Not used for training. They are the executable statement of the semantics listed in
-shared/design/seed-notes.md, written from that description: per-bin loops with host syncs for
+docs/losses-and-formulas.md, written from that description: per-bin loops with host syncs for
 GHM, per-class / per-object loops for PISA's IoU-HLR. Tests hold the vectorized losses to them
 (parity with `level_mode="reference"`, `ema_init="zero"`, `normalizer="global"`) and
 bench/losses.py times them as the "straightforward loop" baseline.
