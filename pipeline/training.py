@@ -19,6 +19,7 @@ from common.logs import LOG_FORMAT
 from deploy.metadata import ModelMetadata
 from pipeline.errors import TrainingInterrupted
 from pipeline.launch import catch_user_errors, launch_local
+from pipeline.results_plot import plot_results
 from pipeline.validation import make_validator
 from train.builders import per_rank_batch, prepare_output
 from train.config import TrainConfig
@@ -30,6 +31,7 @@ from train.distributed import (
     shutdown_distributed,
 )
 from train.resume import resume_config
+from train.run_log import METRICS_CSV, RESULTS_PNG
 from train.trainer import Trainer, TrainResult, data_root
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,18 @@ def _fit(config: TrainConfig, context: DistContext) -> TrainResult:
             return trainer.fit()
     except KeyboardInterrupt:
         raise TrainingInterrupted(interrupted_message(config.out)) from None
+    finally:
+        if context.is_main:
+            _draw_results(Path(config.out))
+
+
+def _draw_results(out: Path) -> None:
+    """results.png from metrics.csv; a figure that fails to draw never fails the training."""
+    try:
+        if plot_results(out / METRICS_CSV, out / RESULTS_PNG):
+            log.info("curves: %s", out / RESULTS_PNG)
+    except Exception as exc:  # noqa: BLE001 - the run's real outputs are already on disk
+        log.warning("%s: could not draw the curves (%s)", out / RESULTS_PNG, exc)
 
 
 @contextmanager

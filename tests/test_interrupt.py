@@ -4,6 +4,7 @@ is not given."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -51,11 +52,17 @@ def test_ctrl_c_in_epoch_2_says_last_pt_holds_epoch_1_and_resume_finishes_the_ru
     assert f"pipeline train --resume {out}" in result.output
     assert "Traceback" not in result.output and "Aborted" not in result.output
     assert len(json.loads((out / "history.json").read_text())) == 1
+    assert (out / "results.png").is_file()  # the curves so far, drawn on the way out
 
     monkeypatch.setattr(pipeline.training, "make_validator", real)
     resumed = _train("--resume", out)
     assert resumed.exit_code == 0, resumed.output
     assert [e["epoch"] for e in json.loads((out / "history.json").read_text())] == [1, 2]
+    # epoch 2's steps of the interrupted attempt were dropped from the logs, then logged again
+    with (out / "metrics.csv").open(newline="") as f:
+        rows = [(r["kind"], r["step"]) for r in csv.DictReader(f)]
+    assert rows == [("step", "1"), ("step", "2"), ("step", "3"), ("epoch", "3"), ("step", "4"),
+                    ("epoch", "4")]  # fmt: skip
 
 
 def test_sigterm_in_epoch_2_stops_like_ctrl_c_and_puts_the_old_handler_back(

@@ -89,6 +89,18 @@ def test_the_gradient_norm_is_clipped_to_grad_clip() -> None:
     assert loose.model.w.item() == pytest.approx(1.0 - LR * 4.0)
 
 
+def test_the_gradient_norm_before_clipping_is_kept_for_the_logs() -> None:
+    """|grad| = 2 + 2w = 4 at w = 1, with or without --grad-clip (clipping leaves the report)."""
+    for grad_clip in (None, 1.0):
+        step = _step(grad_clip=grad_clip)
+        assert step.last_grad_norm is None
+        step(*_batch())
+        assert step.last_grad_norm == pytest.approx(4.0)
+    unclipped = _step()
+    unclipped(*_batch())
+    assert unclipped.model.w.item() == pytest.approx(1.0 - LR * 4.0)  # measuring changed nothing
+
+
 def test_a_non_finite_loss_skips_the_step_names_the_part_and_frees_the_gradients(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -8,9 +8,11 @@ best.pt and last.pt hold, when a run stops, and what a resumed run continues fro
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -73,6 +75,7 @@ class ScriptedStep:
         self.training: list[bool] = []
         self.bn_training: list[bool] = []  # the tiny backbone's BatchNorm
         self.images: list[torch.Tensor] = []
+        self.last_grad_norm: float | None = None
 
     def __call__(self, images: torch.Tensor, targets: list[dict]) -> Parts:
         self.training.append(self.forward.training)
@@ -88,7 +91,9 @@ def _scripted(trainer: Trainer, *script: Parts) -> ScriptedStep:
 
 
 def _clock(monkeypatch: pytest.MonkeyPatch, tick: float) -> None:
-    """The trainer's clock advances `tick` seconds per reading: every epoch lasts `tick` s."""
+    """The trainer's clock advances `tick` seconds per reading. It reads it when an epoch starts,
+    after each optimizer step (the step's images/s) and when the epoch ends, so an epoch of n
+    steps lasts (n + 1) ticks."""
     readings: Iterator[float] = (tick * i for i in range(10**6))
     monkeypatch.setattr(train.trainer, "time", SimpleNamespace(perf_counter=lambda: next(readings)))
 
@@ -111,18 +116,19 @@ def _load(path: Path) -> dict:
 def test_epochs_average_the_losses_of_their_steps_and_count_images_per_second(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _clock(monkeypatch, 0.4567)  # rounded to 0.46 s; not a whole number, nor over 1 s
+    _clock(monkeypatch, 0.4567)  # not a whole number; epochs of 2 steps: 3 ticks, 1.3701 s
     validate = Validator({1: 0.5, 2: 0.5})
     trainer = Trainer(_config(data, tmp_path / "run", epochs=2), validate)
     good = [{"cls": 1.0, "reg": 2.0}, {"cls": 3.0, "reg": 6.0}, None, {"cls": 5.0, "reg": 1.0}]
     step = _scripted(trainer, *good)
     result = trainer.fit()
     assert result.history == [
-        # 2 steps of 2 images in 0.4567 s: 8.758 img/s; losses (1 + 3) / 2 and (2 + 6) / 2
-        {"epoch": 1, "step": 2, "seconds": 0.46, "images_per_second": 8.76, "skipped_images": 0,
+        # 2 steps of 2 images in 1.3701 s: 2.919 img/s; losses (1 + 3) / 2 and (2 + 6) / 2
+        {"epoch": 1, "step": 2, "seconds": 1.37, "images_per_second": 2.92, "skipped_images": 0,
          "loss_cls": 2.0, "loss_reg": 4.0, "AP": 0.5},
-        # the skipped step counts neither as a step nor towards the images trained on: 2 / 0.4567
-        {"epoch": 2, "step": 3, "seconds": 0.46, "images_per_second": 4.38, "skipped_images": 0,
+        # the skipped step counts neither as a step nor towards the images trained on, and
+        # reads no clock: 1 step, 2 ticks, 2 images / 0.9134 s
+        {"epoch": 2, "step": 3, "seconds": 0.91, "images_per_second": 2.19, "skipped_images": 0,
          "loss_cls": 5.0, "loss_reg": 1.0, "AP": 0.5},
     ]  # fmt: skip
     assert trainer._bad_in_a_row == 0  # the good step after the bad one reset the count
@@ -137,6 +143,59 @@ def test_epochs_average_the_losses_of_their_steps_and_count_images_per_second(
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(expected)
     # each epoch draws a new order (and new flips) of the same 4 images
     assert not all(torch.equal(a, b) for a, b in zip(step.images[:2], step.images[2:], strict=True))
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """tag -> [(step, value)] read from the event files' records (length, crc, Event, crc)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    found: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data, at = path.read_bytes(), 0
+        while at < len(data):
+            (length,) = struct.unpack("<Q", data[at : at + 8])
+            event = Event.FromString(data[at + 12 : at + 12 + length])
+            at += 12 + length + 4
+            for value in event.summary.value:
+                found.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return found
+
+
+def test_every_step_and_epoch_is_written_to_metrics_csv_and_tensorboard(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _clock(monkeypatch, 0.5)  # each step's reading is 0.5 s after the one before: 2 images / 0.5
+    trainer = Trainer(_config(data, tmp_path / "run", epochs=2), Validator({1: 0.25, 2: 0.5}))
+    _scripted(trainer, {"cls": 1.0, "reg": 2.0}, {"cls": 3.0, "reg": 6.0}, None, {"cls": 5.0})
+    trainer.fit()
+    rows = _csv_rows(tmp_path / "run" / "metrics.csv")
+    steps = [r for r in rows if r["kind"] == "step"]
+    # the LR each step used: the cosine schedule (no warmup, final ratio 0.02) at 0, 1 and 2 of 4
+    lrs = [0.01 * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * k / 4))) for k in range(3)]
+    assert [(r["epoch"], r["step"]) for r in steps] == [("1", "1"), ("1", "2"), ("2", "3")]
+    assert [float(r["loss_cls"]) for r in steps] == [1.0, 3.0, 5.0]
+    assert [float(r["loss"]) for r in steps] == [3.0, 9.0, 5.0]
+    assert [r["loss_reg"] for r in steps] == ["2.0", "6.0", ""]  # no reg in the last step
+    assert [float(r["lr"]) for r in steps] == pytest.approx(lrs)
+    assert [float(r["images_per_second"]) for r in steps] == [4.0, 4.0, 4.0]
+    epochs = [r for r in rows if r["kind"] == "epoch"]
+    assert [(r["epoch"], r["step"], r["AP"]) for r in epochs] == [
+        ("1", "2", "0.25"),
+        ("2", "3", "0.5"),
+    ]
+    scalars = _tensorboard_scalars(tmp_path / "run")
+    assert scalars["train/loss_cls"] == [(1, 1.0), (2, 3.0), (3, 5.0)]
+    assert [s for s, _ in scalars["train/lr"]] == [1, 2, 3]
+    assert [v for _, v in scalars["train/lr"]] == pytest.approx(lrs)
+    assert scalars["epoch/AP"] == [(2, 0.25), (3, 0.5)]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["train_config"]["epochs"] == 2 and config["total_steps"] == 4
+    assert config["loss_options"]["gamma"] == 2.0  # focal's default, filled in
 
 
 def test_max_steps_ends_the_run_mid_epoch_and_validates_that_last_epoch(
@@ -408,9 +467,10 @@ def test_rank_0_averages_the_epoch_over_ranks_and_skips_batches_another_rank_lac
     history = trainer.fit().history
     assert asked == [True, True] and len(step.images) == 1
     assert synced == [1]
-    # 1 step here; (1 + 4) / 2 ranks / 1 step; reg only on rank 1: (0 + 2) / 2 / 1
+    # 1 step here (2 ticks); (1 + 4) / 2 ranks / 1 step; reg only on rank 1: (0 + 2) / 2 / 1;
+    # images: 1 here + 3 on rank 1 in 4 s
     assert history == [
-        {"epoch": 1, "step": 1, "seconds": 2.0, "images_per_second": 2.0, "skipped_images": 1,
+        {"epoch": 1, "step": 1, "seconds": 4.0, "images_per_second": 1.0, "skipped_images": 1,
          "loss_cls": 2.5, "loss_reg": 1.0},
     ]  # fmt: skip
 

@@ -9,6 +9,7 @@ a rank that skipped alone would leave the others waiting in the gradient all-red
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 
 import torch
@@ -74,6 +75,7 @@ class TrainStep:
         self.amp_dtype = autocast_dtype(self.device, amp)
         use_scaler = self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        self.last_grad_norm: float | None = None  # of the last step that reached the optimizer
 
     def _params(self) -> Iterable[torch.Tensor]:
         return (p for p in self.model.parameters() if p.grad is not None)
@@ -110,17 +112,30 @@ class TrainStep:
         return {k: float(v.detach()) for k, v in parts.items()}
 
     def _clip(self) -> bool:
-        """Clip the gradient norm; False when it is non-finite (outside fp16 AMP, a bad step).
+        """Clip the gradient norm (or only measure it, without --grad-clip) for the logs; False
+        when clipping met a non-finite norm (outside fp16 AMP, a bad step).
 
         With the GradScaler an inf norm only means the scale is too high: scaler.step skips the
         update and lowers the scale, as torch.amp intends. The norm is computed on gradients
         DDP already averaged, so every rank decides the same.
         """
-        if not self.grad_clip:
-            return True
-        self.scaler.unscale_(self.optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(list(self._params()), self.grad_clip)
-        if self.scaler.is_enabled() or torch.isfinite(norm):
+        self.scaler.unscale_(self.optimizer)  # does nothing without the fp16 scaler
+        params = list(self._params())
+        if self.grad_clip:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        else:  # measured for the logs only
+            norm = total_grad_norm(params)
+        self.last_grad_norm = float(norm)
+        if not self.grad_clip or self.scaler.is_enabled() or math.isfinite(self.last_grad_norm):
             return True
         log.warning("non-finite gradient norm; step skipped")
         return False
+
+
+def total_grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of all gradients together, as clip_grad_norm_ reports it, changing nothing."""
+    if not params:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(p.grad.detach().float()) for p in params])
+    )

@@ -16,12 +16,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from common.files import write_json_atomic
 from train.builders import (
     DEFAULT_GRAD_CLIP,
     build_datasets,
@@ -52,9 +54,12 @@ from train.errors import InputError, NonFiniteLossError
 from train.losses import build_loss, loss_state_dict
 from train.model.detector import RetinaDetector
 from train.resume import Resumable, load_resume_payload, to_cpu
+from train.run_log import RunLog, clear_run_log
 from train.step import TrainStep, freeze_batchnorm, set_train_mode
 
 log = logging.getLogger(__name__)
+# The resolved settings of a run, written at its start for people (the checkpoint holds them too).
+CONFIG_FILE = "config.json"
 Validator = Callable[[RetinaDetector, int], dict[str, float]]
 __all__ = [
     "DEFAULT_GRAD_CLIP",
@@ -125,6 +130,7 @@ class Trainer:
         self._best_written = config.resume is not None
         self.history: list[dict] = []
         self._unreadable: set[int] = set()  # dataset indices already warned about
+        self.run_log = RunLog(Path(config.out), None, enabled=False)  # fit() opens the real one
         if config.resume is not None:
             self._restore()
         elif self.context.rank > 0:  # own random stream per rank (random sampling losses)
@@ -187,9 +193,33 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         config, out = self.config, Path(self.config.out)
+        resuming = config.resume is not None
         if self.context.is_main:
-            prepare_output(out, config.overwrite, resuming=config.resume is not None)
-        result = TrainResult(out, out / "best.pt", out / "last.pt", self.history)
+            prepare_output(out, config.overwrite, resuming=resuming)
+            if not resuming:
+                clear_run_log(out)
+            write_json_atomic(out / CONFIG_FILE, self.resolved_config(), compact=False)
+        self.run_log = RunLog(out, self._step if resuming else None, self.context.is_main)
+        try:
+            return self._fit_epochs(
+                TrainResult(out, out / "best.pt", out / "last.pt", self.history)
+            )
+        finally:
+            self.run_log.close()
+
+    def resolved_config(self) -> dict[str, Any]:
+        """What this run trains with, defaults filled in: config.json, for people to read."""
+        return {
+            "train_config": self.config.to_dict(),
+            "loss_options": dict(self.loss_options),
+            "grad_clip": self.grad_clip,
+            "world_size": self.context.world_size,
+            "total_steps": self.total_steps,
+            "train_images": len(self.train_set),
+        }
+
+    def _fit_epochs(self, result: TrainResult) -> TrainResult:
+        config = self.config
         for epoch in range(self.epoch + 1, config.epochs + 1):
             if self._step >= self.total_steps:
                 break
@@ -198,6 +228,7 @@ class Trainer:
             if self.validate is not None and (epoch % config.val_every == 0 or last_epoch):
                 record.update(self._validate(epoch))
             self.history.append(record)
+            self.run_log.epoch(record)
             self.epoch = epoch
             if self.context.is_main:
                 log.info("epoch %d: %s", epoch, json.dumps(record))
@@ -263,6 +294,7 @@ class Trainer:
         set_train_mode(self.train_step.forward, self.config.freeze_bn)
         sums: dict[str, float] = {}
         loaded, seen, skipped, steps, started = 0, 0, 0, 0, time.perf_counter()
+        step_started = started
         bar = tqdm(
             self.loader,
             desc=f"epoch {epoch}/{self.config.epochs}",
@@ -279,18 +311,32 @@ class Trainer:
                 self._count_bad_step()
                 continue
             self._bad_in_a_row = 0
+            lr = self.scheduler.get_last_lr()[0]  # the rate this step used
             self.scheduler.step()
             self._step, steps, seen = self._step + 1, steps + 1, seen + len(images)
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + value
-            bar.set_postfix(
-                loss=f"{sum(parts.values()):.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.1e}"
-            )
+            now = time.perf_counter()
+            self._log_step(epoch, parts, lr, len(images) / max(now - step_started, 1e-9))
+            step_started = now
+            bar.set_postfix({**{k: f"{v:.3f}" for k, v in parts.items()}, "lr": f"{lr:.1e}"})
             if self._step >= self.total_steps:
                 break
         self._check_readable(loaded, skipped, epoch)
         counts = (steps, seen, skipped)
         return self._epoch_record(epoch, sums, counts, time.perf_counter() - started)
+
+    def _log_step(
+        self, epoch: int, parts: dict[str, float], lr: float, images_per_second: float
+    ) -> None:
+        """One metrics.csv row and TensorBoard point (rank 0's numbers; images/s over ranks)."""
+        values = {f"loss_{k}": v for k, v in parts.items()}
+        values["loss"] = sum(parts.values())
+        values["lr"] = lr
+        if self.train_step.last_grad_norm is not None:
+            values["grad_norm"] = self.train_step.last_grad_norm
+        values["images_per_second"] = images_per_second * self.context.world_size
+        self.run_log.step(epoch, self._step, values)
 
     def _batch_on_every_rank(self, has_batch: bool) -> bool:
         """Under DDP a rank whose whole batch was unreadable makes every rank skip the step."""
