@@ -45,6 +45,7 @@ COPY pipeline ./pipeline
 COPY train ./train
 COPY export ./export
 COPY deploy ./deploy
+COPY common ./common
 COPY scripts/check_ort_providers.py ./scripts/
 # The extra's versions come from pyproject.toml's ranges, as for `make`.
 # hadolint ignore=DL3013
@@ -96,6 +97,7 @@ COPY pipeline ./pipeline
 COPY train ./train
 COPY export ./export
 COPY deploy ./deploy
+COPY common ./common
 COPY scripts/check_ort_providers.py ./scripts/
 # Versions come from pyproject.toml's ranges, as for `make`; torch is pinned above. The `gpu` extra
 # holds the image's only ONNX Runtime (onnxruntime-gpu; no base dependency installs the CPU one).

@@ -323,6 +323,26 @@ def test_dockerignore_keeps_everything_the_dockerfile_copies() -> None:
     assert not _ignored("scripts/gpu_check.sh", rules)
 
 
+def _installed_packages() -> list[str]:
+    """The top-level packages pyproject.toml installs (its packages.find include patterns)."""
+    text = (ROOT / "pyproject.toml").read_text()
+    include = re.search(r"\[tool\.setuptools\.packages\.find\]\s*include = \[([^\]]*)\]", text)
+    assert include, "pyproject.toml has no [tool.setuptools.packages.find] include list"
+    return [p.strip().strip('"').rstrip("*") for p in include.group(1).split(",") if p.strip()]
+
+
+@pytest.mark.parametrize("builder", ["cpu-build", "gpu-build"])
+def test_each_image_copies_every_package_the_project_installs(builder: str) -> None:
+    """A package left out of the image (as common/ once was) breaks `pipeline` at import."""
+    _, stages = parse_dockerfile()
+    copied = {copy.split()[0] for copy in _stage(stages, builder).args("COPY")}
+    packages = _installed_packages()
+    assert {"pipeline", "train", "export", "deploy", "common"} <= set(packages)
+    assert [p for p in packages if p not in copied] == []
+    rules = _dockerignore_rules()
+    assert [p for p in packages if _ignored(f"{p}/__init__.py", rules)] == []
+
+
 # ------------------------------------------------------------------------------------- workflows
 def _load_workflow(name: str) -> dict:
     """The workflow as a mapping: PyYAML when installed, else a structural reading of its keys."""

@@ -1,6 +1,6 @@
 """Focal Loss, FL*, CE baselines and regression: values and derivatives from the papers' formulas.
 
-Expected numbers come from the definitions evaluated with `math` (seed-notes, Focal Loss paper
+Expected numbers come from the definitions evaluated with `math` (docs/losses-and-formulas.md, Focal Loss paper
 and its appendix), never from our own outputs.
 """
 
@@ -34,7 +34,7 @@ def _focal(x: float, y: int, alpha: float, gamma: float) -> float:
 
 
 def _focal_grad(x: float, y: int, alpha: float, gamma: float) -> float:
-    """dFL/dx = alpha_t y' (1 - p_t)^gamma (gamma p_t log(p_t) + p_t - 1) (seed-notes)."""
+    """dFL/dx = alpha_t y' (1 - p_t)^gamma (gamma p_t log(p_t) + p_t - 1) (docs/losses-and-formulas.md)."""
     p = _sigmoid(x)
     p_t, sign = (p, 1.0) if y == 1 else (1 - p, -1.0)
     alpha_t = 1.0 if alpha < 0 else (alpha if y == 1 else 1 - alpha)

@@ -4,7 +4,7 @@ Why this exists: at RetinaNet scale the classification tensor is B x ~100k x 80 
 two images) and the losses are memory-bound; on CPU every fresh 64 MB temporary costs more than
 the arithmetic on it. Autograd over a dozen elementwise ops (what the textbook focal loss is)
 allocates two dozen such temporaries. Here the loss family gives its value *and* derivative in
-closed form (the formulas of the Focal Loss paper, seed-notes), computed with in-place ops on
+closed form (the formulas of the Focal Loss paper, docs/losses-and-formulas.md), computed with in-place ops on
 three buffers, and the backward pass is one multiply.
 
 The trick that keeps it cheap: targets are one-hot per anchor (at most one positive class), so

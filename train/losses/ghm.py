@@ -8,7 +8,7 @@ That is the reference implementation's `sum(loss * tot / (acc * n)) / tot` with 
 
 Histogram, bins and EMA are computed without a loop over bins and without host syncs: one
 integer bin index per element, one scatter-add for the counts, one lookup for the weights.
-Choices that differ from the reference implementation (seed-notes), each with an option for the
+Choices that differ from the reference implementation (docs/losses-and-formulas.md), each with an option for the
 reference behaviour:
 - `level_mode="global"` (default): one histogram over all anchors of the batch, the paper's
   definition. The reference calls the loss once per FPN level, so each level has its own
