@@ -45,14 +45,26 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-def _train(data: Path, out: Path, *extra: str, launcher: tuple[str, ...] = ()) -> dict:
+def shadowing_folder(parent: Path) -> Path:
+    """A folder whose train.py, export.py, deploy.py and common.py would shadow the project's
+    packages of those names for `python -m` started there (it puts the folder on sys.path)."""
+    folder = parent / "my-project"
+    folder.mkdir()
+    for name in ("train", "export", "deploy", "common"):
+        (folder / f"{name}.py").write_text(f"raise SystemExit('imported ./{name}.py')\n")
+    return folder
+
+
+def _train(
+    data: Path, out: Path, *extra: str, launcher: tuple[str, ...] = (), cwd: Path = ROOT
+) -> dict:
     """`python -m pipeline train` in a fresh process (1 thread: same kernels in every run);
     `launcher` goes before `-m pipeline` (torchrun's own options)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, *launcher, "-m", "pipeline", "train", "--data", str(data),
                "--out", str(out)]  # fmt: skip
     done = subprocess.run(
-        command + TINY + list(extra), cwd=ROOT, env=env, capture_output=True, text=True,
+        command + TINY + list(extra), cwd=cwd, env=env, capture_output=True, text=True,
         timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -63,9 +75,11 @@ def _train(data: Path, out: Path, *extra: str, launcher: tuple[str, ...] = ()) -
 def test_two_processes_train_like_one(tiny_data: Path, tmp_path: Path) -> None:
     common = ["--freeze-bn", "--no-amp", "--optimizer", "sgd", "--lr", "0.01"]
     one = _train(tiny_data, tmp_path / "one", *common)
-    two = _train(tiny_data, tmp_path / "two", *common, "--nproc-per-node", "2")
+    # The launchers, started from a folder holding a train.py (and friends) of its own.
+    hostile = shadowing_folder(tmp_path)
+    two = _train(tiny_data, tmp_path / "two", *common, "--nproc-per-node", "2", cwd=hostile)
     torchrun = ("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2")
-    launched = _train(tiny_data, tmp_path / "torchrun", *common, launcher=torchrun)
+    launched = _train(tiny_data, tmp_path / "torchrun", *common, launcher=torchrun, cwd=hostile)
     assert one["history"][-1]["step"] == two["history"][-1]["step"] == 3
     assert two["resume"]["world_size"] == launched["resume"]["world_size"] == 2
     # torchrun itself runs the same workers as --nproc-per-node: the very same weights.

@@ -9,6 +9,7 @@ import dataclasses
 import importlib
 import json
 import platform
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -213,6 +214,21 @@ def test_losses_unknown_name_is_one_line_listing_the_valid_ones() -> None:
     assert result.exit_code == 2
     assert "unknown nope; valid: ce, balanced-ce, focal" in result.output
     assert "Traceback" not in result.output
+
+
+def test_python_m_pipeline_ignores_a_train_py_in_the_current_folder(tmp_path: Path) -> None:
+    """`python -m` puts the current folder first on sys.path; the project's packages win."""
+    from tests.test_distributed_train import shadowing_folder
+
+    folder = shadowing_folder(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "pipeline", "losses", "focal"], cwd=folder,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "focal" in done.stdout and "imported ./" not in done.stderr
+    # and a plain `python` there does meet the shadow: the folder really is hostile
+    shadowed = subprocess.run([sys.executable, "-c", "import train"], cwd=folder,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert "imported ./train.py" in shadowed.stderr
 
 
 def test_version_is_the_installed_packages() -> None:
