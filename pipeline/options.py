@@ -79,6 +79,13 @@ TRAIN_OPTIONS: list[Callable] = [
         "torchvision's weights from the torch hub cache (downloaded once if missing).",
     ),
     click.option(
+        "--init-from",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=None,
+        help="Fine-tune: start the whole detector from this checkpoint (best.pt or last.pt of "
+        "another run; a different class count starts the classifier's last layer fresh).",
+    ),
+    click.option(
         "--epochs", type=click.IntRange(min=1), default=DEFAULTS.epochs, show_default=True
     ),
     click.option(
@@ -193,6 +200,7 @@ def config_from_options(out: Path, options: dict[str, Any]) -> TrainConfig:
         reg_loss=options["reg_loss"],
         backbone=options["backbone"],
         pretrained=options["pretrained"],
+        init_from=options["init_from"],
         img_size=options["img_size"],
         epochs=options["epochs"],
         batch_size=options["batch_size"],

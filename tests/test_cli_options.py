@@ -18,6 +18,7 @@ NON_DEFAULTS = {
     "--reg-loss": ("giou", "reg_loss", "giou"),
     "--backbone": ("resnet34", "backbone", "resnet34"),
     "--pretrained": ("w.pth", "pretrained", Path("w.pth")),
+    "--init-from": ("other/best.pt", "init_from", Path("other/best.pt")),
     "--epochs": ("3", "epochs", 3),
     "--batch-size": ("5", "batch_size", 5),
     "--img-size": ("320", "img_size", 320),

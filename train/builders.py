@@ -19,6 +19,7 @@ from train.data.coco import CocoDetection
 from train.data.layout import resolve_split
 from train.data.synthetic import ensure_synthetic_dataset
 from train.errors import InputError
+from train.fine_tune import init_from_checkpoint
 from train.losses import LOSSES, resolve_options
 from train.model.anchors import default_anchor_scale
 from train.model.detector import ModelConfig, RetinaDetector
@@ -54,8 +55,14 @@ def build_datasets(config: TrainConfig) -> tuple[CocoDetection, CocoDetection]:
     return train_set, val_set
 
 
-def build_model(config: TrainConfig, num_classes: int, device: torch.device) -> RetinaDetector:
-    """The detector on `device`, channels-last (faster convolutions on CPU and tensor cores)."""
+def build_model(
+    config: TrainConfig,
+    num_classes: int,
+    device: torch.device,
+    class_names: list[str] | None = None,
+) -> RetinaDetector:
+    """The detector on `device`, channels-last (faster convolutions on CPU and tensor cores);
+    started from --init-from's detector when given (class_names: this run's, for its warnings)."""
     model_config = ModelConfig(
         num_classes=num_classes,
         img_size=config.img_size,
@@ -64,8 +71,14 @@ def build_model(config: TrainConfig, num_classes: int, device: torch.device) -> 
         head_convs=config.head_convs,
         anchor_scale=default_anchor_scale(config.img_size),
     )
-    model = RetinaDetector(model_config, config.pretrained).to(device)
-    return model.to(memory_format=torch.channels_last)
+    if config.init_from is not None and config.pretrained is not None:
+        raise InputError(
+            "--init-from loads the whole detector, backbone included: drop --pretrained"
+        )
+    model = RetinaDetector(model_config, config.pretrained)
+    if config.init_from is not None:
+        init_from_checkpoint(model, Path(config.init_from), class_names or [])
+    return model.to(device).to(memory_format=torch.channels_last)
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

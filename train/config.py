@@ -16,6 +16,7 @@ class TrainConfig:
     reg_loss: str | None = None  # None: the loss's own default
     backbone: str = "resnet18"
     pretrained: Path | None = None
+    init_from: Path | None = None  # a checkpoint whose whole detector the run starts from
     img_size: int = 192
     epochs: int = 12
     batch_size: int = 16

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +101,11 @@ class Trainer:
         self.train_set, self.val_set = build_datasets(config)
         self.loss_options = resolved_loss_options(config)
         self.loss_fn = build_loss(config.loss, self.loss_options)
-        self.model = build_model(config, len(self.train_set.category_ids), self.device)
+        # A resumed run's weights come from its last.pt: --init-from's file is not needed again.
+        initial = replace(config, init_from=None) if config.resume is not None else config
+        self.model = build_model(
+            initial, len(self.train_set.category_ids), self.device, self.train_set.class_names
+        )
         self._prepare_batchnorm()
         self.optimizer = build_optimizer(self.model, config)
         self.grad_clip = grad_clip_for(config)
