@@ -34,9 +34,8 @@ from pipeline.options import config_from_options
 from pipeline.training import run_training
 from train.checkpoint import load_checkpoint
 from train.config import TrainConfig
-from train.errors import InputError
+from train.errors import InputError, NonFiniteLossError
 from train.losses import LOSSES, resolve_options
-from train.trainer import NonFiniteLossError
 
 log = logging.getLogger(__name__)
 

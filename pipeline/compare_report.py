@@ -27,8 +27,7 @@ from pipeline.coco_bootstrap import (
 from pipeline.compare import CompareSpec, run_dir
 from pipeline.compare_markdown import format_markdown
 from pipeline.compare_plots import plot_ap_bars, plot_pr_curves, plot_training_curves
-from train.data.layout import resolve_split
-from train.trainer import data_root
+from pipeline.evaluation import run_val_split
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +111,9 @@ Matches = dict[str, dict[tuple[str, int], RunMatches]]  # engine -> (loss, seed)
 def _matches(spec: CompareSpec, runs: list[dict[str, Any]]) -> Matches:
     """COCO matching of every finished run's detections on PyTorch and each engine (one
     COCOeval each), over the images the evaluator scored (unreadable ones are left out)."""
-    ann_file, img_dir = resolve_split(data_root(spec.base), "val")
-    coco_gt = load_coco(ann_file)
+    val = run_val_split(spec.base)
+    img_dir = val.images
+    coco_gt = load_coco(val.ann)
     infos = sorted(coco_gt.dataset["images"], key=lambda info: info["id"])
     infos = infos[: spec.base.max_val_images]
     engines = ["pytorch", *spec.backends]

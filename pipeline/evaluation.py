@@ -5,16 +5,20 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deploy.evaluate import environment_info, evaluate
 from deploy.narrow import NarrowedPredictor, check_narrowing
 from deploy.report import write_json_atomic
 from pipeline.datasets import model_dataset
+from pipeline.errors import PipelineError
 from pipeline.models import load_predictor
 from pipeline.outputs import check_output_file
 from train.config import TrainConfig
 from train.data.layout import resolve_split
+
+if TYPE_CHECKING:
+    from train.data.splits import Split
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,12 @@ def run_eval(
     overwrite: bool = True,
     openvino_hint: str = "latency",
     thresholds: Thresholds | None = None,
+    split_files: tuple[Path, Path] | None = None,
 ) -> dict[str, Any]:
-    """Score one model file; `overwrite=False` refuses to replace an existing report or results."""
+    """Score one model file; `overwrite=False` refuses to replace an existing report or results.
+
+    split_files: (annotation json, image folder) to score on instead of `data`'s `split`.
+    """
     for output in (json_path, results):
         if output is not None:
             check_output_file(output, overwrite)
@@ -78,8 +86,11 @@ def run_eval(
     )
     if thresholds is not None:
         predictor = thresholds.applied_to(predictor, model_path)
-    root = model_dataset(data, predictor.metadata.extra.get("data"))
-    ann_file, img_dir = resolve_split(root, split)
+    if split_files is not None:
+        ann_file, img_dir = split_files
+    else:
+        root = model_dataset(data, predictor.metadata.extra.get("data"))
+        ann_file, img_dir = resolve_split(root, split)
     report = evaluate(
         predictor,
         ann_file,
@@ -108,6 +119,7 @@ def eval_in_run(name: str, model_path: Path, config: TrainConfig) -> dict[str, A
     from train.distributed import resolve_device  # torch; `run` and `compare` have it loaded
 
     out = Path(config.out)
+    val = run_val_split(config)
     return run_eval(
         model_path,
         config.data,
@@ -120,4 +132,18 @@ def eval_in_run(name: str, model_path: Path, config: TrainConfig) -> dict[str, A
         json_path=out / f"report_{name}.json",
         results=out / f"detections_{name}.json",
         strict=config.strict,
+        split_files=(val.ann, val.images),
     )
+
+
+def run_val_split(config: TrainConfig) -> Split:
+    """The split a run validated on (its own files, carved or found under --data)."""
+    from train.data.splits import validation_split
+
+    val = validation_split(config)
+    if val is None:
+        raise PipelineError(
+            f"{config.data}: no val split to score on; pass --val-fraction F or --val-ann and "
+            "--val-images"
+        )
+    return val

@@ -79,6 +79,38 @@ TRAIN_OPTIONS: list[Callable] = [
         "torchvision's weights from the torch hub cache (downloaded once if missing).",
     ),
     click.option(
+        "--train-ann",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=None,
+        help="COCO annotation json of the training split (any layout; with --train-images).",
+    ),
+    click.option(
+        "--train-images",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=None,
+        help="Folder the training json's file_names are relative to.",
+    ),
+    click.option(
+        "--val-ann",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=None,
+        help="COCO annotation json of the validation split (with --val-images).",
+    ),
+    click.option(
+        "--val-images",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=None,
+        help="Folder the validation json's file_names are relative to.",
+    ),
+    click.option(
+        "--val-fraction",
+        type=click.FloatRange(min=0, max=1, max_open=True),
+        default=0.0,
+        help="Carve this fraction of the training images out as the val split (the same "
+        "images whatever --seed; written to RUN/splits/). Without a val split and without this, "
+        "validation is off.",
+    ),
+    click.option(
         "--init-from",
         type=click.Path(path_type=Path, dir_okay=False),
         default=None,
@@ -201,6 +233,11 @@ def config_from_options(out: Path, options: dict[str, Any]) -> TrainConfig:
         backbone=options["backbone"],
         pretrained=options["pretrained"],
         init_from=options["init_from"],
+        train_ann=options["train_ann"],
+        train_images=options["train_images"],
+        val_ann=options["val_ann"],
+        val_images=options["val_images"],
+        val_fraction=options["val_fraction"],
         img_size=options["img_size"],
         epochs=options["epochs"],
         batch_size=options["batch_size"],

@@ -23,7 +23,7 @@ from pipeline.results_plot import plot_results
 from pipeline.validation import make_validator
 from train.builders import per_rank_batch, prepare_output
 from train.config import TrainConfig
-from train.data.layout import resolve_split
+from train.data.splits import training_splits
 from train.distributed import (
     DistContext,
     init_distributed,
@@ -32,7 +32,7 @@ from train.distributed import (
 )
 from train.resume import resume_config
 from train.run_log import METRICS_CSV, RESULTS_PNG
-from train.trainer import Trainer, TrainResult, data_root
+from train.trainer import Trainer, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +54,24 @@ def run_training(config: TrainConfig) -> TrainResult:
 
 def _fit(config: TrainConfig, context: DistContext) -> TrainResult:
     trainer = Trainer(config, context=context)
-    val_ann, val_dir = resolve_split(data_root(config), "val")
     metadata = ModelMetadata(
         class_names=trainer.train_set.class_names,
         category_ids=trainer.train_set.category_ids,
         img_size=config.img_size,
         loss=config.loss,
     )
-    trainer.validate = make_validator(
-        val_ann, val_dir, metadata, config.max_val_images, str(trainer.device), config.strict
-    )
+    val_set = trainer.val_set
+    if val_set is None:
+        if context.is_main:
+            log.warning(
+                "no val split: validation is off, best.pt is the last epoch's weights "
+                "(--val-fraction F carves one out of train; --val-ann/--val-images name one)"
+            )
+    else:
+        trainer.validate = make_validator(
+            val_set.ann_file, val_set.img_dir, metadata, config.max_val_images,
+            str(trainer.device), config.strict,
+        )  # fmt: skip
     try:
         with sigterm_as_interrupt():
             return trainer.fit()
@@ -119,9 +127,8 @@ def interrupted_message(out: Path) -> str:
 def _check_before_launch(config: TrainConfig) -> None:
     """The user errors every worker would hit, found once here (one line, no launch)."""
     per_rank_batch(config.batch_size, config.nproc_per_node)
-    root = data_root(config)
-    resolve_split(root, "train")
-    resolve_split(root, "val")
+    if not config.val_fraction:  # carving writes into the run folder: the workers do it
+        training_splits(config)
     prepare_output(config.out, config.overwrite, resuming=config.resume is not None)
 
 

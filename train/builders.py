@@ -16,8 +16,7 @@ from torch import nn
 from train.config import TrainConfig
 from train.data.cache import CachedCocoDetection
 from train.data.coco import CocoDetection
-from train.data.layout import resolve_split
-from train.data.synthetic import ensure_synthetic_dataset
+from train.data.splits import training_splits
 from train.errors import InputError
 from train.fine_tune import init_from_checkpoint
 from train.losses import LOSSES, resolve_options
@@ -35,22 +34,19 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def data_root(config: TrainConfig) -> Path:
-    return Path(config.data) if config.data is not None else ensure_synthetic_dataset()
-
-
-def build_datasets(config: TrainConfig) -> tuple[CocoDetection, CocoDetection]:
-    """Train (flip-augmented; decoded once into memory with --cache-images) and val sets."""
-    root = data_root(config)
-    train_ann, train_dir = resolve_split(root, "train")
-    val_ann, val_dir = resolve_split(root, "val")
+def build_datasets(config: TrainConfig) -> tuple[CocoDetection, CocoDetection | None]:
+    """Train (flip-augmented; decoded once into memory with --cache-images) and val sets (None:
+    no val split, validation off)."""
+    train, val = training_splits(config)
     strict = config.strict
     train_type = CachedCocoDetection if config.cache_images else CocoDetection
-    train_set = train_type(train_ann, train_dir, config.img_size, train=True, strict=strict)
+    train_set = train_type(train.ann, train.images, config.img_size, train=True, strict=strict)
     if isinstance(train_set, CachedCocoDetection):
         train_set.fill_cache(threads=max(1, config.workers))
+    if val is None:
+        return train_set, None
     val_set = CocoDetection(
-        val_ann, val_dir, config.img_size, category_ids=train_set.category_ids, strict=strict
+        val.ann, val.images, config.img_size, category_ids=train_set.category_ids, strict=strict
     )
     return train_set, val_set
 

@@ -17,6 +17,12 @@ class TrainConfig:
     backbone: str = "resnet18"
     pretrained: Path | None = None
     init_from: Path | None = None  # a checkpoint whose whole detector the run starts from
+    # Any COCO layout: explicit split files instead of (or beside) --data (train/data/splits.py).
+    train_ann: Path | None = None
+    train_images: Path | None = None
+    val_ann: Path | None = None
+    val_images: Path | None = None
+    val_fraction: float = 0.0  # > 0: carve a val split out of train (same images every run)
     img_size: int = 192
     epochs: int = 12
     batch_size: int = 16

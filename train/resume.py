@@ -32,7 +32,10 @@ from train.losses.base import load_loss_state_dict, loss_state_dict
 log = logging.getLogger(__name__)
 # How to run, not what to train: on resume these come from the command line.
 RUNTIME_FIELDS = ("device", "workers", "nproc_per_node", "cache_images", "compile")
-PATH_FIELDS = ("out", "data", "pretrained", "init_from", "resume")
+PATH_FIELDS = (
+    "out", "data", "pretrained", "init_from", "resume",
+    "train_ann", "train_images", "val_ann", "val_images",
+)  # fmt: skip
 LOSS_OPTION_FIELDS = ("loss_options", "reg_loss")
 
 

@@ -25,11 +25,9 @@ from tqdm import tqdm
 
 from common.files import write_json_atomic
 from train.builders import (
-    DEFAULT_GRAD_CLIP,
     build_datasets,
     build_model,
     build_optimizer,
-    data_root,
     grad_clip_for,
     per_rank_batch,
     prepare_output,
@@ -47,7 +45,6 @@ from train.distributed import (
     all_ranks_true,
     barrier,
     init_distributed,
-    resolve_device,
 )
 from train.ema import ModelEma
 from train.errors import InputError, NonFiniteLossError
@@ -61,15 +58,6 @@ log = logging.getLogger(__name__)
 # The resolved settings of a run, written at its start for people (the checkpoint holds them too).
 CONFIG_FILE = "config.json"
 Validator = Callable[[RetinaDetector, int], dict[str, float]]
-__all__ = [
-    "DEFAULT_GRAD_CLIP",
-    "NonFiniteLossError",
-    "TrainResult",
-    "Trainer",
-    "Validator",
-    "data_root",
-    "resolve_device",
-]
 
 
 @dataclass
@@ -251,11 +239,16 @@ class Trainer:
         return self.validate(model, epoch) if self.validate is not None else {}
 
     def _checkpoint(self, record: dict, result: TrainResult) -> None:
-        """best.pt when AP improved, then last.pt with the training state; rank 0 writes."""
+        """best.pt when AP improved, then last.pt with the training state; rank 0 writes.
+
+        A run that never measured AP (no val split) keeps the latest weights as best.pt: they are
+        the best known, rather than the first epoch's.
+        """
         ap = record.get("AP", -1.0)
-        if not math.isfinite(ap):  # no validator, or COCO's -1 / NaN: never "better"
+        if not math.isfinite(ap):  # COCO's -1 / NaN: never "better"
             ap = -1.0
-        is_best = ap > self.best_ap or not self._best_written
+        never_measured = self.validate is None and self.best_ap < 0
+        is_best = ap > self.best_ap or not self._best_written or never_measured
         self.best_ap = max(ap, self.best_ap)
         position = {
             "epoch": self.epoch,
