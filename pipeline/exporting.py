@@ -38,6 +38,7 @@ from train.checkpoint import load_checkpoint, model_from_checkpoint
 from train.data.coco import load_coco_json
 from train.data.layout import resolve_split
 from train.data.synthetic import ensure_synthetic_dataset
+from train.errors import InputError
 from train.postprocess import PostprocessConfig
 
 DEFAULT_OPSET = 17  # the opset every export writes unless --opset says otherwise
@@ -283,6 +284,11 @@ def run_export(
         max_detections=post.max_detections,
     )  # what the graph applies, for eval and predict to read
     images = parity_images(data, metadata.img_size)  # before writing: a bad dataset fails first
+    if options.precision == "int8":  # the calibration split too, before anything is written
+        try:
+            resolve_split(data if data is not None else ensure_synthetic_dataset(), "train")
+        except InputError as exc:
+            raise InputError(f"{exc} (int8 calibrates on the train split)") from exc
     export_onnx(model, out, metadata.to_props(), opset=opset, postprocess=post)
     parity = check_parity(model, out, images)
     update_metadata(out, {"parity": json.dumps(parity, default=float)})  # travels with the model

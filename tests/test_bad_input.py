@@ -374,3 +374,17 @@ def test_real_process_prints_one_line(tmp_path: Path) -> None:
     lines = (done.stdout + done.stderr).strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1, done.stdout + done.stderr
     assert "a.png: cannot read image" in lines[0] and "--strict" in lines[0]
+
+
+def test_int8_export_without_a_train_split_fails_before_writing(
+    tmp_path: Path, trained: Trained
+) -> None:
+    """Calibration reads the train split: its absence is found before model.onnx is written."""
+    make_dataset(tmp_path / "data")
+    train_json(tmp_path).unlink()
+    out = tmp_path / "export" / "model.onnx"
+    result = invoke("export", "--weights", trained.weights, "--out", out, "--data",
+                    tmp_path / "data", "--precision", "int8")  # fmt: skip
+    line = assert_one_line_error(result, "no train annotations")
+    assert line.endswith("(int8 calibrates on the train split)")
+    assert not out.parent.exists() or not any(out.parent.iterdir())
