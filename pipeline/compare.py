@@ -33,22 +33,15 @@ from pipeline.evaluation import eval_in_run
 from pipeline.options import config_from_options
 from pipeline.training import run_training
 from train.checkpoint import load_checkpoint
-from train.config import TrainConfig
+from train.config import RUNTIME_FIELDS, TrainConfig
 from train.errors import InputError, NonFiniteLossError
 from train.losses import LOSSES, resolve_options
 
 log = logging.getLogger(__name__)
 
-# Fields that do not change what a run learns, so a resumed run may differ in them.
-NOT_COMPARED = (
-    "out",
-    "overwrite",
-    "workers",
-    "nproc_per_node",
-    "cache_images",
-    "compile",
-    "resume",
-)
+# Fields that do not change what a run learns, so a resumed run may differ in them: the
+# runtime ones (train/config.py) and where and how a run is started.
+NOT_COMPARED = (*RUNTIME_FIELDS, "out", "overwrite", "resume")
 DEFAULT_BASELINE = "focal"
 TRAINED_MARKER = "trained.json"
 

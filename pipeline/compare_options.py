@@ -13,19 +13,10 @@ from pathlib import Path
 import click
 
 from pipeline.compare_backends import BACKENDS
-from pipeline.options import TRAIN_OPTIONS
+from pipeline.options import TRAIN_OPTIONS_BY_FIELD
 
 EXCLUDED_TRAIN_OPTIONS = ("loss", "overwrite", "resume")
 DEFAULT_LOSSES = "ce,focal,ghm,pisa"
-
-
-def _option_name(decorator: Callable) -> str:
-    """The parameter name a click.option decorator declares (applied to a throwaway function)."""
-
-    def probe() -> None: ...
-
-    decorator(probe)
-    return probe.__click_params__[0].name  # type: ignore[attr-defined]
 
 
 COMPARE_OPTIONS: list[Callable] = [
@@ -74,7 +65,7 @@ COMPARE_OPTIONS: list[Callable] = [
         show_default=True,
         help="Bootstrap resamples for the confidence intervals.",
     ),
-] + [opt for opt in TRAIN_OPTIONS if _option_name(opt) not in EXCLUDED_TRAIN_OPTIONS]
+] + [opt for name, opt in TRAIN_OPTIONS_BY_FIELD.items() if name not in EXCLUDED_TRAIN_OPTIONS]
 
 
 def compare_options(func: Callable) -> Callable:

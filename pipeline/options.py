@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
+from dataclasses import Field
 from pathlib import Path
 from typing import Any
 
 import click
 from click.core import ParameterSource
 
-from train.config import TrainConfig
-from train.loss_names import LOSS_NAMES, REG_LOSS_NAMES
-
-DEFAULTS = TrainConfig(out=Path("runs/exp"))
+from train.config import TrainConfig, config_fields
 
 
 def parse_loss_options(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -38,182 +37,66 @@ def format_loss_listing(described: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _loss_help() -> str:
-    names = ", ".join(LOSS_NAMES)
-    return f"Classification/sampling loss: {names}. Options and defaults: `pipeline losses`."
+# The option that sets a dict field: --loss-opt KEY=VALUE, repeatable.
+OPTION_NAMES = {"loss_options": "loss_opt"}
 
 
-TRAIN_OPTIONS: list[Callable] = [
-    click.option(
-        "--data",
-        type=click.Path(path_type=Path),
-        default=None,
-        help="COCO dataset folder (COCO 2017 or built-in layout). Default: built-in synthetic.",
-    ),
-    click.option(
-        "--loss",
-        type=click.Choice(list(LOSS_NAMES)),
-        default=DEFAULTS.loss,
-        show_default=True,
-        help=_loss_help(),
-    ),
-    click.option(
-        "--loss-opt",
-        "loss_opt",
-        multiple=True,
-        metavar="KEY=VALUE",
-        help="Set a loss option, repeatable (e.g. --loss-opt gamma=1.5).",
-    ),
-    click.option(
-        "--reg-loss",
-        type=click.Choice(list(REG_LOSS_NAMES)),
-        default=None,
-        help="Box regression loss (default: the loss's own).",
-    ),
-    click.option("--backbone", default=DEFAULTS.backbone, show_default=True),
-    click.option(
-        "--pretrained",
-        type=click.Path(path_type=Path, dir_okay=False),
-        default=None,
-        help="Backbone weights: a local file (e.g. from `pipeline pretrain`), or imagenet for "
-        "torchvision's weights from the torch hub cache (downloaded once if missing).",
-    ),
-    click.option(
-        "--train-ann",
-        type=click.Path(path_type=Path, dir_okay=False),
-        default=None,
-        help="COCO annotation json of the training split (any layout; with --train-images).",
-    ),
-    click.option(
-        "--train-images",
-        type=click.Path(path_type=Path, file_okay=False),
-        default=None,
-        help="Folder the training json's file_names are relative to.",
-    ),
-    click.option(
-        "--val-ann",
-        type=click.Path(path_type=Path, dir_okay=False),
-        default=None,
-        help="COCO annotation json of the validation split (with --val-images).",
-    ),
-    click.option(
-        "--val-images",
-        type=click.Path(path_type=Path, file_okay=False),
-        default=None,
-        help="Folder the validation json's file_names are relative to.",
-    ),
-    click.option(
-        "--val-fraction",
-        type=click.FloatRange(min=0, max=1, max_open=True),
-        default=0.0,
-        help="Carve this fraction of the training images out as the val split (the same "
-        "images whatever --seed; written to RUN/splits/). Without a val split and without this, "
-        "validation is off.",
-    ),
-    click.option(
-        "--init-from",
-        type=click.Path(path_type=Path, dir_okay=False),
-        default=None,
-        help="Fine-tune: start the whole detector from this checkpoint (best.pt or last.pt of "
-        "another run; a different class count starts the classifier's last layer fresh).",
-    ),
-    click.option(
-        "--epochs", type=click.IntRange(min=1), default=DEFAULTS.epochs, show_default=True
-    ),
-    click.option(
-        "--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size, show_default=True
-    ),
-    click.option(
-        "--img-size", type=click.IntRange(min=32), default=DEFAULTS.img_size, show_default=True
-    ),
-    click.option("--lr", type=float, default=DEFAULTS.lr, show_default=True),
-    click.option(
-        "--optimizer",
-        type=click.Choice(["adamw", "sgd"]),
-        default=DEFAULTS.optimizer,
-        show_default=True,
-    ),
-    click.option("--weight-decay", type=float, default=DEFAULTS.weight_decay, show_default=True),
-    click.option(
-        "--warmup-iters",
-        type=click.IntRange(min=0),
-        default=DEFAULTS.warmup_iters,
-        show_default=True,
-    ),
-    click.option(
-        "--grad-clip",
-        type=float,
-        default=None,
-        help="Max gradient norm; 0 disables (default: 35, or the loss's own).",
-    ),
-    click.option(
-        "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-    ),
-    click.option(
-        "--amp/--no-amp",
-        default=True,
-        show_default=True,
-        help="bf16 autocast on CPU, fp16 AMP on CUDA.",
-    ),
-    click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True),
-    click.option(
-        "--workers", type=click.IntRange(min=0), default=DEFAULTS.workers, show_default=True
-    ),
-    click.option(
-        "--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps."
-    ),
-    click.option("--max-val-images", type=click.IntRange(min=1), default=None),
-    click.option(
-        "--fpn-channels",
-        type=click.IntRange(min=8),
-        default=DEFAULTS.fpn_channels,
-        show_default=True,
-    ),
-    click.option(
-        "--head-convs", type=click.IntRange(min=0), default=DEFAULTS.head_convs, show_default=True
-    ),
-    click.option("--overwrite", is_flag=True, help="Replace an existing run in --out."),
-    click.option(
-        "--strict",
-        is_flag=True,
-        help="Unreadable or missing images and dropped boxes are errors instead of warnings.",
-    ),
-    click.option(
-        "--nproc-per-node",
-        type=click.IntRange(min=1),
-        default=DEFAULTS.nproc_per_node,
-        show_default=True,
-        help="Train with this many DDP processes (one per GPU; gloo on CPU). --batch-size is "
-        "the global batch. Several machines: torchrun (see README).",
-    ),
-    click.option(
-        "--resume",
-        type=click.Path(path_type=Path, file_okay=False),
-        default=None,
-        help="Continue the run in this folder from its last.pt, exactly (its stored options "
-        "are used; --device, --workers, --nproc-per-node, --cache-images, --compile may change; "
-        "any other option given with a different value is an error).",
-    ),
-    click.option(
-        "--freeze-bn",
-        is_flag=True,
-        help="Keep BatchNorm in eval mode with frozen affine (usual with --pretrained; makes N "
-        "processes equal one on CPU, where SyncBatchNorm is unavailable).",
-    ),
-    click.option(
-        "--ema-decay",
-        type=click.FloatRange(0.0, 1.0, max_open=True),
-        default=DEFAULTS.ema_decay,
-        show_default=True,
-        help="Validate and ship an EMA of the weights with this decay (0: off; e.g. 0.9998).",
-    ),
-    click.option(
-        "--cache-images",
-        is_flag=True,
-        help="Decode the training images once into memory (small datasets).",
-    ),
-    click.option("--compile", is_flag=True, help="torch.compile the model (slow first steps)."),
-]
+def _click_type(f: Field, base: type) -> Any:
+    """The click type of a TrainConfig field, from its type and metadata."""
+    meta = f.metadata
+    if meta["choices"]:
+        return click.Choice(list(meta["choices"]))
+    bounded = meta["min"] is not None or meta["max"] is not None
+    if base is int:
+        return click.IntRange(min=meta["min"], max=meta["max"]) if bounded else int
+    if base is float:
+        if not bounded:
+            return float
+        return click.FloatRange(min=meta["min"], max=meta["max"], max_open=meta["max_open"])
+    if base is Path:
+        kind = meta["path_kind"]
+        return click.Path(path_type=Path, file_okay=kind != "dir", dir_okay=kind != "file")
+    return str
+
+
+def _base_type(annotation: Any) -> type:
+    """int for `int | None`, Path for `Path | None`, ..."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if args else annotation
+
+
+def option_for(f: Field, annotation: Any) -> Callable:
+    """The click option of one TrainConfig field (everything from the field itself)."""
+    meta = f.metadata
+    name = OPTION_NAMES.get(f.name, f.name)
+    flag = "--" + name.replace("_", "-")
+    if f.name in OPTION_NAMES:
+        return click.option(flag, name, multiple=True, metavar="KEY=VALUE", help=meta["help"])
+    base = _base_type(annotation)
+    if base is bool:
+        if meta["negatable"]:
+            negated = f"{flag}/--no-{flag[2:]}"
+            return click.option(negated, default=f.default, show_default=True, help=meta["help"])
+        return click.option(flag, is_flag=True, help=meta["help"])
+    return click.option(
+        flag,
+        type=_click_type(f, base),
+        default=f.default,
+        show_default=f.default is not None,
+        help=meta["help"],
+    )
+
+
+def _cli_fields() -> list[tuple[Field, Any]]:
+    hints = typing.get_type_hints(TrainConfig)
+    return [(f, hints[f.name]) for f in config_fields() if f.metadata["cli"]]
+
+
+# The training options, by TrainConfig field name, in the field order.
+TRAIN_OPTIONS_BY_FIELD: dict[str, Callable] = {
+    f.name: option_for(f, annotation) for f, annotation in _cli_fields()
+}
+TRAIN_OPTIONS: list[Callable] = list(TRAIN_OPTIONS_BY_FIELD.values())
 
 
 def train_options(func: Callable) -> Callable:
@@ -224,45 +107,11 @@ def train_options(func: Callable) -> Callable:
 
 def config_from_options(out: Path, options: dict[str, Any]) -> TrainConfig:
     """Every training option lands in the config (a test checks each one)."""
-    return TrainConfig(
-        out=out,
-        data=options["data"],
-        loss=options["loss"],
-        loss_options=parse_loss_options(options["loss_opt"]),
-        reg_loss=options["reg_loss"],
-        backbone=options["backbone"],
-        pretrained=options["pretrained"],
-        init_from=options["init_from"],
-        train_ann=options["train_ann"],
-        train_images=options["train_images"],
-        val_ann=options["val_ann"],
-        val_images=options["val_images"],
-        val_fraction=options["val_fraction"],
-        img_size=options["img_size"],
-        epochs=options["epochs"],
-        batch_size=options["batch_size"],
-        lr=options["lr"],
-        optimizer=options["optimizer"],
-        weight_decay=options["weight_decay"],
-        warmup_iters=options["warmup_iters"],
-        grad_clip=options["grad_clip"],
-        device=options["device"],
-        amp=options["amp"],
-        seed=options["seed"],
-        workers=options["workers"],
-        max_steps=options["max_steps"],
-        max_val_images=options["max_val_images"],
-        fpn_channels=options["fpn_channels"],
-        head_convs=options["head_convs"],
-        overwrite=options["overwrite"],
-        strict=options["strict"],
-        nproc_per_node=options["nproc_per_node"],
-        resume=options["resume"],
-        freeze_bn=options["freeze_bn"],
-        ema_decay=options["ema_decay"],
-        cache_images=options["cache_images"],
-        compile=options["compile"],
-    )
+    values: dict[str, Any] = {}
+    for f, _ in _cli_fields():
+        value = options[OPTION_NAMES.get(f.name, f.name)]
+        values[f.name] = parse_loss_options(value) if f.name == "loss_options" else value
+    return TrainConfig(out=out, **values)
 
 
 def config_from_command_line(out: Path, options: dict[str, Any]) -> TrainConfig:

@@ -25,7 +25,8 @@ HELP_BRACKETS = {
     "--img-size": "[default: 192; x>=32]",
     "--lr": "[default: 0.002]",
     "--optimizer": "[default: adamw]",
-    "--weight-decay": "[default: 0.05]",
+    "--weight-decay": "[default: 0.05; x>=0.0]",
+    "--grad-clip": "[x>=0.0]",
     "--warmup-iters": "[default: 100; x>=0]",
     "--device": "[default: auto]",
     "--amp": "[default: amp]",
@@ -63,9 +64,12 @@ def test_train_help_shows_every_default_and_range() -> None:
     for flag, bracket in HELP_BRACKETS.items():
         assert helps[flag].endswith(bracket), (flag, helps[flag])
     loss_help = helps["--loss"]
-    for name in ("ce", "balanced-ce", "focal", "ghm", "pisa", "random", "ohem"):
-        assert f" {name}," in loss_help or f" {name}." in loss_help, name
+    names = "ce|balanced-ce|focal|focal-star|ghm|pisa|pisa-center|random|ohem"
+    assert loss_help.startswith(f"--loss [{names}] ")
     assert "`pipeline losses`" in loss_help
+    assert helps["--backbone"].startswith(
+        "--backbone [resnet18|resnet34|resnet50|mobilenet_v3_large]"
+    )
 
 
 @pytest.fixture
@@ -227,3 +231,22 @@ def test_loss_listing_shows_summary_clip_options_defaults_and_choices() -> None:
         "    mode=a [a|b]  which\n"
         "ghm: GHM-C (grad clip 35)"
     )
+
+
+def test_the_listed_backbones_are_the_ones_the_model_builds() -> None:
+    from train.config import BACKBONE_NAMES
+    from train.model.backbone import BACKBONES
+
+    assert tuple(BACKBONES) == BACKBONE_NAMES
+
+
+def test_runtime_fields_are_the_ones_resume_and_compare_let_differ() -> None:
+    """Described once (the field's metadata): how to run, not what to train."""
+    from pipeline.compare import NOT_COMPARED
+    from train.config import RUNTIME_FIELDS
+    from train.resume import _runtime_flags as runtime_flags
+
+    assert set(RUNTIME_FIELDS) == {"device", "workers", "nproc_per_node", "cache_images", "compile"}
+    assert set(RUNTIME_FIELDS) <= set(NOT_COMPARED)
+    assert runtime_flags() == ["--device", "--workers", "--nproc-per-node", "--cache-images",
+                               "--compile"]  # fmt: skip

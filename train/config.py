@@ -1,56 +1,187 @@
-"""Typed training configuration, filled from CLI options and stored in every checkpoint."""
+"""Typed training configuration, filled from CLI options and stored in every checkpoint.
+
+Each field describes itself once, in its metadata (`setting(...)`): the help text, the allowed
+choices or range, whether it is a command-line option at all, and whether it may change when a
+run is resumed (`runtime`: how to run, not what to train). pipeline/options.py builds the click
+options from this, and resume and compare read `runtime` from here.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from train.loss_names import LOSS_NAMES, REG_LOSS_NAMES
+
+# The backbones train/model/backbone.py builds (a test keeps the two equal), named here so the
+# command line can list them without importing torch.
+BACKBONE_NAMES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_large")
+DEVICES = ("auto", "cpu", "cuda")
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def setting(
+    default: Any = MISSING,
+    help: str = "",  # noqa: A002 - click's own word for it
+    *,
+    choices: tuple[str, ...] = (),
+    min: float | None = None,  # noqa: A002
+    max: float | None = None,  # noqa: A002
+    max_open: bool = False,
+    runtime: bool = False,
+    cli: bool = True,
+    negatable: bool = False,
+    path_kind: str = "",
+    factory: Callable[[], Any] | None = None,
+) -> Any:
+    """A TrainConfig field with what the command line and resume need to know about it.
+
+    runtime: may differ when the run is resumed or compared (it changes how, not what, trains).
+    cli: offered as --name; negatable: a bool shown as --name/--no-name; path_kind: "file" or
+    "dir" when a path must be one of those.
+    """
+    metadata = {
+        "help": help,
+        "choices": choices,
+        "min": min,
+        "max": max,
+        "max_open": max_open,
+        "runtime": runtime,
+        "cli": cli,
+        "negatable": negatable,
+        "path_kind": path_kind,
+    }
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class TrainConfig:
-    out: Path
-    data: Path | None = None  # None: the built-in synthetic dataset
-    loss: str = "focal"
-    loss_options: dict[str, Any] = field(default_factory=dict)
-    reg_loss: str | None = None  # None: the loss's own default
-    backbone: str = "resnet18"
-    pretrained: Path | None = None
-    init_from: Path | None = None  # a checkpoint whose whole detector the run starts from
+    out: Path = setting(help="The run's folder.", cli=False)
+    data: Path | None = setting(
+        None,
+        "COCO dataset folder (COCO 2017 or built-in layout). Default: the built-in synthetic set.",
+    )
+    loss: str = setting(
+        "focal", "Classification/sampling loss; options and defaults: `pipeline losses`.",
+        choices=LOSS_NAMES,
+    )  # fmt: skip
+    loss_options: dict[str, Any] = setting(
+        help="Set a loss option, repeatable (e.g. --loss-opt gamma=1.5).", factory=dict
+    )
+    reg_loss: str | None = setting(
+        None, "Box regression loss (default: the loss's own).", choices=REG_LOSS_NAMES
+    )
+    backbone: str = setting("resnet18", "Backbone network.", choices=BACKBONE_NAMES)
+    pretrained: Path | None = setting(
+        None,
+        "Backbone weights: a local file (e.g. from `pipeline pretrain`), or imagenet for "
+        "torchvision's weights from the torch hub cache (downloaded once if missing).",
+        path_kind="file",
+    )
+    init_from: Path | None = setting(
+        None,
+        "Fine-tune: start the whole detector from this checkpoint (best.pt or last.pt of "
+        "another run; a different class count starts the classifier's last layer fresh).",
+        path_kind="file",
+    )
     # Any COCO layout: explicit split files instead of (or beside) --data (train/data/splits.py).
-    train_ann: Path | None = None
-    train_images: Path | None = None
-    val_ann: Path | None = None
-    val_images: Path | None = None
-    val_fraction: float = 0.0  # > 0: carve a val split out of train (same images every run)
-    img_size: int = 192
-    epochs: int = 12
-    batch_size: int = 16
-    lr: float = 2e-3
-    optimizer: str = "adamw"
-    weight_decay: float = 0.05
-    warmup_iters: int = 100
-    grad_clip: float | None = None  # None: the loss's recommendation, else 35
-    device: str = "auto"
-    amp: bool = True
-    seed: int = 0
-    workers: int = 1
-    max_steps: int | None = None  # stop early (tests, smoke runs)
-    val_every: int = 1
-    max_val_images: int | None = None
-    fpn_channels: int = 128
-    head_convs: int = 2
-    overwrite: bool = False
-    max_bad_steps: int = 20
-    strict: bool = False  # unreadable images and dropped boxes are errors, not warnings
+    train_ann: Path | None = setting(
+        None,
+        "COCO annotation json of the training split (any layout; with --train-images).",
+        path_kind="file",
+    )
+    train_images: Path | None = setting(
+        None, "Folder the training json's file_names are relative to.", path_kind="dir"
+    )
+    val_ann: Path | None = setting(
+        None,
+        "COCO annotation json of the validation split (with --val-images).",
+        path_kind="file",
+    )
+    val_images: Path | None = setting(
+        None, "Folder the validation json's file_names are relative to.", path_kind="dir"
+    )
+    val_fraction: float = setting(
+        0.0,
+        "Carve this fraction of the training images out as the val split (the same images "
+        "whatever --seed; written to RUN/splits/). Without a val split and without this, "
+        "validation is off.",
+        min=0.0,
+        max=1.0,
+        max_open=True,
+    )
+    img_size: int = setting(192, "Square input size in pixels (letterboxed).", min=32)
+    epochs: int = setting(12, "Passes over the training set.", min=1)
+    batch_size: int = setting(16, "Images per optimizer step, over all processes.", min=1)
+    lr: float = setting(2e-3, "Peak learning rate (after warmup; cosine decay to 2% of it).")
+    optimizer: str = setting("adamw", "Optimizer.", choices=OPTIMIZERS)
+    weight_decay: float = setting(0.05, "Weight decay (not on norms and biases).", min=0.0)
+    warmup_iters: int = setting(100, "Linear learning-rate warmup, in optimizer steps.", min=0)
+    grad_clip: float | None = setting(
+        None, "Max gradient norm; 0 disables (default: 35, or the loss's own).", min=0.0
+    )
+    device: str = setting(
+        "auto", "auto: CUDA when available, else CPU.", choices=DEVICES, runtime=True
+    )
+    amp: bool = setting(True, "bf16 autocast on CPU, fp16 AMP on CUDA.", negatable=True)
+    seed: int = setting(0, "Seed of weights, data order and augmentation.")
+    workers: int = setting(1, "Data-loading processes per training process.", min=0, runtime=True)
+    max_steps: int | None = setting(None, "Stop after this many optimizer steps.", min=1)
+    val_every: int = setting(1, "Validate every N epochs (and after the last).", cli=False)
+    max_val_images: int | None = setting(
+        None, "Validate on the first N images of the val split only.", min=1
+    )
+    fpn_channels: int = setting(128, "Channels of the FPN and the heads.", min=8)
+    head_convs: int = setting(2, "3x3 convolutions in each head tower.", min=0)
+    overwrite: bool = setting(False, "Replace an existing run in --out.")
+    max_bad_steps: int = setting(20, "Stop after this many non-finite steps in a row.", cli=False)
+    strict: bool = setting(
+        False, "Unreadable or missing images and dropped boxes are errors instead of warnings."
+    )
     # Scale-out and speed (train/distributed.py, train/resume.py, train/step.py).
-    nproc_per_node: int = 1  # > 1: `pipeline train` launches that many DDP processes
-    resume: Path | None = None  # a run folder whose last.pt to continue exactly
-    freeze_bn: bool = False  # BatchNorm in eval mode, affine frozen
-    ema_decay: float = 0.0  # 0: no EMA of the weights
-    cache_images: bool = False  # decode the training images once, into memory
-    compile: bool = False  # torch.compile the model's forward
+    nproc_per_node: int = setting(
+        1,
+        "Train with this many DDP processes (one per GPU; gloo on CPU). --batch-size is the "
+        "global batch. Several machines: torchrun (see README).",
+        min=1,
+        runtime=True,
+    )
+    resume: Path | None = setting(
+        None,
+        "Continue the run in this folder from its last.pt, exactly (its stored options are "
+        "used; --device, --workers, --nproc-per-node, --cache-images, --compile may change; any "
+        "other option given with a different value is an error).",
+        path_kind="dir",
+    )
+    freeze_bn: bool = setting(
+        False,
+        "Keep BatchNorm in eval mode with frozen affine (usual with --pretrained; makes N "
+        "processes equal one on CPU, where SyncBatchNorm is unavailable).",
+    )
+    ema_decay: float = setting(
+        0.0,
+        "Validate and ship an EMA of the weights with this decay (0: off; e.g. 0.9998).",
+        min=0.0,
+        max=1.0,
+        max_open=True,
+    )
+    cache_images: bool = setting(
+        False, "Decode the training images once into memory (small datasets).", runtime=True
+    )
+    compile: bool = setting(False, "torch.compile the model (slow first steps).", runtime=True)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only, so the checkpoint stays loadable with weights_only=True."""
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+def config_fields() -> list[Field]:
+    return list(fields(TrainConfig))
+
+
+# How to run, not what to train: on resume (and between a comparison's runs) these may differ.
+RUNTIME_FIELDS = tuple(f.name for f in config_fields() if f.metadata["runtime"])

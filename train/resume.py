@@ -23,15 +23,14 @@ from torch import nn
 
 from train.builders import resolved_loss_options
 from train.checkpoint import load_checkpoint
-from train.config import TrainConfig
+from train.config import RUNTIME_FIELDS, TrainConfig
 from train.distributed import all_gather_objects, current_rank_and_world
 from train.ema import ModelEma
 from train.errors import InputError
 from train.losses.base import load_loss_state_dict, loss_state_dict
 
 log = logging.getLogger(__name__)
-# How to run, not what to train: on resume these come from the command line.
-RUNTIME_FIELDS = ("device", "workers", "nproc_per_node", "cache_images", "compile")
+# RUNTIME_FIELDS (train/config.py: how to run, not what to train) come from the command line.
 PATH_FIELDS = (
     "out", "data", "pretrained", "init_from", "resume",
     "train_ann", "train_images", "val_ann", "val_images",
