@@ -12,7 +12,14 @@ import click
 from common.logs import LOG_FORMAT
 from pipeline.compare_options import compare_options
 from pipeline.errors import PipelineError, user_errors_exit_2
-from pipeline.options import config_from_command_line, format_loss_listing, train_options
+from pipeline.help_format import help_all_option, short_help_command
+from pipeline.options import (
+    SECONDARY_TRAIN_PARAMS,
+    config_from_command_line,
+    format_loss_listing,
+    train_options,
+)
+from train.config import BACKBONE_NAMES
 
 
 @click.group()
@@ -29,10 +36,26 @@ def data() -> None:
 
 
 @data.command("synth")
-@click.option("--out", type=click.Path(path_type=Path), required=True)
-@click.option("--num-train", type=click.IntRange(min=1), default=1200, show_default=True)
-@click.option("--num-val", type=click.IntRange(min=1), default=200, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="Dataset folder to create."
+)
+@click.option(
+    "--num-train",
+    type=click.IntRange(min=1),
+    default=1200,
+    show_default=True,
+    help="Training images.",
+)
+@click.option(
+    "--num-val", type=click.IntRange(min=1), default=200, show_default=True, help="Val images."
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the drawing: the same seed writes the same dataset.",
+)
 @click.option(
     "--label-noise",
     type=click.FloatRange(0, 1),
@@ -40,7 +63,7 @@ def data() -> None:
     show_default=True,
     help="Fraction of train annotations given a wrong class (val stays clean).",
 )
-@click.option("--overwrite", is_flag=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing dataset in --out.")
 @user_errors_exit_2
 def data_synth(
     out: Path, num_train: int, num_val: int, seed: int, label_noise: float, overwrite: bool
@@ -69,8 +92,20 @@ def data_synth(
     default=None,
     help="Dataset folder (default: the built-in synthetic one).",
 )
-@click.option("--split", type=click.Choice(["train", "val"]), default="train", show_default=True)
-@click.option("--num", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option(
+    "--split",
+    type=click.Choice(["train", "val"]),
+    default="train",
+    show_default=True,
+    help="Which split to draw.",
+)
+@click.option(
+    "--num",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Images in the grid.",
+)
 @click.option(
     "--seed",
     type=int,
@@ -101,12 +136,9 @@ def _loss_epilog() -> str:
     return "Loss options (--loss-opt KEY=VALUE) with their defaults:\n\n" + blocks
 
 
-class _LossEpilogCommand(click.Command):
-    """Help that ends with every loss option, built only when shown (the registry needs torch)."""
-
-    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        self.epilog = _loss_epilog()
-        super().format_epilog(ctx, formatter)
+# train, run and compare: --help explains the everyday options, --help-all every one.
+TrainCommand = short_help_command(SECONDARY_TRAIN_PARAMS, _loss_epilog)
+RunCommand = short_help_command(SECONDARY_TRAIN_PARAMS)
 
 
 def _run_folder(out: Path | None, default: Path, options: dict[str, object]) -> Path:
@@ -120,7 +152,8 @@ def _run_folder(out: Path | None, default: Path, options: dict[str, object]) -> 
     return Path(str(resume)) if resume is not None else next_run_dir(default)
 
 
-@cli.command(cls=_LossEpilogCommand)
+@cli.command(cls=TrainCommand)
+@help_all_option
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
@@ -143,7 +176,14 @@ def train(out: Path | None, **options: object) -> None:
 
 
 @cli.command("export")
-@click.option("--weights", type=click.Path(path_type=Path), required=True)
+@click.option(
+    "--model",
+    "--weights",
+    "weights",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The .pt checkpoint to export (best.pt or last.pt of a run).",
+)
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
@@ -183,11 +223,13 @@ def train(out: Path | None, **options: object) -> None:
     "Runtime, post-processing kept in float; OpenVINO's int8 IR is converted from it).",
 )
 @click.option(
+    "--batch-size",
     "--batch",
+    "batch",
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Largest batch the engine accepts (its optimization profile is 1 / N / N).",
+    help="Largest batch the TensorRT engine accepts (its optimization profile is 1 / N / N).",
 )
 @click.option(
     "--workspace",
@@ -269,6 +311,7 @@ def export_cmd(
 # Which model and where it runs, the same for every command that runs one (eval, predict).
 model_option = click.option(
     "--model",
+    "--weights",
     "model_path",
     type=click.Path(path_type=Path),
     required=True,
@@ -292,13 +335,41 @@ device_option = click.option(
 
 @cli.command("eval")
 @model_option
-@click.option("--data", type=click.Path(path_type=Path), default=None)
-@click.option("--split", default="val", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Dataset folder (default: the model's own when still on disk, else the built-in one).",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["train", "val"]),
+    default="val",
+    show_default=True,
+    help="Which split to score.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Images per model call (latency is reported per image).",
+)
 @provider_option
 @device_option
-@click.option("--max-images", type=click.IntRange(min=1), default=None)
-@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option(
+    "--max-images",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Score the first N images of the split only.",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Untimed model calls before timing starts.",
+)
 @click.option(
     "--json",
     "json_path",
@@ -456,7 +527,8 @@ def predict(
     click.echo(run_predict(model_path, list(sources), out, options, overwrite).line())
 
 
-@cli.command()
+@cli.command(cls=RunCommand)
+@help_all_option
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
@@ -475,7 +547,8 @@ def run(out: Path | None, **options: object) -> None:
         click.echo(table)
 
 
-@cli.command()
+@cli.command(cls=RunCommand)
+@help_all_option
 @compare_options
 @user_errors_exit_2
 def compare(**options: object) -> None:
@@ -509,11 +582,18 @@ def compare(**options: object) -> None:
 )
 @click.option(
     "--backbone",
-    type=click.Choice(["resnet18", "resnet34", "resnet50", "mobilenet_v3_large"]),
+    type=click.Choice(list(BACKBONE_NAMES)),
     default="resnet18",
     show_default=True,
+    help="The backbone to pretrain (train with the same --backbone).",
 )
-@click.option("--crop-size", type=click.IntRange(min=32), default=64, show_default=True)
+@click.option(
+    "--crop-size",
+    type=click.IntRange(min=32),
+    default=64,
+    show_default=True,
+    help="Side in pixels each object or background crop is resized to.",
+)
 @click.option(
     "--backgrounds-per-image",
     type=click.IntRange(min=0),
@@ -521,10 +601,34 @@ def compare(**options: object) -> None:
     show_default=True,
     help="Background crops (overlapping no object) taken from each image.",
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Passes over the crops.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Crops per optimizer step.",
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=2e-3,
+    show_default=True,
+    help="AdamW learning rate (cosine decay).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the classifier's head, crop order and background boxes.",
+)
 @click.option(
     "--device",
     type=click.Choice(["auto", "cpu", "cuda"]),
@@ -558,7 +662,14 @@ def pretrain(data: Path | None, out: Path, device: str, **options: object) -> No
 
 
 @cli.command()
-@click.option("--weights", type=click.Path(path_type=Path), required=True)
+@click.option(
+    "--model",
+    "--weights",
+    "weights",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The .pt checkpoint to analyze.",
+)
 @click.option(
     "--data",
     type=click.Path(path_type=Path),

@@ -21,7 +21,11 @@ DEFAULT_LOSSES = "ce,focal,ghm,pisa"
 
 COMPARE_OPTIONS: list[Callable] = [
     click.option(
-        "--out", type=click.Path(path_type=Path), default=Path("runs/compare"), show_default=True
+        "--out",
+        type=click.Path(path_type=Path),
+        default=Path("runs/compare"),
+        show_default=True,
+        help="Study folder: runs/LOSS-sSEED/ per run, then report.md, report.json and plots.",
     ),
     click.option(
         "--losses",

@@ -97,6 +97,10 @@ TRAIN_OPTIONS_BY_FIELD: dict[str, Callable] = {
     f.name: option_for(f, annotation) for f, annotation in _cli_fields()
 }
 TRAIN_OPTIONS: list[Callable] = list(TRAIN_OPTIONS_BY_FIELD.values())
+# Parameter names a plain --help only names (pipeline/help_format.py).
+SECONDARY_TRAIN_PARAMS = {
+    OPTION_NAMES.get(f.name, f.name) for f, _ in _cli_fields() if not f.metadata["essential"]
+}
 
 
 def train_options(func: Callable) -> Callable:

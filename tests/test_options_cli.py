@@ -55,9 +55,9 @@ def _help_by_option(output: str) -> dict[str, str]:
     return {flag: " ".join(text.split()) for flag, text in entries.items()}
 
 
-def test_train_help_shows_every_default_and_range() -> None:
+def test_train_help_all_shows_every_default_and_range() -> None:
     result = CliRunner().invoke(
-        cli, ["train", "--help"], terminal_width=1000, max_content_width=1000
+        cli, ["train", "--help-all"], terminal_width=1000, max_content_width=1000
     )
     assert result.exit_code == 0, result.output
     helps = _help_by_option(result.output)
@@ -250,3 +250,56 @@ def test_runtime_fields_are_the_ones_resume_and_compare_let_differ() -> None:
     assert set(RUNTIME_FIELDS) <= set(NOT_COMPARED)
     assert runtime_flags() == ["--device", "--workers", "--nproc-per-node", "--cache-images",
                                "--compile"]  # fmt: skip
+
+
+def _commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
+    found = []
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            found += _commands(command, f"{prefix}{name} ")
+        else:
+            found.append((prefix + name, command))
+    return found
+
+
+def test_every_option_of_every_command_says_what_it_does() -> None:
+    missing = [
+        f"{name} {param.opts[0]}"
+        for name, command in _commands(cli)
+        for param in command.params
+        if isinstance(param, click.Option) and not (param.help or "").strip()
+    ]
+    assert missing == []
+
+
+def test_the_same_thing_has_the_same_name_in_every_command() -> None:
+    """The model file is --model everywhere (--weights still accepted); a batch is
+    --batch-size everywhere (export's --batch still accepted)."""
+    flags = {name: {o for p in cmd.params for o in p.opts} for name, cmd in _commands(cli)}
+    for name in ("export", "eval", "predict", "analyze"):
+        assert {"--model", "--weights"} <= flags[name], name
+    for name, found in flags.items():
+        if "--batch" in found:
+            assert "--batch-size" in found, name
+
+
+@pytest.mark.parametrize("command", ["train", "run", "compare"])
+def test_help_explains_the_everyday_options_and_names_every_other(command: str) -> None:
+    """A plain --help fits a screen or two; --help-all explains every option."""
+    from pipeline.options import SECONDARY_TRAIN_PARAMS
+
+    short = CliRunner().invoke(cli, [command, "--help"]).output
+    full = CliRunner().invoke(cli, [command, "--help-all"]).output
+    assert len(short.splitlines()) < 80 < len(full.splitlines())
+    options, more = short.split("More options (--help-all explains each):")
+    explained_short, explained_full = _help_by_option(options), _help_by_option(full)
+    for flag in ("--data", "--loss-opt", "--epochs", "--seed"):
+        assert flag in explained_short, flag
+    named = [word.rstrip(",") for word in more.split()]
+    for name in SECONDARY_TRAIN_PARAMS:
+        flag = "--" + name.replace("_", "-")
+        assert flag not in explained_short and flag in named, flag
+        assert flag in explained_full, flag
+    if command == "train":  # each loss's --loss-opt keys, with --help-all only
+        assert "Loss options (--loss-opt KEY=VALUE)" in full
+        assert "Loss options" not in short

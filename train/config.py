@@ -34,13 +34,15 @@ def setting(
     cli: bool = True,
     negatable: bool = False,
     path_kind: str = "",
+    essential: bool = False,
     factory: Callable[[], Any] | None = None,
 ) -> Any:
     """A TrainConfig field with what the command line and resume need to know about it.
 
     runtime: may differ when the run is resumed or compared (it changes how, not what, trains).
     cli: offered as --name; negatable: a bool shown as --name/--no-name; path_kind: "file" or
-    "dir" when a path must be one of those.
+    "dir" when a path must be one of those; essential: explained by a plain --help (the others
+    are named there and explained by --help-all).
     """
     metadata = {
         "help": help,
@@ -52,6 +54,7 @@ def setting(
         "cli": cli,
         "negatable": negatable,
         "path_kind": path_kind,
+        "essential": essential,
     }
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
@@ -64,29 +67,34 @@ class TrainConfig:
     data: Path | None = setting(
         None,
         "COCO dataset folder (COCO 2017 or built-in layout). Default: the built-in synthetic set.",
+        essential=True,
     )
     loss: str = setting(
         "focal", "Classification/sampling loss; options and defaults: `pipeline losses`.",
-        choices=LOSS_NAMES,
+        choices=LOSS_NAMES, essential=True,
     )  # fmt: skip
     loss_options: dict[str, Any] = setting(
-        help="Set a loss option, repeatable (e.g. --loss-opt gamma=1.5).", factory=dict
+        help="Set a loss option, repeatable (e.g. --loss-opt gamma=1.5).",
+        factory=dict,
+        essential=True,
     )
     reg_loss: str | None = setting(
         None, "Box regression loss (default: the loss's own).", choices=REG_LOSS_NAMES
     )
-    backbone: str = setting("resnet18", "Backbone network.", choices=BACKBONE_NAMES)
+    backbone: str = setting("resnet18", "Backbone network.", choices=BACKBONE_NAMES, essential=True)
     pretrained: Path | None = setting(
         None,
         "Backbone weights: a local file (e.g. from `pipeline pretrain`), or imagenet for "
         "torchvision's weights from the torch hub cache (downloaded once if missing).",
         path_kind="file",
+        essential=True,
     )
     init_from: Path | None = setting(
         None,
         "Fine-tune: start the whole detector from this checkpoint (best.pt or last.pt of "
         "another run; a different class count starts the classifier's last layer fresh).",
         path_kind="file",
+        essential=True,
     )
     # Any COCO layout: explicit split files instead of (or beside) --data (train/data/splits.py).
     train_ann: Path | None = setting(
@@ -114,10 +122,16 @@ class TrainConfig:
         max=1.0,
         max_open=True,
     )
-    img_size: int = setting(192, "Square input size in pixels (letterboxed).", min=32)
-    epochs: int = setting(12, "Passes over the training set.", min=1)
-    batch_size: int = setting(16, "Images per optimizer step, over all processes.", min=1)
-    lr: float = setting(2e-3, "Peak learning rate (after warmup; cosine decay to 2% of it).")
+    img_size: int = setting(
+        192, "Square input size in pixels (letterboxed).", min=32, essential=True
+    )
+    epochs: int = setting(12, "Passes over the training set.", min=1, essential=True)
+    batch_size: int = setting(
+        16, "Images per optimizer step, over all processes.", min=1, essential=True
+    )
+    lr: float = setting(
+        2e-3, "Peak learning rate (after warmup; cosine decay to 2% of it).", essential=True
+    )
     optimizer: str = setting("adamw", "Optimizer.", choices=OPTIMIZERS)
     weight_decay: float = setting(0.05, "Weight decay (not on norms and biases).", min=0.0)
     warmup_iters: int = setting(100, "Linear learning-rate warmup, in optimizer steps.", min=0)
@@ -125,10 +139,14 @@ class TrainConfig:
         None, "Max gradient norm; 0 disables (default: 35, or the loss's own).", min=0.0
     )
     device: str = setting(
-        "auto", "auto: CUDA when available, else CPU.", choices=DEVICES, runtime=True
+        "auto",
+        "auto: CUDA when available, else CPU.",
+        choices=DEVICES,
+        runtime=True,
+        essential=True,
     )
     amp: bool = setting(True, "bf16 autocast on CPU, fp16 AMP on CUDA.", negatable=True)
-    seed: int = setting(0, "Seed of weights, data order and augmentation.")
+    seed: int = setting(0, "Seed of weights, data order and augmentation.", essential=True)
     workers: int = setting(1, "Data-loading processes per training process.", min=0, runtime=True)
     max_steps: int | None = setting(None, "Stop after this many optimizer steps.", min=1)
     val_every: int = setting(1, "Validate every N epochs (and after the last).", cli=False)
@@ -137,7 +155,7 @@ class TrainConfig:
     )
     fpn_channels: int = setting(128, "Channels of the FPN and the heads.", min=8)
     head_convs: int = setting(2, "3x3 convolutions in each head tower.", min=0)
-    overwrite: bool = setting(False, "Replace an existing run in --out.")
+    overwrite: bool = setting(False, "Replace an existing run in --out.", essential=True)
     max_bad_steps: int = setting(20, "Stop after this many non-finite steps in a row.", cli=False)
     strict: bool = setting(
         False, "Unreadable or missing images and dropped boxes are errors instead of warnings."
@@ -149,6 +167,7 @@ class TrainConfig:
         "global batch. Several machines: torchrun (see README).",
         min=1,
         runtime=True,
+        essential=True,
     )
     resume: Path | None = setting(
         None,
@@ -156,6 +175,7 @@ class TrainConfig:
         "used; --device, --workers, --nproc-per-node, --cache-images, --compile may change; any "
         "other option given with a different value is an error).",
         path_kind="dir",
+        essential=True,
     )
     freeze_bn: bool = setting(
         False,
