@@ -48,6 +48,7 @@ NON_DEFAULTS = {
     "--ema-decay": ("0.75", "ema_decay", 0.75),
     "--cache-images": (None, "cache_images", True),
     "--compile": (None, "compile", True),
+    "--keep-state": (None, "keep_state", True),
 }
 
 
@@ -55,7 +56,7 @@ def _train_option_flags() -> set[str]:
     command = cli.commands["train"]
     flags = set()
     for param in command.params:
-        if isinstance(param, click.Option) and param.name != "out":
+        if isinstance(param, click.Option) and param.name not in ("out", "help_all"):
             flags.update(f for f in param.opts + param.secondary_opts if f.startswith("--"))
     return flags
 

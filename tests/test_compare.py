@@ -25,8 +25,10 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 def compare_args(data: Path, out: Path, *extra: object) -> list[object]:
+    # --keep-state: the resume test turns a finished run back into one killed mid-training,
+    # whose last.pt holds the training state
     return ["compare", "--out", out, "--data", data, "--losses", ",".join(LOSSES), "--seeds", 1,
-            "--resamples", 20, *TINY, *extra]  # fmt: skip
+            "--resamples", 20, *TINY, "--keep-state", *extra]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

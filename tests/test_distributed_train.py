@@ -73,7 +73,7 @@ def _train(
 
 @pytest.mark.slow
 def test_two_processes_train_like_one(tiny_data: Path, tmp_path: Path) -> None:
-    common = ["--freeze-bn", "--no-amp", "--optimizer", "sgd", "--lr", "0.01"]
+    common = ["--freeze-bn", "--no-amp", "--optimizer", "sgd", "--lr", "0.01", "--keep-state"]
     one = _train(tiny_data, tmp_path / "one", *common)
     # The launchers, started from a folder holding a train.py (and friends) of its own.
     hostile = shadowing_folder(tmp_path)

@@ -23,7 +23,7 @@ from train.data.synthetic import generate_synthetic_dataset
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ["--img-size", "64", "--fpn-channels", "16", "--head-convs", "1", "--workers", "1",
        "--warmup-iters", "1", "--batch-size", "4", "--epochs", "2", "--loss", "ghm",
-       "--ema-decay", "0.9"]  # fmt: skip
+       "--ema-decay", "0.9", "--keep-state"]  # fmt: skip
 # Runs the CLI with a hook that SIGKILLs the process once epoch 1's checkpoints are on disk.
 KILL_AFTER_EPOCH_1 = """
 import os, signal, sys
@@ -61,7 +61,7 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path: Path) -> No
     done = _pipeline(*args, script=KILL_AFTER_EPOCH_1)
     assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
     assert _load(killed / "last.pt")["resume"]["epoch"] == 1
-    done = _pipeline("train", "--resume", str(killed))
+    done = _pipeline("train", "--resume", str(killed), "--keep-state")  # a runtime option
     assert done.returncode == 0, done.stderr[-3000:]
 
     expected, resumed = _load(straight / "last.pt"), _load(killed / "last.pt")
@@ -106,7 +106,7 @@ def test_resume_refuses_options_it_would_ignore(tmp_path: Path, tmp_path_factory
     from tests.cli_support import TINY, invoke, make_tiny_dataset
 
     data, run = make_tiny_dataset(tmp_path_factory), tmp_path / "run"
-    assert invoke("train", "--data", data, "--out", run, *TINY).exit_code == 0
+    assert invoke("train", "--data", data, "--out", run, *TINY, "--keep-state").exit_code == 0
     before = (run / "last.pt").read_bytes()
 
     changed = invoke("train", "--resume", run, "--epochs", "5")

@@ -62,6 +62,7 @@ def _config(data: Path, out: Path, **changes: object) -> TrainConfig:
     options: dict = dict(
         out=out, data=data, backbone="tiny", img_size=64, fpn_channels=8, head_convs=1,
         workers=0, device="cpu", amp=False, batch_size=2, epochs=1, warmup_iters=0, lr=0.01,
+        keep_state=True,  # these tests read the training state a finished run's last.pt keeps
     )  # fmt: skip
     return TrainConfig(**{**options, **changes})
 
@@ -491,3 +492,21 @@ def test_a_run_refuses_an_earlier_runs_folder_unless_overwriting(
     _scripted(overwrite)
     overwrite.fit()
     assert not stale.exists() and _load(out / "best.pt")["epoch"] == 1
+
+
+def test_a_finished_run_keeps_only_weights_in_last_pt_unless_keep_state(
+    data: Path, tmp_path: Path
+) -> None:
+    """The training state is kept while the run trains (an interrupted run resumes) and dropped
+    after the last epoch, where it has nothing left to resume."""
+    config = _config(data, tmp_path / "run", epochs=2, keep_state=False)
+    trainer = Trainer(config)
+    states: list[bool] = []
+    trainer.on_epoch_end = lambda epoch: states.append("resume" in _load(config.out / "last.pt"))
+    _scripted(trainer)
+    trainer.fit()
+    assert states == [True, False]
+    last = _load(config.out / "last.pt")
+    assert last["epoch"] == 2 and "state_dict" in last and "optimizer" not in str(last.keys())
+    with pytest.raises(InputError, match="finished all 2 epochs, so there is nothing to resume"):
+        Trainer(_config(data, tmp_path / "run", epochs=2, resume=config.out))

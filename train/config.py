@@ -189,6 +189,13 @@ class TrainConfig:
         max=1.0,
         max_open=True,
     )
+    keep_state: bool = setting(
+        False,
+        "Keep the training state (optimizer moments, schedule, RNG) in last.pt after the last "
+        "epoch; without it a finished run's last.pt holds its weights only (a third of the "
+        "size with AdamW). While a run trains, last.pt always holds it, for --resume.",
+        runtime=True,
+    )
     cache_images: bool = setting(
         False, "Decode the training images once into memory (small datasets).", runtime=True
     )

@@ -88,6 +88,13 @@ def load_resume_payload(run_dir: Path) -> dict[str, Any]:
     """last.pt's contents, checked to hold the training state a resume needs."""
     path = last_checkpoint(run_dir)
     payload = load_checkpoint(path)
+    if "train_config" in payload and "resume" not in payload:
+        epochs = payload["train_config"].get("epochs")
+        if payload.get("epoch") == epochs:
+            raise InputError(
+                f"{path}: the run finished all {epochs} epochs, so there is nothing to resume "
+                "(its training state was dropped to keep it small; --keep-state keeps it)"
+            )
     if "resume" not in payload or "train_config" not in payload:
         raise InputError(
             f"{path}: holds weights but no training state (written before --resume existed?)"

@@ -224,7 +224,7 @@ class Trainer:
             self.epoch = epoch
             if self.context.is_main:
                 log.info("epoch %d: %s", epoch, json.dumps(record))
-            self._checkpoint(record, result)
+            self._checkpoint(record, result, final=last_epoch)
             if self.on_epoch_end is not None:
                 self.on_epoch_end(epoch)
             if last_epoch:
@@ -238,7 +238,7 @@ class Trainer:
         model.eval()
         return self.validate(model, epoch) if self.validate is not None else {}
 
-    def _checkpoint(self, record: dict, result: TrainResult) -> None:
+    def _checkpoint(self, record: dict, result: TrainResult, final: bool = False) -> None:
         """best.pt when AP improved, then last.pt with the training state; rank 0 writes.
 
         A run that never measured AP (no val split) keeps the latest weights as best.pt: they are
@@ -256,7 +256,10 @@ class Trainer:
             "best_ap": self.best_ap,
             "bad_in_a_row": self._bad_in_a_row,
         }
-        resume = self.state.state(position)  # collective: every rank takes part
+        # A finished run's last.pt keeps only its weights unless --keep-state: the optimizer's
+        # moments (twice the weights with AdamW) serve a --resume, which has nothing left to do.
+        keep = not final or self.config.keep_state
+        resume = self.state.state(position) if keep else None  # collective: every rank
         if self.context.is_main:
             if is_best:
                 self._save(result.best_path, record, None)
