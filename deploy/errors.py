@@ -3,6 +3,8 @@
 The CLI prints them as one line and exits with code 2.
 """
 
+from common.errors import UserError
 
-class DeployError(RuntimeError):
+
+class DeployError(UserError, RuntimeError):
     """A model file, dataset, runtime or device that cannot be used as asked."""

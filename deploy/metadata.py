@@ -20,40 +20,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from common.contract import Detections
 from deploy.errors import DeployError
 
 logger = logging.getLogger(__name__)
 
 PROP_PREFIX = "softsample."
 INPUT_FORMAT = "rgb-0-255-letterbox-topleft"
-
-
-@dataclass
-class Detections:
-    """Padded detections for a batch, in letterboxed-input pixels.
-
-    num_dets: int64 (B,), how many leading rows of each image are real.
-    boxes:    float32 (B, D, 4), x1 y1 x2 y2.
-    scores:   float32 (B, D); padding rows score 0.
-    labels:   int64 (B, D), class index (not category id); padding rows -1.
-    """
-
-    num_dets: np.ndarray
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
-
-    @classmethod
-    def from_arrays(cls, num_dets: Any, boxes: Any, scores: Any, labels: Any) -> Detections:
-        """Cast runtime outputs (int32 labels, (B, 1) counts, fp16 boxes...) to the contract."""
-        boxes_arr = np.asarray(boxes, dtype=np.float32)
-        batch = boxes_arr.shape[0]
-        return cls(
-            num_dets=np.asarray(num_dets).reshape(batch).astype(np.int64),
-            boxes=boxes_arr,
-            scores=np.asarray(scores, dtype=np.float32),
-            labels=np.asarray(labels).astype(np.int64),
-        )
 
 
 class Predictor(Protocol):

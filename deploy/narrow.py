@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from common.contract import Detections
 from deploy.errors import DeployError
-from deploy.metadata import Detections, ModelMetadata
+from deploy.metadata import ModelMetadata
 
 
 def check_narrowing(

@@ -28,10 +28,10 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from common.contract import OUTPUT_NAMES
 from train.model.box_coder import DELTA_CLAMP
 from train.postprocess import PostprocessConfig, candidates_per_level
 
-OUTPUT_NAMES = ("num_dets", "boxes", "scores", "labels")
 MIN_OPSET = 17
 
 

@@ -21,17 +21,16 @@ import onnx
 import torch
 from torch import nn
 
+from common.contract import INPUT_NAME, OUTPUT_NAMES, RAW_OUTPUT_NAMES, Detections
 from common.files import replace_atomically
-from export.graph_postprocess import OUTPUT_NAMES, append_postprocess
+from export.graph_postprocess import append_postprocess
 from train.errors import InputError
 from train.model.anchors import anchors_per_level
 from train.postprocess import PostprocessConfig
-from train.predict import Detections, TorchPredictor
+from train.predict import TorchPredictor
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "images"
-RAW_OUTPUT_NAMES = ("cls_logits", "box_deltas")
 POSTPROCESS_KEY = "postprocess"  # metadata key holding PostprocessConfig.to_json()
 BOX_RTOL, BOX_ATOL = 1e-3, 1e-2  # relative, pixels
 SCORE_ATOL = 1e-3

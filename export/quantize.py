@@ -28,12 +28,12 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from common.contract import INPUT_NAME
 from export.onnx import _save_atomic
 from train.errors import InputError
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "images"
 RAW_OUTPUTS = ("cls_logits", "box_deltas")
 TARGETS = ("cpu", "tensorrt")
 # Ops that only move data: the head's per-anchor layout chain between its last convs and outputs.

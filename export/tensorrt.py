@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from common.contract import INPUT_NAME, TENSORRT_PRECISIONS
 from common.files import write_bytes_atomic
 from export.compat import check_tensorrt_compat
 from export.trt_calibrator import attach_calibrator
@@ -34,8 +35,6 @@ from train.errors import InputError
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "images"
-PRECISIONS = ("fp32", "fp16", "int8")
 TAIL_PREFIX = "post/"  # export/graph_postprocess.py names every tail node and constant so
 TIMING_CACHE_NAME = "trt_timing.cache"
 INSTALL_HINT = "pip install '.[gpu]', or use the Docker image"
@@ -94,8 +93,10 @@ def tensorrt_major(version: str) -> int:
 
 def plan_build(major: int, precision: str) -> BuildPlan:
     """The route to `precision` on TensorRT `major` (10 and 11 supported)."""
-    if precision not in PRECISIONS:
-        raise InputError(f"precision: must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision not in TENSORRT_PRECISIONS:
+        raise InputError(
+            f"precision: must be one of {', '.join(TENSORRT_PRECISIONS)}, got {precision!r}"
+        )
     if major < 10:
         raise InputError(f"TensorRT {major}.x is too old: 10 or newer is needed ({INSTALL_HINT})")
     if major >= 11:

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from common.contract import INPUT_NAME
 from train.errors import InputError
 
-INPUT_NAME = "images"
 CALIBRATION_BATCH = 1  # any image count works, and the calibration profile stays fixed
 
 

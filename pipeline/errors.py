@@ -8,11 +8,10 @@ from typing import Any
 
 import click
 
-from deploy.errors import DeployError
-from train.errors import InputError, TrainingError, UnknownLossError
+from common.errors import UserError
 
 
-class PipelineError(click.ClickException):
+class PipelineError(UserError, click.ClickException):
     """An error in how the pipeline was asked to run (exit code 2, one line)."""
 
     exit_code = 2
@@ -30,9 +29,6 @@ class TrainingInterrupted(click.ClickException):
         click.echo(f"Interrupted: {self.message}", file=file, err=True)
 
 
-USER_ERRORS = (InputError, TrainingError, DeployError, UnknownLossError, PipelineError)
-
-
 def one_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return " ".join(text.split())
@@ -47,7 +43,7 @@ def user_errors_exit_2(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except PipelineError:
             raise
-        except USER_ERRORS as exc:
+        except UserError as exc:
             raise PipelineError(one_line(exc)) from exc
 
     return wrapper

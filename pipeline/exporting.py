@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import onnx
 
+from common.contract import ONNX_PRECISIONS, OPENVINO_PRECISIONS, Detections
 from deploy.errors import DeployError
 from deploy.evaluate import image_path
-from deploy.metadata import Detections, ModelMetadata
+from deploy.metadata import ModelMetadata
 from deploy.preprocess import letterbox, load_image, to_batch
 from export.compat import check_tensorrt_compat
 from export.onnx import (
@@ -42,8 +43,6 @@ from train.errors import InputError
 from train.postprocess import PostprocessConfig
 
 DEFAULT_OPSET = 17  # the opset every export writes unless --opset says otherwise
-PRECISIONS = ("fp32", "fp16", "int8")
-OPENVINO_PRECISIONS = ("fp32", "bf16", "int8")
 log = logging.getLogger(__name__)
 
 
@@ -113,7 +112,7 @@ def _check_combination(options: ExportOptions) -> None:
     """The precisions each target knows, and one target at a time."""
     if options.trt and options.openvino:
         raise PipelineError("--trt and --openvino: choose one engine per export")
-    known = OPENVINO_PRECISIONS if options.openvino else PRECISIONS
+    known = OPENVINO_PRECISIONS if options.openvino else ONNX_PRECISIONS
     if options.precision not in known:
         target = "--openvino takes" if options.openvino else "ONNX Runtime and TensorRT take"
         raise PipelineError(f"--precision {options.precision}: {target} {', '.join(known)}")

@@ -18,7 +18,8 @@ from typing import Any
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-from pipeline.errors import USER_ERRORS, PipelineError
+from common.errors import UserError
+from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def catch_user_errors(fn: Callable[..., Any], *args: Any) -> Any:
     """fn(*args), or a WorkerError in place of one of our user-facing exceptions."""
     try:
         return fn(*args)
-    except USER_ERRORS as exc:
+    except UserError as exc:
         return WorkerError(exc)
 
 

@@ -63,3 +63,15 @@ def test_the_cli_offers_exactly_the_registered_losses():
     from train.losses import LOSSES, REG_LOSSES
 
     assert tuple(LOSSES) == LOSS_NAMES and tuple(REG_LOSSES) == REG_LOSS_NAMES
+
+
+def test_every_user_facing_error_is_a_user_error() -> None:
+    """The command line's boundary catches one base (common.errors.UserError): one line, exit 2."""
+    from common.errors import UserError
+    from deploy.errors import DeployError
+    from pipeline.errors import PipelineError
+    from train.errors import InputError, LossSettingError, NonFiniteLossError, TrainingError
+
+    for error in (InputError, TrainingError, NonFiniteLossError, LossSettingError, DeployError,
+                  PipelineError):  # fmt: skip
+        assert issubclass(error, UserError), error

@@ -16,11 +16,12 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from pycocotools.cocoeval import COCOeval
 
+from common.contract import Detections
 from deploy.backends.onnxruntime import OnnxRuntimePredictor, resolve_providers
 from deploy.errors import DeployError
 from deploy.evaluate import benchmark_latency, evaluate, load_coco
 from deploy.latency import summarize_latency
-from deploy.metadata import Detections, ModelMetadata, read_onnx_metadata, write_onnx_metadata
+from deploy.metadata import ModelMetadata, read_onnx_metadata, write_onnx_metadata
 from deploy.preprocess import letterbox, load_image, to_batch
 from deploy.report import format_metrics_table, write_json_atomic
 

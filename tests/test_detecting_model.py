@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from deploy.metadata import Detections
+from common.contract import Detections
 from export.onnx import compare_detections, run_onnxruntime
 from pipeline.exporting import parity_images
 from tests.cli_support import invoke

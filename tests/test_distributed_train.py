@@ -22,9 +22,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from common.contract import Detections
 from deploy.errors import DeployError
 from deploy.evaluate import evaluate
-from deploy.metadata import Detections, ModelMetadata
+from deploy.metadata import ModelMetadata
 from deploy.preprocess import letterbox, load_image, to_batch
 from pipeline.sharded_eval import evaluate_sharded
 from tests.cli_support import free_port

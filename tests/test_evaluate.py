@@ -21,9 +21,10 @@ import pytest
 from PIL import Image
 from pycocotools.cocoeval import COCOeval
 
+from common.contract import Detections
 from deploy import evaluate as ev
 from deploy.errors import DeployError
-from deploy.metadata import Detections, ModelMetadata
+from deploy.metadata import ModelMetadata
 
 SIZE = 64
 CATEGORY_IDS = [7, 3]  # class index 0 -> category 7, 1 -> category 3

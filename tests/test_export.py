@@ -13,6 +13,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from common.contract import Detections
 from export.compat import check_tensorrt_compat
 from export.graph_postprocess import build_postprocess_model
 from export.onnx import (
@@ -27,7 +28,7 @@ from train.model.anchors import AnchorSpec, anchors_per_level, generate_anchors
 from train.model.box_coder import DELTA_CLAMP
 from train.model.detector import ModelConfig, RetinaDetector
 from train.postprocess import PostprocessConfig, postprocess
-from train.predict import Detections, TorchPredictor
+from train.predict import TorchPredictor
 
 NUM_CLASSES, IMG_SIZE = 3, 64
 

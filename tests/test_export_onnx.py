@@ -17,6 +17,7 @@ import torch
 from onnx import TensorProto, helper
 
 import export.onnx as export_module
+from common.contract import Detections
 from export.graph_postprocess import build_postprocess_model
 from export.onnx import (
     check_parity,
@@ -28,7 +29,6 @@ from export.onnx import (
 )
 from train.model.detector import ModelConfig, RetinaDetector
 from train.postprocess import PostprocessConfig
-from train.predict import Detections
 
 Row = tuple[int, float, list[float]]  # label, score, box
 A, C = [10.0, 10.0, 50.0, 50.0], [100.0, 100.0, 300.0, 300.0]

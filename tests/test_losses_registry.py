@@ -6,7 +6,7 @@ from dataclasses import fields
 
 import pytest
 
-from train.losses import LOSSES, UnknownLossError, build_loss, describe_losses, resolve_options
+from train.losses import LOSSES, LossSettingError, build_loss, describe_losses, resolve_options
 
 NAMES = ["ce", "balanced-ce", "focal", "focal-star", "ghm", "pisa", "pisa-center", "random", "ohem"]
 
@@ -76,5 +76,5 @@ def test_loss_opt_strings_are_parsed_by_type() -> None:
     ],
 )
 def test_bad_names_and_options_raise_one_error_type(name: str, options: dict, message: str) -> None:
-    with pytest.raises(UnknownLossError, match=message):
+    with pytest.raises(LossSettingError, match=message):
         build_loss(name, options)

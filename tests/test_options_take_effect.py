@@ -52,7 +52,8 @@ import pipeline.exporting
 import pipeline.training
 import pipeline.validation
 import train.trainer
-from deploy.metadata import Detections, ModelMetadata, read_onnx_metadata
+from common.contract import Detections
+from deploy.metadata import ModelMetadata, read_onnx_metadata
 from tests.cli_support import TINY, invoke, make_tiny_dataset
 from train.assign import AnchorAssignment
 from train.builders import resolved_loss_options

@@ -22,6 +22,7 @@ import onnxruntime
 import pytest
 from click.testing import CliRunner
 
+from common.contract import Detections
 from deploy.engine_metadata import (
     EngineInfo,
     check_engine_compat,
@@ -30,7 +31,7 @@ from deploy.engine_metadata import (
     write_engine_metadata,
 )
 from deploy.errors import DeployError
-from deploy.metadata import Detections, ModelMetadata
+from deploy.metadata import ModelMetadata
 from export.compat import MIN_OPSET, TENSORRT_OPS, check_tensorrt_compat
 from export.onnx import compare_detections, export_onnx, run_onnxruntime
 from export.tensorrt import (

@@ -4,12 +4,14 @@ The CLI prints them as one line and exits with code 2; every message names the f
 the problem.
 """
 
+from common.errors import UserError
 
-class InputError(ValueError):
+
+class InputError(UserError, ValueError):
     """Bad input to the training side: dataset, checkpoint, option value."""
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """Training cannot go on (the loss stayed non-finite, no image could be read); not a bug."""
 
 
@@ -17,5 +19,5 @@ class NonFiniteLossError(TrainingError):
     """Training produced non-finite losses for too many consecutive steps."""
 
 
-class UnknownLossError(ValueError):
+class LossSettingError(UserError, ValueError):
     """A loss name, option or option value the loss registry does not accept."""

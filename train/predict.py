@@ -7,32 +7,18 @@ so `Detections` is redefined here with the same field names, dtypes and shapes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from common.contract import Detections
 from train.errors import InputError
 from train.model.anchors import anchors_per_level
 from train.postprocess import PostprocessConfig, count_nms_candidates, postprocess
 
 _PRECISION_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-
-
-@dataclass
-class Detections:
-    """Padded detections for a batch: D rows per image, the first `num_dets[b]` valid.
-
-    num_dets (B,) int64; boxes (B, D, 4) float32 xyxy in input pixels; scores (B, D) float32;
-    labels (B, D) int64 class index. Padding rows: box 0, score 0, label -1.
-    """
-
-    num_dets: np.ndarray
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
 
 
 class TorchPredictor:

@@ -24,13 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from common.contract import INPUT_NAME, OUTPUT_NAMES, Detections
 from deploy.errors import DeployError
-from deploy.metadata import Detections, ModelMetadata, read_onnx_metadata
+from deploy.metadata import ModelMetadata, read_onnx_metadata
 
 logger = logging.getLogger(__name__)
 
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("num_dets", "boxes", "scores", "labels")
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"

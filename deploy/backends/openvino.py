@@ -17,16 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from common.contract import INPUT_NAME, OPENVINO_PRECISIONS, OUTPUT_NAMES, Detections
 from deploy.errors import DeployError
-from deploy.metadata import Detections, ModelMetadata
+from deploy.metadata import ModelMetadata
 
 logger = logging.getLogger(__name__)
 
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("num_dets", "boxes", "scores", "labels")
 RT_INFO_SECTION = "detector"
 PRECISION_KEY = "inference_precision"
-PRECISIONS = ("fp32", "bf16", "int8")
 # OpenVINO's names for the precision of the float parts of the graph (int8's float tail in f32).
 INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
@@ -104,9 +102,9 @@ class OpenVinoPredictor:
         props = read_rt_info(model)
         self.metadata: ModelMetadata = ModelMetadata.from_props(props, str(self.path))
         self.precision: str = precision or props.get(PRECISION_KEY, "fp32")
-        if self.precision not in PRECISIONS:
+        if self.precision not in OPENVINO_PRECISIONS:
             raise DeployError(
-                f"{self.path}: precision {self.precision!r} is not one of {PRECISIONS}"
+                f"{self.path}: precision {self.precision!r} is not one of {OPENVINO_PRECISIONS}"
             )
         self.hint = hint
         self._check_io(model)

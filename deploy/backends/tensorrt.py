@@ -22,15 +22,14 @@ from typing import Any
 
 import numpy as np
 
+from common.contract import INPUT_NAME, OUTPUT_NAMES, Detections
 from deploy.backends.cuda_memory import NO_DRIVER_HINT, one_line, open_cuda
 from deploy.engine_metadata import EngineInfo, check_engine_compat, read_engine_metadata
 from deploy.errors import DeployError
-from deploy.metadata import Detections, ModelMetadata
+from deploy.metadata import ModelMetadata
 
 logger = logging.getLogger(__name__)
 
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("num_dets", "boxes", "scores", "labels")
 INSTALL_HINT = "pip install '.[gpu]', or use the Docker image"
 
 # What `cuda_graph_status` (and the eval report's "cuda_graph") says; a fallback reads

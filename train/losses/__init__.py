@@ -30,8 +30,8 @@ from train.losses.pisa import (
 )
 from train.losses.registry import (
     LOSSES,
+    LossSettingError,
     LossSpec,
-    UnknownLossError,
     build_loss,
     describe_losses,
     resolve_options,
@@ -53,7 +53,7 @@ __all__ = [
     "PisaCenterDetectionLoss",
     "PisaDetectionLoss",
     "RandomSamplingLoss",
-    "UnknownLossError",
+    "LossSettingError",
     "anchor_levels",
     "asl1",
     "build_loss",

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
-from train.errors import UnknownLossError
+from train.errors import LossSettingError
 from train.loss_names import LOSS_NAMES
 from train.losses.base import DetectionLoss
 from train.losses.focal import FocalDetectionLoss, FocalStarDetectionLoss
@@ -92,7 +92,7 @@ def _coerce(key: str, raw: Any, default: Any) -> Any:
             return True
         if raw.lower() in ("0", "false", "no", "off"):
             return False
-        raise UnknownLossError(f"option {key}: expected true/false, got {raw!r}")
+        raise LossSettingError(f"option {key}: expected true/false, got {raw!r}")
     try:
         if isinstance(default, int):
             return int(raw)
@@ -100,13 +100,13 @@ def _coerce(key: str, raw: Any, default: Any) -> Any:
             return float(raw)
     except ValueError as exc:
         kind = "an integer" if isinstance(default, int) else "a number"
-        raise UnknownLossError(f"option {key}: expected {kind}, got {raw!r}") from exc
+        raise LossSettingError(f"option {key}: expected {kind}, got {raw!r}") from exc
     return raw
 
 
 def _spec_for(name: str) -> LossSpec:
     if name not in LOSSES:
-        raise UnknownLossError(f"unknown loss {name!r}; valid: {', '.join(sorted(LOSSES))}")
+        raise LossSettingError(f"unknown loss {name!r}; valid: {', '.join(sorted(LOSSES))}")
     return LOSSES[name]
 
 
@@ -117,7 +117,7 @@ def resolve_options(name: str, options: dict[str, Any] | None = None) -> dict[st
     for key, raw in (options or {}).items():
         if key not in spec.defaults:
             valid = ", ".join(sorted(spec.defaults))
-            raise UnknownLossError(f"loss {name!r} has no option {key!r}; valid: {valid}")
+            raise LossSettingError(f"loss {name!r} has no option {key!r}; valid: {valid}")
         resolved[key] = _coerce(key, raw, spec.defaults[key])
     return resolved
 
@@ -128,7 +128,7 @@ def build_loss(name: str, options: dict[str, Any] | None = None) -> DetectionLos
     try:
         return LOSSES[name].factory(**resolved)
     except ValueError as exc:
-        raise UnknownLossError(f"loss {name!r}: {exc}") from exc
+        raise LossSettingError(f"loss {name!r}: {exc}") from exc
 
 
 def _shared_last(item: tuple[str, Any]) -> bool:

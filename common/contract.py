@@ -1,0 +1,51 @@
+"""The contract between the stages: the exported graph's input and output names, the precision
+names each engine takes, and the detections every predictor returns.
+
+Written once here (torch-free) because export writes these names, deploy reads them and train's
+PyTorch predictor returns the same detections; each used to keep its own copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+INPUT_NAME = "images"
+# The exported graph's outputs (decode and NMS inside), in this order.
+OUTPUT_NAMES = ("num_dets", "boxes", "scores", "labels")
+# The raw network's outputs before decoding (the graph without post-processing).
+RAW_OUTPUT_NAMES = ("cls_logits", "box_deltas")
+
+ONNX_PRECISIONS = ("fp32", "fp16", "int8")  # model.onnx, model.fp16.onnx, model.int8.onnx
+TENSORRT_PRECISIONS = ("fp32", "fp16", "int8")
+OPENVINO_PRECISIONS = ("fp32", "bf16", "int8")
+
+
+@dataclass
+class Detections:
+    """Padded detections for a batch, in letterboxed-input pixels.
+
+    num_dets: int64 (B,), how many leading rows of each image are real.
+    boxes:    float32 (B, D, 4), x1 y1 x2 y2.
+    scores:   float32 (B, D); padding rows score 0.
+    labels:   int64 (B, D), class index (not category id); padding rows -1 (box 0).
+    """
+
+    num_dets: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+
+    @classmethod
+    def from_arrays(cls, num_dets: Any, boxes: Any, scores: Any, labels: Any) -> Detections:
+        """Cast runtime outputs (int32 labels, (B, 1) counts, fp16 boxes...) to the contract."""
+        boxes_arr = np.asarray(boxes, dtype=np.float32)
+        batch = boxes_arr.shape[0]
+        return cls(
+            num_dets=np.asarray(num_dets).reshape(batch).astype(np.int64),
+            boxes=boxes_arr,
+            scores=np.asarray(scores, dtype=np.float32),
+            labels=np.asarray(labels).astype(np.int64),
+        )
