@@ -12,17 +12,17 @@ import os
 from pathlib import Path
 from types import ModuleType
 
-from train.errors import InputError
+from export.errors import ExportError
 
 NO_OPENVINO = "--openvino: OpenVINO is not installed: pip install '.[openvino]'"
 
 
 def require_openvino() -> ModuleType:
-    """The openvino module, or one InputError line saying which extra installs it."""
+    """The openvino module, or one ExportError line saying which extra installs it."""
     try:
         import openvino
     except ImportError as exc:
-        raise InputError(NO_OPENVINO) from exc
+        raise ExportError(NO_OPENVINO) from exc
     return openvino
 
 

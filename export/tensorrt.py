@@ -30,6 +30,7 @@ import onnx
 from common.contract import INPUT_NAME, TENSORRT_PRECISIONS
 from common.files import write_bytes_atomic
 from export.compat import check_tensorrt_compat
+from export.errors import ExportError
 from export.trt_calibrator import attach_calibrator
 from train.errors import InputError
 
@@ -88,7 +89,7 @@ def tensorrt_major(version: str) -> int:
     try:
         return int(version.split(".")[0])
     except ValueError as exc:
-        raise InputError(f"cannot read the TensorRT version {version!r}") from exc
+        raise ExportError(f"cannot read the TensorRT version {version!r}") from exc
 
 
 def plan_build(major: int, precision: str) -> BuildPlan:
@@ -98,7 +99,7 @@ def plan_build(major: int, precision: str) -> BuildPlan:
             f"precision: must be one of {', '.join(TENSORRT_PRECISIONS)}, got {precision!r}"
         )
     if major < 10:
-        raise InputError(f"TensorRT {major}.x is too old: 10 or newer is needed ({INSTALL_HINT})")
+        raise ExportError(f"TensorRT {major}.x is too old: 10 or newer is needed ({INSTALL_HINT})")
     if major >= 11:
         conversion = {"fp32": "none", "fp16": "fp16", "int8": "int8-qdq"}[precision]
         return BuildPlan(conversion, (), True, False, False, allow_tf32=precision != "fp32")
@@ -114,14 +115,14 @@ def plan_build(major: int, precision: str) -> BuildPlan:
 
 
 def require_tensorrt() -> Any:
-    """The tensorrt module on a machine with a CUDA GPU, or one InputError saying what is missing.
+    """The tensorrt module on a machine with a CUDA GPU, or one ExportError saying what is missing.
 
     Called before any export work, so `--trt` on a CPU-only machine fails in a second.
     """
     try:
         import tensorrt
     except (ImportError, OSError) as exc:
-        raise InputError(
+        raise ExportError(
             f"--trt: TensorRT is not installed; building an engine needs an NVIDIA GPU with "
             f"TensorRT ({INSTALL_HINT})"
         ) from exc
@@ -134,7 +135,7 @@ def _gpu() -> tuple[str, str]:
     import torch
 
     if not torch.cuda.is_available():
-        raise InputError(
+        raise ExportError(
             "--trt: no CUDA GPU visible (torch.cuda.is_available() is False); building an engine "
             f"needs an NVIDIA GPU, its driver and a CUDA build of torch ({INSTALL_HINT})"
         )
@@ -180,7 +181,7 @@ def _parse(trt: Any, network: Any, logger: Any, model: onnx.ModelProto, source: 
         ]
         first = errors[0] if errors else "an unreported place (see the TensorRT log)"
         more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise InputError(f"{source}: TensorRT's ONNX parser failed at {first}{more}")
+        raise ExportError(f"{source}: TensorRT's ONNX parser failed at {first}{more}")
     return parser
 
 
@@ -214,7 +215,7 @@ def _add_profile(builder: Any, network: Any, config: Any, batches: tuple[int, in
     profile = builder.create_optimization_profile()
     profile.set_shape(INPUT_NAME, *[(b, *rest) for b in batches])
     if config.add_optimization_profile(profile) < 0:
-        raise InputError(f"TensorRT rejected the optimization profile batch {batches}")
+        raise ExportError(f"TensorRT rejected the optimization profile batch {batches}")
 
 
 def _timing_cache(config: Any, path: Path) -> Any:
@@ -290,7 +291,7 @@ def _build_serialized(
     cache = _timing_cache(config, cache_path)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise InputError(
+        raise ExportError(
             f"{path}: TensorRT could not build the engine (its errors are logged above)"
         )
     write_bytes_atomic(cache_path, bytes(cache.serialize()))
@@ -302,7 +303,7 @@ def _build_serialized(
 
 
 def _start_builder(trt: Any, logger: Any) -> Any:
-    """trt.Builder, or one InputError line when TensorRT cannot initialize CUDA (exit 2).
+    """trt.Builder, or one ExportError line when TensorRT cannot initialize CUDA (exit 2).
 
     pybind says only "factory function returned nullptr" (a TypeError); nearly always the driver
     is missing or too old for the CUDA this TensorRT was built with. (deploy's runtime says the
@@ -316,7 +317,7 @@ def _start_builder(trt: Any, logger: Any) -> Any:
     else:
         failure = "Builder() failed"
     if builder is None:
-        raise InputError(
+        raise ExportError(
             f"--trt: TensorRT {trt.__version__} could not start: {failure}; likely cause: no "
             "usable NVIDIA driver, or one too old for this CUDA (TensorRT's cu13 wheels need "
             "driver >= 580; see nvidia-smi)"
@@ -340,8 +341,8 @@ def build_engine(
     """Build and write `engine_path` from an exported ONNX file; returns what was built.
 
     `calibration` yields (3, S, S) float32 raw 0..255 letterboxed images, needed for int8.
-    Raises InputError (one line) when TensorRT or a GPU is missing, the model is not
-    TensorRT-compatible, the parser fails (naming the node) or the build fails.
+    Raises ExportError (one line) when TensorRT or a GPU is missing, the parser fails (naming
+    the node) or the build fails; InputError when the model is not TensorRT-compatible.
     """
     options = options or EngineOptions()
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)

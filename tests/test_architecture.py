@@ -59,10 +59,19 @@ def test_the_cli_starts_without_importing_torch():
 
 
 def test_the_cli_offers_exactly_the_registered_losses():
-    from train.loss_names import LOSS_NAMES, REG_LOSS_NAMES
-    from train.losses import LOSSES, REG_LOSSES
+    import torch
 
-    assert tuple(LOSSES) == LOSS_NAMES and tuple(REG_LOSSES) == REG_LOSS_NAMES
+    from train.assign import assign_anchors
+    from train.loss_names import LOSS_NAMES, REG_LOSS_NAMES
+    from train.losses import LOSSES
+    from train.losses.regression import regression_per_anchor
+
+    assert tuple(LOSSES) == LOSS_NAMES
+    # every regression loss the CLI offers is one the losses compute
+    anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    assignment = assign_anchors(anchors, [anchors.clone()], [torch.tensor([0])])
+    for kind in REG_LOSS_NAMES:
+        assert regression_per_anchor(kind, torch.zeros(1, 1, 4), assignment).shape == (1, 1)
 
 
 def test_every_user_facing_error_is_a_user_error() -> None:

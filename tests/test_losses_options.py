@@ -18,7 +18,7 @@ from train.losses import (
     GHMC,
     GHMR,
     LOSSES,
-    REG_LOSSES,
+    REG_LOSS_NAMES,
     FocalDetectionLoss,
     FocalStarDetectionLoss,
     GhmDetectionLoss,
@@ -261,7 +261,7 @@ def test_describe_lists_own_options_before_shared_ones_with_choices() -> None:
         "sync_normalizer",
     ]
     options = {o["name"]: o for o in described["ghm"]["options"]}
-    assert options["reg_loss"]["choices"] == list(REG_LOSSES)
+    assert options["reg_loss"]["choices"] == list(REG_LOSS_NAMES)
     assert options["level_mode"]["choices"] == ["global", "per-level", "reference"]
     assert options["bins"]["choices"] == []
     assert described["ghm"]["grad_clip"] == 35.0 and described["focal"]["grad_clip"] is None

@@ -280,7 +280,7 @@ def test_grad_clip_scales_a_norm_10_gradient_to_2_5(cli_trainer) -> None:
     trainer.train_step.loss_fn = lambda *_: {"cls": (bias * direction).sum()}
     before = bias.detach().clone()
     images, targets, _ = first_batch(trainer)
-    assert trainer.step(images, targets) is not None
+    assert trainer.train_step(images, targets) is not None
     moved = before - bias.detach()
     assert moved.norm().item() == pytest.approx(2.5, rel=1e-5)
     assert torch.allclose(moved, direction * 0.25, atol=1e-6)

@@ -33,6 +33,7 @@ from deploy.engine_metadata import (
 from deploy.errors import DeployError
 from deploy.metadata import ModelMetadata
 from export.compat import MIN_OPSET, TENSORRT_OPS, check_tensorrt_compat
+from export.errors import ExportError
 from export.onnx import compare_detections, export_onnx, run_onnxruntime
 from export.tensorrt import (
     TAIL_PREFIX,
@@ -112,7 +113,7 @@ def test_build_plan_per_tensorrt_version() -> None:
     assert all(v11[p].builder_flags == () and not v11[p].int8_calibrator for p in v11)
     for plans in (v10, v11):  # TensorRT's default TF32 would make an fp32 engine drift from ORT
         assert [plans[p].allow_tf32 for p in ("fp32", "fp16", "int8")] == [False, True, True]
-    with pytest.raises(InputError, match="too old"):
+    with pytest.raises(ExportError, match="too old"):
         plan_build(8, "fp16")
     with pytest.raises(InputError, match="fp32, fp16, int8"):
         plan_build(10, "bf16")
@@ -506,7 +507,7 @@ def test_every_export_option_reaches_run_export(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(pipeline.exporting, "run_export", lambda *a: seen.append(a) or "ok")
     args = [
         "export",
-        "--weights",
+        "--model",
         "w.pt",
         "--out",
         "m.onnx",
@@ -517,7 +518,7 @@ def test_every_export_option_reaches_run_export(monkeypatch: pytest.MonkeyPatch)
         "--trt",
         "--precision",
         "int8",
-        "--batch",
+        "--batch-size",
         "8",
         "--workspace",
         "2.5",
@@ -551,7 +552,10 @@ def test_every_export_option_reaches_run_export(monkeypatch: pytest.MonkeyPatch)
         ExportOptions(openvino=True, precision="bf16"),
     )
     flags = {f for p in cli.commands["export"].params for f in p.opts}
-    assert flags == {a for a in [*args, *openvino] if a.startswith("--")}
+    aliases = {"--batch"}  # the old name of --batch-size, still accepted
+    assert flags == {a for a in [*args, *openvino] if a.startswith("--")} | aliases
+    old_names = ["export", "--weights", "w.pt", "--trt", "--batch", "8"]
+    assert invoke(*old_names).exit_code == 0 and seen[2][5].batch == 8
 
 
 # ------------------------------------------------------------- GPU: build, run, reload, refuse

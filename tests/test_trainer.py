@@ -366,7 +366,7 @@ def test_step_trains_the_model_on_one_batch(data: Path, tmp_path: Path) -> None:
     trainer = Trainer(_config(data, tmp_path / "run"))
     images, targets, _ = next(iter(trainer.loader))
     before = [p.detach().clone() for p in trainer.model.parameters()]
-    parts = trainer.step(images, targets)
+    parts = trainer.train_step(images, targets)
     assert parts is not None and set(parts) == {"cls", "reg"}
     assert all(math.isfinite(v) and v > 0 for v in parts.values())
     after = list(trainer.model.parameters())

@@ -179,10 +179,6 @@ class Trainer:
         self.best_ap, self._bad_in_a_row = float(state["best_ap"]), int(state["bad_in_a_row"])
         self.history = list(payload.get("history", []))
 
-    def step(self, images: torch.Tensor, targets: list[dict]) -> dict[str, float] | None:
-        """One optimizer step; returns the loss parts, or None when the step was skipped."""
-        return self.train_step(images, targets)
-
     def fit(self) -> TrainResult:
         config, out = self.config, Path(self.config.out)
         resuming = config.resume is not None

@@ -36,14 +36,14 @@ from train.losses.registry import (
     describe_losses,
     resolve_options,
 )
-from train.losses.regression import REG_LOSSES, asl1, smooth_l1
+from train.losses.regression import REG_LOSS_NAMES, asl1, smooth_l1
 from train.losses.sampling import OhemLoss, RandomSamplingLoss
 
 __all__ = [
     "GHMC",
     "GHMR",
     "LOSSES",
-    "REG_LOSSES",
+    "REG_LOSS_NAMES",
     "DetectionLoss",
     "FocalDetectionLoss",
     "FocalStarDetectionLoss",

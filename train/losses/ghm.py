@@ -44,7 +44,7 @@ from train.losses.base import (
     selected_rows,
 )
 from train.losses.fused import SigmoidFamily, consume_saved_grad, sigmoid_row_loss
-from train.losses.regression import REG_LOSSES, RegressionOptions
+from train.losses.regression import REG_LOSS_NAMES, RegressionOptions
 from train.model.box_coder import encode_boxes
 
 MAX_LEVELS = 8
@@ -293,7 +293,7 @@ class GhmDetectionLoss(RegressionOptions):
     reg_bins: int = option(10, "GHM-R histogram bins")
     reg_momentum: float = option(0.7, "GHM-R EMA momentum")
     cls_weight: float = option(1.0, "weight of GHM-C")
-    reg_loss: str = option("asl1", "box regression loss on positives", REG_LOSSES)
+    reg_loss: str = option("asl1", "box regression loss on positives", REG_LOSS_NAMES)
     reg_weight: float = option(10.0, "weight of the regression part (GHM-R: 10 on COCO)")
     ghm_r: bool = option(
         True, "harmonize the ASL1 regression loss with GHM-R (needs reg_loss=asl1)"

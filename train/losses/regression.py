@@ -27,9 +27,6 @@ def asl1(pred: torch.Tensor, target: torch.Tensor, mu: float = 0.02) -> torch.Te
     return torch.sqrt(d * d + mu * mu) - mu
 
 
-REG_LOSSES = REG_LOSS_NAMES
-
-
 def regression_loss_per_positive(
     kind: str,
     pred_deltas: torch.Tensor,
@@ -49,7 +46,7 @@ def regression_loss_per_positive(
         return smooth_l1(pred_deltas.float(), target, 0.0).sum(-1)
     if kind == "asl1":
         return asl1(pred_deltas.float(), target, mu).sum(-1)
-    raise ValueError(f"unknown regression loss {kind!r}; valid: {', '.join(REG_LOSSES)}")
+    raise ValueError(f"unknown regression loss {kind!r}; valid: {', '.join(REG_LOSS_NAMES)}")
 
 
 def regression_on_rows(
@@ -94,7 +91,7 @@ class RegressionOptions:
     """The regression options every detection loss shares (`--reg-loss`, `--loss-opt reg_*`)."""
 
     reg_loss: str = option(
-        "smooth-l1", "box regression loss on positives (deltas, or boxes for giou)", REG_LOSSES
+        "smooth-l1", "box regression loss on positives (deltas, or boxes for giou)", REG_LOSS_NAMES
     )
     reg_beta: float = option(0.11, "smooth-l1 beta (RetinaNet: 0.11)")
     reg_mu: float = option(0.02, "asl1 mu (GHM-R's sqrt(d^2 + mu^2) - mu)")
