@@ -68,7 +68,7 @@ def cpu_fp32_peak_gflops(fma_units: int) -> tuple[float, str]:
 
 def build_engines(weights: Path, data: Path, folder: Path) -> dict[str, Any]:
     """The five engines on the same weights, exported into `folder`."""
-    run_export(weights, folder / "model.onnx", 17, data, True, ExportOptions(precision="int8"))
+    run_export(weights, folder / "model.onnx", data, True, ExportOptions(precision="int8"))
     fp32, int8 = folder / "model.onnx", folder / "model.int8.onnx"
     for name, source, precision in (("fp32", fp32, "fp32"), ("bf16", fp32, "bf16"),
                                     ("int8", int8, "int8")):  # fmt: skip

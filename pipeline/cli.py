@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -293,6 +294,7 @@ def export_cmd(
     from pipeline.exporting import ExportOptions, run_export
 
     options = ExportOptions(
+        opset=opset,
         trt=trt,
         openvino=openvino,
         precision=precision,
@@ -304,7 +306,7 @@ def export_cmd(
         nms_iou=iou,
         max_detections=max_dets,
     )
-    summary = run_export(weights, out, opset, data, overwrite, options)
+    summary = run_export(weights, out, data, overwrite, options)
     click.echo(summary)
 
 
@@ -424,46 +426,17 @@ device_option = click.option(
 @user_errors_exit_2
 def eval_cmd(
     model_path: Path,
-    data: Path | None,
-    split: str,
-    batch_size: int,
-    provider: str,
-    device: str,
-    max_images: int | None,
-    warmup: int,
-    json_path: Path | None,
-    results: Path | None,
-    strict: bool,
-    cuda_api: str,
-    cuda_graph: bool,
     conf: float | None,
     iou: float | None,
     max_dets: int | None,
-    openvino_hint: str,
-    overwrite: bool,
+    **options: Any,
 ) -> None:
     """Score a model with COCO mAP and time it (one evaluator for every format)."""
     from deploy.report import format_metrics_table
-    from pipeline.evaluation import Thresholds, run_eval
+    from pipeline.evaluation import EvalOptions, Thresholds, run_eval
 
-    report = run_eval(
-        model_path,
-        data,
-        split,
-        batch_size,
-        provider,
-        device,
-        max_images,
-        warmup,
-        json_path,
-        results,
-        strict=strict,
-        cuda_api=cuda_api,
-        cuda_graph=cuda_graph,
-        openvino_hint=openvino_hint,
-        overwrite=overwrite,
-        thresholds=Thresholds(conf, iou, max_dets),
-    )
+    thresholds = Thresholds(conf, iou, max_dets)
+    report = run_eval(model_path, EvalOptions(**options, thresholds=thresholds))
     click.echo(format_metrics_table([(model_path.name, report)]))
 
 

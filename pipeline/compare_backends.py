@@ -76,12 +76,12 @@ def deployed_model_path(backend: str, run_dir: Path) -> Path:
 
 def build_deployed_model(backend: str, weights: Path, run_dir: Path, data: Path | None) -> Path:
     """Export `weights` for `backend` into `run_dir` (replacing partial files); the model path."""
-    from pipeline.exporting import DEFAULT_OPSET, ExportOptions, run_export  # torch: on export
+    from pipeline.exporting import ExportOptions, run_export  # torch: on export
 
     engine, precision = BACKENDS[backend]
     options = ExportOptions(
         trt=engine == "tensorrt", openvino=engine == "openvino", precision=precision
     )
-    summary = run_export(weights, run_dir / "model.onnx", DEFAULT_OPSET, data, True, options)
+    summary = run_export(weights, run_dir / "model.onnx", data, True, options)
     log.info("%s", summary)
     return deployed_model_path(backend, run_dir)

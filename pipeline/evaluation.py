@@ -50,56 +50,62 @@ class Thresholds:
         return NarrowedPredictor(predictor, conf, max_dets)
 
 
-def run_eval(
-    model_path: Path,
-    data: Path | None,
-    split: str,
-    batch_size: int,
-    provider: str,
-    device: str,
-    max_images: int | None,
-    warmup: int,
-    json_path: Path | None,
-    results: Path | None,
-    strict: bool = False,
-    cuda_api: str = "auto",
-    cuda_graph: bool = False,
-    overwrite: bool = True,
-    openvino_hint: str = "latency",
-    thresholds: Thresholds | None = None,
-    split_files: tuple[Path, Path] | None = None,
-) -> dict[str, Any]:
-    """Score one model file; `overwrite=False` refuses to replace an existing report or results.
+@dataclass(frozen=True, kw_only=True)
+class EvalOptions:
+    """How `pipeline eval` scores a model: on what, through which runtime, and what it writes.
 
     split_files: (annotation json, image folder) to score on instead of `data`'s `split`.
+    overwrite=False refuses to replace an existing report (json_path) or results file.
     """
-    for output in (json_path, results):
+
+    data: Path | None = None
+    split: str = "val"
+    split_files: tuple[Path, Path] | None = None
+    batch_size: int = 1
+    provider: str = "auto"
+    device: str = "auto"
+    max_images: int | None = None
+    warmup: int = 5
+    json_path: Path | None = None
+    results: Path | None = None
+    strict: bool = False
+    cuda_api: str = "auto"
+    cuda_graph: bool = False
+    openvino_hint: str = "latency"
+    thresholds: Thresholds | None = None
+    overwrite: bool = True
+
+
+def run_eval(model_path: Path, options: EvalOptions) -> dict[str, Any]:
+    """Score one model file with COCO mAP and time it; the report (also written to json_path)."""
+    o = options
+    for output in (o.json_path, o.results):
         if output is not None:
-            check_output_file(output, overwrite)
+            check_output_file(output, o.overwrite)
     predictor = load_predictor(
         model_path,
-        provider=provider,
-        device=device,
-        cuda_api=cuda_api,
-        cuda_graph=cuda_graph,
-        openvino_hint=openvino_hint,
+        provider=o.provider,
+        device=o.device,
+        cuda_api=o.cuda_api,
+        cuda_graph=o.cuda_graph,
+        openvino_hint=o.openvino_hint,
     )
-    if thresholds is not None:
-        predictor = thresholds.applied_to(predictor, model_path)
-    if split_files is not None:
-        ann_file, img_dir = split_files
+    if o.thresholds is not None:
+        predictor = o.thresholds.applied_to(predictor, model_path)
+    if o.split_files is not None:
+        ann_file, img_dir = o.split_files
     else:
-        root = model_dataset(data, predictor.metadata.extra.get("data"))
-        ann_file, img_dir = resolve_split(root, split)
+        root = model_dataset(o.data, predictor.metadata.extra.get("data"))
+        ann_file, img_dir = resolve_split(root, o.split)
     report = evaluate(
         predictor,
         ann_file,
         img_dir,
-        batch_size=batch_size,
-        warmup=warmup,
-        max_images=max_images,
-        results_path=results,
-        strict=strict,
+        batch_size=o.batch_size,
+        warmup=o.warmup,
+        max_images=o.max_images,
+        results_path=o.results,
+        strict=o.strict,
     )
     report["model"] = str(model_path)
     counts = getattr(predictor, "candidate_counts", None)  # PyTorch models only
@@ -107,8 +113,8 @@ def run_eval(
         scored = counts[-int(report["num_images"]) :]
         report["nms_candidates_per_image"] = sum(scored) / len(scored)
     report["environment"] = environment_info()
-    if json_path is not None:
-        write_json_atomic(json_path, report)
+    if o.json_path is not None:
+        write_json_atomic(o.json_path, report)
     return report
 
 
@@ -120,20 +126,15 @@ def eval_in_run(name: str, model_path: Path, config: TrainConfig) -> dict[str, A
 
     out = Path(config.out)
     val = run_val_split(config)
-    return run_eval(
-        model_path,
-        config.data,
-        "val",
-        batch_size=1,
-        provider="auto",
+    options = EvalOptions(
+        split_files=(val.ann, val.images),
         device=resolve_device(config.device).type,
         max_images=config.max_val_images,
-        warmup=5,
         json_path=out / f"report_{name}.json",
         results=out / f"detections_{name}.json",
         strict=config.strict,
-        split_files=(val.ann, val.images),
     )
+    return run_eval(model_path, options)
 
 
 def run_val_split(config: TrainConfig) -> Split:

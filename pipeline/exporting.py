@@ -48,8 +48,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """The reduced-precision and TensorRT options of `pipeline export` (defaults: plain ONNX)."""
+    """The options of `pipeline export` (defaults: plain ONNX at DEFAULT_OPSET)."""
 
+    opset: int = DEFAULT_OPSET
     trt: bool = False
     openvino: bool = False
     precision: str = "fp32"
@@ -253,7 +254,6 @@ def at_input_size(payload: dict[str, Any], img_size: int | None) -> dict[str, An
 def run_export(
     weights: Path,
     out: Path | None,
-    opset: int,
     data: Path | None,
     overwrite: bool,
     options: ExportOptions | None = None,
@@ -288,7 +288,7 @@ def run_export(
             resolve_split(data if data is not None else ensure_synthetic_dataset(), "train")
         except InputError as exc:
             raise InputError(f"{exc} (int8 calibrates on the train split)") from exc
-    export_onnx(model, out, metadata.to_props(), opset=opset, postprocess=post)
+    export_onnx(model, out, metadata.to_props(), opset=options.opset, postprocess=post)
     parity = check_parity(model, out, images)
     update_metadata(out, {"parity": json.dumps(parity, default=float)})  # travels with the model
     problems = check_tensorrt_compat(out)

@@ -6,7 +6,7 @@ import logging
 
 from deploy.report import format_metrics_table, write_json_atomic
 from pipeline.evaluation import eval_in_run
-from pipeline.exporting import DEFAULT_OPSET, run_export
+from pipeline.exporting import run_export
 from pipeline.training import run_training
 from train.config import TrainConfig
 from train.distributed import is_main_process
@@ -23,7 +23,7 @@ def run_main_job(config: TrainConfig) -> str:
     if not is_main_process():  # a torchrun rank > 0: rank 0 exports and evaluates
         return ""
     onnx_path = result.out / "model.onnx"
-    log.info(run_export(result.best_path, onnx_path, DEFAULT_OPSET, config.data, overwrite=True))
+    log.info(run_export(result.best_path, onnx_path, config.data, overwrite=True))
     rows = []
     for name, path in (("pytorch", result.best_path), ("onnxruntime", onnx_path)):
         rows.append((name, eval_in_run(name, path, config)))

@@ -537,16 +537,15 @@ def test_every_export_option_reaches_run_export(monkeypatch: pytest.MonkeyPatch)
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     options = ExportOptions(
-        trt=True, precision="int8", batch=8, workspace_gb=2.5, calib_images=32, img_size=96,
+        opset=18, trt=True, precision="int8", batch=8, workspace_gb=2.5, calib_images=32, img_size=96,
         score_threshold=0.3, nms_iou=0.6, max_detections=20,
     )  # fmt: skip
-    assert seen == [(Path("w.pt"), Path("m.onnx"), 18, Path("d"), True, options)]
+    assert seen == [(Path("w.pt"), Path("m.onnx"), Path("d"), True, options)]
     openvino = ["export", "--weights", "w.pt", "--openvino", "--precision", "bf16"]
     assert invoke(*openvino).exit_code == 0
     assert seen[1] == (
         Path("w.pt"),
         None,
-        17,
         None,
         False,
         ExportOptions(openvino=True, precision="bf16"),
@@ -555,7 +554,7 @@ def test_every_export_option_reaches_run_export(monkeypatch: pytest.MonkeyPatch)
     aliases = {"--batch"}  # the old name of --batch-size, still accepted
     assert flags == {a for a in [*args, *openvino] if a.startswith("--")} | aliases
     old_names = ["export", "--weights", "w.pt", "--trt", "--batch", "8"]
-    assert invoke(*old_names).exit_code == 0 and seen[2][5].batch == 8
+    assert invoke(*old_names).exit_code == 0 and seen[2][4].batch == 8
 
 
 # ------------------------------------------------------------- GPU: build, run, reload, refuse
