@@ -7,7 +7,7 @@ PyTorch predictor returns the same detections; each used to keep its own copy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -49,3 +49,20 @@ class Detections:
             scores=np.asarray(scores, dtype=np.float32),
             labels=np.asarray(labels).astype(np.int64),
         )
+
+
+@dataclass
+class EngineInfo:
+    """What a TensorRT engine was built with and for: export writes it into the engine's
+    sidecar, deploy checks it before loading. Batches are the optimization profile's range;
+    `build` holds the build's details (plan, seconds, calibration images, timing cache)."""
+
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str  # "major.minor", e.g. "9.0"
+    precision: str  # fp32 | fp16 | int8
+    min_batch: int = 1
+    opt_batch: int = 1
+    max_batch: int = 1
+    source_onnx: str = ""
+    build: dict[str, Any] = field(default_factory=dict)

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+from common.contract import EngineInfo
 from deploy.errors import DeployError
 from deploy.metadata import ModelMetadata
 from deploy.report import write_json_atomic
@@ -23,21 +24,6 @@ from deploy.report import write_json_atomic
 logger = logging.getLogger(__name__)
 
 FORMAT = "softsample-engine/1"
-
-
-@dataclass
-class EngineInfo:
-    """What an engine was built with and for. Batches are the optimization profile's range."""
-
-    tensorrt_version: str
-    gpu_name: str
-    compute_capability: str  # "major.minor", e.g. "9.0"
-    precision: str  # fp32 | fp16 | int8
-    min_batch: int = 1
-    opt_batch: int = 1
-    max_batch: int = 1
-    source_onnx: str = ""
-    build: dict[str, Any] = field(default_factory=dict)  # plan, timings, calibration
 
 
 def sidecar_path(engine_path: str | Path) -> Path:

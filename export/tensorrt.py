@@ -20,14 +20,14 @@ import logging
 import tempfile
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
-from common.contract import INPUT_NAME, TENSORRT_PRECISIONS
+from common.contract import INPUT_NAME, TENSORRT_PRECISIONS, EngineInfo
 from common.files import write_bytes_atomic
 from export.compat import check_tensorrt_compat
 from export.errors import ExportError
@@ -64,24 +64,6 @@ class BuildPlan:
     # TensorRT lets float32 convolutions run in TF32 unless told not to; an fp32 engine must
     # compute in float32 to match ONNX Runtime as closely as ONNX Runtime matches PyTorch.
     allow_tf32: bool = True
-
-
-@dataclass
-class EngineBuild:
-    """What was built, for the engine's metadata sidecar and the export summary."""
-
-    engine_path: Path
-    tensorrt_version: str
-    gpu_name: str
-    compute_capability: str
-    precision: str
-    min_batch: int
-    opt_batch: int
-    max_batch: int
-    plan: dict[str, Any] = field(default_factory=dict)
-    build_seconds: float = 0.0
-    calibration_images: int = 0
-    timing_cache: str = ""
 
 
 def tensorrt_major(version: str) -> int:
@@ -337,7 +319,7 @@ def build_engine(
     engine_path: str | Path,
     options: EngineOptions | None = None,
     calibration: Iterable[np.ndarray] | None = None,
-) -> EngineBuild:
+) -> EngineInfo:
     """Build and write `engine_path` from an exported ONNX file; returns what was built.
 
     `calibration` yields (3, S, S) float32 raw 0..255 letterboxed images, needed for int8.
@@ -372,8 +354,7 @@ def build_engine(
         gpu_name,
         seconds,
     )
-    return EngineBuild(
-        engine_path=engine_path,
+    return EngineInfo(
         tensorrt_version=trt.__version__,
         gpu_name=gpu_name,
         compute_capability=capability,
@@ -381,8 +362,11 @@ def build_engine(
         min_batch=batches[0],
         opt_batch=batches[1],
         max_batch=batches[2],
-        plan=asdict(plan),
-        build_seconds=round(seconds, 1),
-        calibration_images=quantized + calibrated,
-        timing_cache=str(cache_path),
+        source_onnx=onnx_path.name,
+        build={
+            "plan": asdict(plan),
+            "build_seconds": round(seconds, 1),
+            "calibration_images": quantized + calibrated,
+            "timing_cache": str(cache_path),
+        },
     )

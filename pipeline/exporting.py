@@ -203,28 +203,20 @@ def _engine(
 ) -> list[str]:
     """model.<precision>.engine and its metadata sidecar, then engine vs ONNX Runtime."""
     from deploy.backends.tensorrt import TensorRTPredictor
-    from deploy.engine_metadata import EngineInfo, write_engine_metadata
+    from deploy.engine_metadata import write_engine_metadata
     from export.tensorrt import EngineOptions, build_engine
 
     engine_options = EngineOptions(options.precision, options.batch, None, options.workspace_gb)
     int8 = options.precision == "int8"  # only int8 calibrates: read train images just then
     images = _calibration(data, metadata, options.calib_images) if int8 else None
     build = build_engine(out, target, engine_options, images)
-    info = EngineInfo(
-        tensorrt_version=build.tensorrt_version,
-        gpu_name=build.gpu_name,
-        compute_capability=build.compute_capability,
-        precision=build.precision,
-        min_batch=build.min_batch,
-        opt_batch=build.opt_batch,
-        max_batch=build.max_batch,
-        source_onnx=out.name,
-        build={k: v for k, v in asdict(build).items() if k not in ("engine_path",)},
-    )
     props = {p.key: p.value for p in onnx.load(str(out), load_external_data=False).metadata_props}
-    detail = {"tensorrt_plan": build.plan, "calibration_images": build.calibration_images}
+    detail = {
+        "tensorrt_plan": build.build["plan"],
+        "calibration_images": build.build["calibration_images"],
+    }
     props |= _with_precision(metadata, options.precision, detail).to_props()
-    sidecar = write_engine_metadata(target, props, info)
+    sidecar = write_engine_metadata(target, props, build)
     predictor = TensorRTPredictor(target)
     chunks = [
         predictor(check[i : i + build.max_batch]) for i in range(0, len(check), build.max_batch)
@@ -237,7 +229,7 @@ def _engine(
     )
     return [
         f"wrote {target} and {sidecar.name} (TensorRT {build.tensorrt_version}, {build.gpu_name}, "
-        f"{build.precision}, batch 1..{build.max_batch}, {build.build_seconds:.0f} s)",
+        f"{build.precision}, batch 1..{build.max_batch}, {build.build['build_seconds']:.0f} s)",
         _compare_line(f"engine {build.precision}", run_onnxruntime(out, check), engine_dets),
     ]
 

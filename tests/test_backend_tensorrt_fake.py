@@ -30,7 +30,8 @@ import pytest
 
 import deploy.backends.cuda_memory as cm
 import deploy.backends.tensorrt as tb
-from deploy.engine_metadata import EngineInfo, write_engine_metadata
+from common.contract import EngineInfo
+from deploy.engine_metadata import write_engine_metadata
 from deploy.errors import DeployError
 from deploy.metadata import ModelMetadata
 

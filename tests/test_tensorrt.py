@@ -22,9 +22,8 @@ import onnxruntime
 import pytest
 from click.testing import CliRunner
 
-from common.contract import Detections
+from common.contract import Detections, EngineInfo
 from deploy.engine_metadata import (
-    EngineInfo,
     check_engine_compat,
     read_engine_metadata,
     sidecar_path,
@@ -628,16 +627,8 @@ def engines(gpu_run: tuple[Path, Path], exported: Path) -> dict[str, Path]:
     for precision in ("fp32", "fp16", "int8"):
         path = exported.with_name(f"model.{precision}.engine")
         images = calibration_images(data, IMG_SIZE, 8) if precision == "int8" else None
-        build = build_engine(exported, path, EngineOptions(precision, max_batch=4), images)
-        info = EngineInfo(
-            build.tensorrt_version,
-            build.gpu_name,
-            build.compute_capability,
-            precision,
-            build.min_batch,
-            build.opt_batch,
-            build.max_batch,
-        )
+        info = build_engine(exported, path, EngineOptions(precision, max_batch=4), images)
+        assert (info.precision, info.max_batch, info.source_onnx) == (precision, 4, exported.name)
         write_engine_metadata(path, _tiny_props(), info)
         built[precision] = path
     return built
