@@ -34,7 +34,11 @@ FIGURES = {
 
 
 def analyze_checkpoint(
-    weights: Path, data: Path | None, max_images: int | None, batch_size: int = 8
+    weights: Path,
+    data: Path | None,
+    max_images: int | None,
+    batch_size: int = 8,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Every analysis's numbers for the checkpoint `weights` on the validation split."""
     payload = load_checkpoint(weights)
@@ -44,7 +48,7 @@ def analyze_checkpoint(
     dataset = CocoDetection(
         ann_file, img_dir, int(payload["img_size"]), category_ids=payload["category_ids"]
     )
-    samples = collect_samples(model, dataset, batch_size, max_images)
+    samples = collect_samples(model, dataset, batch_size, max_images, device)
     log.info(
         "%d images: %d samples, %d positive anchors",
         samples.num_images,
@@ -64,9 +68,17 @@ def analyze_checkpoint(
     }
 
 
-def run_analyze(weights: Path, data: Path | None, out: Path | None, max_images: int | None) -> str:
+def run_analyze(
+    weights: Path,
+    data: Path | None,
+    out: Path | None,
+    max_images: int | None,
+    device: str = "auto",
+) -> str:
     """Compute, write analysis.json and the figures; returns a short summary for the CLI."""
-    results = analyze_checkpoint(weights, data, max_images)
+    from train.distributed import resolve_device
+
+    results = analyze_checkpoint(weights, data, max_images, device=str(resolve_device(device)))
     out = out or Path(weights).parent / "analysis"
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "analysis.json", results)

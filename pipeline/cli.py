@@ -661,12 +661,21 @@ def pretrain(data: Path | None, out: Path, device: str, **options: object) -> No
     default=None,
     help="First N validation images (memory grows with images x anchors x classes).",
 )
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where the model runs (auto: CUDA when available, else CPU).",
+)
 @user_errors_exit_2
-def analyze(weights: Path, data: Path | None, out: Path | None, max_images: int | None) -> None:
+def analyze(
+    weights: Path, data: Path | None, out: Path | None, max_images: int | None, device: str
+) -> None:
     """The papers' analyses of a trained model: FL loss CDF, GHM gradient norms, PISA samples."""
     from pipeline.analyze import run_analyze
 
-    click.echo(run_analyze(weights, data, out, max_images))
+    click.echo(run_analyze(weights, data, out, max_images, device))
 
 
 @cli.command()

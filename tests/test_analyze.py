@@ -166,3 +166,27 @@ def test_pisa_prime_samples_are_each_objects_best():
     assert sorted(groups["groups"]["prime"]["iou"]) == pytest.approx([0.8, 0.9])
     assert sorted(groups["groups"]["hard"]["loss"]) == pytest.approx([4.0, 5.0])
     assert groups["groups"]["random"]["count"] == 2
+
+
+def test_analyze_runs_where_device_says(tiny_checkpoint, tmp_path, monkeypatch):
+    """--device reaches the model's forward: cuda without a GPU is one line, exit 2."""
+    import torch
+
+    import train.analysis
+
+    weights, data = tiny_checkpoint
+    seen = []
+    real = train.analysis.collect_samples
+    monkeypatch.setattr(
+        "pipeline.analyze.collect_samples",
+        lambda *args: seen.append(args[-1]) or real(*args),
+    )
+    ok = CliRunner().invoke(cli, ["analyze", "--model", str(weights), "--data", str(data), "--out",
+                                  str(tmp_path / "a"), "--max-images", "2", "--device", "cpu"])  # fmt: skip
+    assert ok.exit_code == 0, ok.output
+    assert seen == ["cpu"]
+    if not torch.cuda.is_available():
+        gpu = CliRunner().invoke(cli, ["analyze", "--model", str(weights), "--data", str(data),
+                                       "--out", str(tmp_path / "b"), "--device", "cuda"])  # fmt: skip
+        assert gpu.exit_code == 2 and "no CUDA device" in gpu.output
+        assert not (tmp_path / "b").exists()

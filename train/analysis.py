@@ -63,13 +63,14 @@ class ValidationSamples:
 def _batch_samples(
     model: RetinaDetector, images: torch.Tensor, targets: list[dict], id_offset: int
 ) -> tuple[dict[str, torch.Tensor], int]:
-    """One batch's samples and the number of object ids it used."""
-    cls_logits, box_deltas = model(images.float())
+    """One batch's samples and the number of object ids it used (on the model's device)."""
+    device = model.anchors.device
+    cls_logits, box_deltas = model(images.to(device).float())
     assignment = assign_anchors(
         model.anchors,
-        [t["boxes"] for t in targets],
-        [t["labels"] for t in targets],
-        [t["crowd_boxes"] for t in targets],
+        [t["boxes"].to(device) for t in targets],
+        [t["labels"].to(device) for t in targets],
+        [t["crowd_boxes"].to(device) for t in targets],
     )
     num_classes = cls_logits.shape[-1]
     valid, positive = assignment.valid, assignment.positive
@@ -96,10 +97,15 @@ def _batch_samples(
 
 @torch.no_grad()
 def collect_samples(
-    model: RetinaDetector, dataset: Dataset, batch_size: int = 8, max_images: int | None = None
+    model: RetinaDetector,
+    dataset: Dataset,
+    batch_size: int = 8,
+    max_images: int | None = None,
+    device: str = "cpu",
 ) -> ValidationSamples:
-    """Run `model` (eval mode, CPU) over `dataset` and gather what the analyses need."""
-    model = model.eval()
+    """Run `model` (eval mode, on `device`) over `dataset` and gather, on the CPU, what the
+    analyses need."""
+    model = model.eval().to(device)
     if max_images is not None:
         dataset = Subset(dataset, range(min(max_images, len(dataset))))  # type: ignore[arg-type]
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_detections)
