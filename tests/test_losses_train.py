@@ -118,4 +118,15 @@ def test_state_helpers_for_stateless_and_stateful_losses() -> None:
     with pytest.raises(ValueError):
         load_loss_state_dict(build_loss("focal"), {"x": 1})
     ghm = build_loss("ghm")
-    assert set(loss_state_dict(ghm)) == {"ghm_c", "ghm_r"}
+    assert set(loss_state_dict(ghm)) == {
+        "cls_harmonizer.density.acc_sum",
+        "reg_harmonizer.density.acc_sum",
+    }
+    # a checkpoint written while the loss kept its own {"ghm_c", "ghm_r"} layout still loads
+    legacy = {"ghm_c": {"density.acc_sum": torch.full((1, 30), 3.0, dtype=torch.float64)},
+              "ghm_r": {"density.acc_sum": torch.full((1, 10), 5.0, dtype=torch.float64)}}  # fmt: skip
+    load_loss_state_dict(ghm, legacy)
+    assert torch.equal(ghm.cls_harmonizer.density.acc_sum, legacy["ghm_c"]["density.acc_sum"])
+    assert torch.equal(ghm.reg_harmonizer.density.acc_sum, legacy["ghm_r"]["density.acc_sum"])
+    with pytest.raises(RuntimeError, match="Missing key"):
+        load_loss_state_dict(ghm, {"ghm_c": legacy["ghm_c"]})  # half a state is refused

@@ -484,8 +484,8 @@ def test_real_train_with_ghm_updates_and_saves_ghm_state(tiny_data, tmp_path) ->
     _train_for_real(tiny_data, tmp_path / "ghm", "--loss", "ghm", "--max-val-images", "1")
     payload = torch.load(tmp_path / "ghm" / "last.pt", weights_only=True)
     assert payload["loss"] == "ghm"
-    for part in ("ghm_c", "ghm_r"):
-        counts = payload["loss_state"][part]["density.acc_sum"]
+    for part in ("cls_harmonizer", "reg_harmonizer"):
+        counts = payload["loss_state"][f"{part}.density.acc_sum"]
         assert counts.sum() > 0, part
 
 

@@ -89,6 +89,8 @@ class Trainer:
         self.train_set, self.val_set = build_datasets(config)
         self.loss_options = resolved_loss_options(config)
         self.loss_fn = build_loss(config.loss, self.loss_options)
+        if isinstance(self.loss_fn, nn.Module):  # a stateful loss: its state beside the model
+            self.loss_fn.to(self.device)
         # A resumed run's weights come from its last.pt: --init-from's file is not needed again.
         initial = replace(config, init_from=None) if config.resume is not None else config
         self.model = build_model(

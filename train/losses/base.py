@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from train.assign import AnchorAssignment
 
@@ -90,13 +91,14 @@ def positive_normalizer(assignment: AnchorAssignment, sync: bool = True) -> torc
 
 
 def loss_state_dict(loss: Any) -> dict[str, Any]:
-    """The state a loss carries between iterations (GHM's EMA), {} for stateless losses."""
-    return loss.state_dict() if hasattr(loss, "state_dict") else {}
+    """The state a loss carries between iterations (GHM's EMA): a stateful loss is an
+    nn.Module and this is its state_dict; {} for stateless losses."""
+    return dict(loss.state_dict()) if isinstance(loss, nn.Module) else {}
 
 
 def load_loss_state_dict(loss: Any, state: dict[str, Any]) -> None:
     """Restore what `loss_state_dict` saved; a stateless loss accepts only an empty dict."""
-    if hasattr(loss, "load_state_dict"):
+    if isinstance(loss, nn.Module):
         loss.load_state_dict(state)
     elif state:
         raise ValueError(f"{type(loss).__name__} keeps no state, got keys {sorted(state)}")

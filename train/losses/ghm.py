@@ -280,12 +280,13 @@ class GHMR(nn.Module):
         return (loss * weights).sum()
 
 
-@dataclass(kw_only=True)
-class GhmDetectionLoss(RegressionOptions):
+@dataclass(kw_only=True, eq=False)
+class GhmDetectionLoss(RegressionOptions, nn.Module):
     """GHM-C classification + GHM-R regression (ASL1), COCO settings of the paper.
 
     GHM-C needs no positive-count normalizer (the density is its normalization); GHM-R divides
-    ASL1 by its own density. Holds the EMA state: build once per run, save `state_dict()`.
+    ASL1 by its own density. An nn.Module holding the two EMA histograms as buffers: build once
+    per run, `.to(device)` with the model, save `state_dict()`.
     """
 
     bins: int = option(30, "GHM-C histogram bins")
@@ -309,6 +310,7 @@ class GhmDetectionLoss(RegressionOptions):
     sync_normalizer: bool = option(True, "average the positive count over ranks (non-GHM-R reg)")
 
     def __post_init__(self) -> None:
+        nn.Module.__init__(self)  # before the sub-modules are assigned
         check_choices(self)
         if self.ghm_r and self.reg_loss != "asl1":
             raise ValueError(
@@ -323,17 +325,20 @@ class GhmDetectionLoss(RegressionOptions):
         self.cls_harmonizer = GHMC(self.bins, self.momentum, **common)
         self.reg_harmonizer = GHMR(self.reg_mu, self.reg_bins, self.reg_momentum, **common)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "ghm_c": self.cls_harmonizer.state_dict(),
-            "ghm_r": self.reg_harmonizer.state_dict(),
-        }
+    def load_state_dict(
+        self, state: dict[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        """nn.Module's, also reading the {"ghm_c": ..., "ghm_r": ...} layout of checkpoints
+        written before this loss was a module."""
+        if "ghm_c" in state or "ghm_r" in state:
+            state = {
+                f"{module}.{key}": value
+                for old, module in (("ghm_c", "cls_harmonizer"), ("ghm_r", "reg_harmonizer"))
+                for key, value in state.get(old, {}).items()
+            }
+        return super().load_state_dict(state, strict=strict, assign=assign)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.cls_harmonizer.load_state_dict(state["ghm_c"])
-        self.reg_harmonizer.load_state_dict(state["ghm_r"])
-
-    def __call__(
+    def forward(
         self, cls_logits: torch.Tensor, box_deltas: torch.Tensor, assignment: AnchorAssignment
     ) -> dict[str, torch.Tensor]:
         num_classes = cls_logits.shape[-1]
