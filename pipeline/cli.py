@@ -11,7 +11,6 @@ from typing import Any
 import click
 
 from common.logs import LOG_FORMAT
-from pipeline.compare_options import compare_options
 from pipeline.errors import PipelineError, user_errors_exit_2
 from pipeline.help_format import help_all_option, short_help_command
 from pipeline.options import (
@@ -20,6 +19,7 @@ from pipeline.options import (
     format_loss_listing,
     train_options,
 )
+from pipeline.study.options import compare_options
 from train.config import BACKBONE_NAMES
 
 
@@ -531,8 +531,8 @@ def compare(**options: object) -> None:
     --loss-opt LOSS.KEY=VALUE sets an option of one loss; KEY=VALUE sets it for every compared
     loss that has it.
     """
-    from pipeline.compare import run_compare, spec_from_options
-    from pipeline.compare_markdown import format_summary
+    from pipeline.study.compare import run_compare, spec_from_options
+    from pipeline.study.markdown import format_summary
 
     markdown = run_compare(spec_from_options(options))
     click.echo(format_summary(json.loads((markdown.parent / "report.json").read_text())))
@@ -673,7 +673,7 @@ def analyze(
     weights: Path, data: Path | None, out: Path | None, max_images: int | None, device: str
 ) -> None:
     """The papers' analyses of a trained model: FL loss CDF, GHM gradient norms, PISA samples."""
-    from pipeline.analyze import run_analyze
+    from pipeline.analysis.analyze import run_analyze
 
     click.echo(run_analyze(weights, data, out, max_images, device))
 

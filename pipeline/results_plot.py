@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from pipeline.compare_plots import new_figure, save
+from pipeline.figures import new_figure, save
 
 EPOCH_METRICS = ("AP", "AP50", "AP75")
 

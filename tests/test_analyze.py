@@ -105,7 +105,7 @@ def test_the_tail_is_the_share_of_loss_in_the_hardest_fraction():
 
 
 def test_ghm_panel_scales_every_loss_to_the_total_of_ce():
-    from pipeline.analysis_plots import same_total_as_ce
+    from pipeline.analysis.plots import same_total_as_ce
 
     # two bins holding 90% and 10% of the samples; CE's total is 0.9 * 0.1 + 0.1 * 0.8 = 0.17
     ghm = {"distribution": [0.9, 0.1],
@@ -178,7 +178,7 @@ def test_analyze_runs_where_device_says(tiny_checkpoint, tmp_path, monkeypatch):
     seen = []
     real = train.analysis.collect_samples
     monkeypatch.setattr(
-        "pipeline.analyze.collect_samples",
+        "pipeline.analysis.analyze.collect_samples",
         lambda *args: seen.append(args[-1]) or real(*args),
     )
     ok = CliRunner().invoke(cli, ["analyze", "--model", str(weights), "--data", str(data), "--out",

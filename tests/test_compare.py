@@ -8,12 +8,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-import pipeline.compare
+import pipeline.study.compare
 from deploy.evaluate import load_coco, score_coco
 from pipeline.cli import cli
-from pipeline.coco_bootstrap import match_run, paired_bootstrap, weighted_ap
-from pipeline.compare import split_loss_options
 from pipeline.errors import PipelineError
+from pipeline.study.bootstrap import match_run, paired_bootstrap, weighted_ap
+from pipeline.study.compare import split_loss_options
 from tests.cli_support import TINY, invoke, make_tiny_dataset
 
 LOSSES = ("ce", "focal")
@@ -92,9 +92,9 @@ def test_resume_reuses_finished_runs_and_continues_unfinished_ones(
     (training / "run.json").unlink()
     (training / "trained.json").unlink()
     trained = []
-    real_training = pipeline.compare.run_training
+    real_training = pipeline.study.compare.run_training
     monkeypatch.setattr(
-        pipeline.compare, "run_training", lambda c: trained.append(c) or real_training(c)
+        pipeline.study.compare, "run_training", lambda c: trained.append(c) or real_training(c)
     )
     result = invoke(*compare_args(tiny_data, comparison))
     assert result.exit_code == 0, result.output
@@ -125,7 +125,7 @@ def test_asking_for_another_engine_scores_finished_runs_without_training(
     def no_training(config):
         raise AssertionError(f"{config.out} trained again")
 
-    monkeypatch.setattr(pipeline.compare, "run_training", no_training)
+    monkeypatch.setattr(pipeline.study.compare, "run_training", no_training)
     result = invoke(*compare_args(tiny_data, comparison, "--backend", "onnx,onnx-int8"))
     assert result.exit_code == 0, result.output
     assert {loss: path.stat().st_mtime_ns for loss, path in weights.items()} == before
@@ -259,7 +259,9 @@ def test_every_compare_option_reaches_the_spec(monkeypatch, tmp_path):
              "per_loss": {}, "effects": {"onnx-int8": {}}}  # fmt: skip
     (tmp_path / "report.json").write_text(json.dumps(empty))
     monkeypatch.setattr(
-        pipeline.compare, "run_compare", lambda s: captured.append(s) or tmp_path / "report.md"
+        pipeline.study.compare,
+        "run_compare",
+        lambda s: captured.append(s) or tmp_path / "report.md",
     )
     params = cli.commands["compare"].params
     flags = {flag for param in params for flag in param.opts + param.secondary_opts}

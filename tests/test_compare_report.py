@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from deploy.evaluate import load_coco, score_coco
-from pipeline.compare import CompareSpec, run_dir
-from pipeline.compare_markdown import format_summary
-from pipeline.compare_report import write_report
+from pipeline.study.spec import CompareSpec, run_dir
+from pipeline.study.markdown import format_summary
+from pipeline.study.report import write_report
 from train.config import TrainConfig
 
 SEEDS = [0, 1]

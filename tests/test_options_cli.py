@@ -242,7 +242,7 @@ def test_the_listed_backbones_are_the_ones_the_model_builds() -> None:
 
 def test_runtime_fields_are_the_ones_resume_and_compare_let_differ() -> None:
     """Described once (the field's metadata): how to run, not what to train."""
-    from pipeline.compare import NOT_COMPARED
+    from pipeline.study.compare import NOT_COMPARED
     from train.config import RUNTIME_FIELDS
     from train.resume import _runtime_flags as runtime_flags
 

@@ -46,9 +46,9 @@ from torch import nn
 
 import deploy.evaluate
 import export.tensorrt
-import pipeline.compare
 import pipeline.evaluation
 import pipeline.exporting
+import pipeline.study.compare
 import pipeline.training
 import pipeline.validation
 import train.trainer
@@ -671,9 +671,9 @@ def test_compare_trains_deploys_and_reports_what_its_options_say(
         (Path(config.out) / f"report_{name}.json").write_text(json.dumps(report))
         return report
 
-    monkeypatch.setattr(pipeline.compare, "run_training", fake_train)
-    monkeypatch.setattr(pipeline.compare, "build_deployed_model", fake_deploy)
-    monkeypatch.setattr(pipeline.compare, "eval_in_run", fake_eval)
+    monkeypatch.setattr(pipeline.study.compare, "run_training", fake_train)
+    monkeypatch.setattr(pipeline.study.compare, "build_deployed_model", fake_deploy)
+    monkeypatch.setattr(pipeline.study.compare, "eval_in_run", fake_eval)
     out = tmp_path / "study"
     result = invoke("compare", "--out", out, "--data", tiny_data, "--losses", "ghm,pisa",
                     "--seeds", "2", "--seed", "5", "--backend", "onnx-int8", "--baseline", "pisa",
@@ -717,9 +717,9 @@ def test_compare_variants_train_their_loss_with_their_options(
         )
         return {"metrics": {"AP": 1.0}, "latency": {"total_ms": {"p50": 1.0, "mean": 1.0}}}
 
-    monkeypatch.setattr(pipeline.compare, "run_training", fake_train)
-    monkeypatch.setattr(pipeline.compare, "build_deployed_model", lambda *a: a[2] / "model.x")
-    monkeypatch.setattr(pipeline.compare, "eval_in_run", fake_eval)
+    monkeypatch.setattr(pipeline.study.compare, "run_training", fake_train)
+    monkeypatch.setattr(pipeline.study.compare, "build_deployed_model", lambda *a: a[2] / "model.x")
+    monkeypatch.setattr(pipeline.study.compare, "eval_in_run", fake_eval)
     out = tmp_path / "study"
     result = invoke("compare", "--out", out, "--data", tiny_data, "--losses", "ghm,ghm-r-alone",
                     "--variant", "ghm-r-alone=ghm:ghm_c=false", "--seeds", "1",

@@ -17,20 +17,22 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from deploy.report import write_json_atomic
-from pipeline.compare_backends import (
+from pipeline.errors import PipelineError
+from pipeline.evaluation import eval_in_run
+from pipeline.options import config_from_options
+from pipeline.study.engines import (
     build_deployed_model,
     check_backend,
     parse_backends,
     parse_names,
 )
-from pipeline.errors import PipelineError
-from pipeline.evaluation import eval_in_run
-from pipeline.options import config_from_options
+from pipeline.study.report import write_report
+from pipeline.study.spec import CompareSpec
 from pipeline.training import run_training
 from train.checkpoint import load_checkpoint
 from train.config import RUNTIME_FIELDS, TrainConfig
@@ -44,36 +46,6 @@ log = logging.getLogger(__name__)
 NOT_COMPARED = (*RUNTIME_FIELDS, "out", "overwrite", "resume")
 DEFAULT_BASELINE = "focal"
 TRAINED_MARKER = "trained.json"
-
-
-@dataclass
-class CompareSpec:
-    """What to compare. `base` is the training config every run starts from."""
-
-    out: Path
-    losses: list[str]
-    seeds: list[int]
-    backends: list[str]
-    baseline: str
-    resamples: int
-    base: TrainConfig
-    loss_options: dict[str, dict[str, str]] = field(default_factory=dict)
-    # Study name -> registry loss, for --variant names (a loss's own name maps to itself).
-    variants: dict[str, str] = field(default_factory=dict)
-
-    def run_config(self, loss: str, seed: int) -> TrainConfig:
-        return replace(
-            self.base,
-            out=run_dir(self.out, loss, seed),
-            loss=self.variants.get(loss, loss),
-            seed=seed,
-            loss_options=dict(self.loss_options.get(loss, {})),
-            overwrite=False,
-        )
-
-
-def run_dir(out: Path, loss: str, seed: int) -> Path:
-    return Path(out) / "runs" / f"{loss}-s{seed}"
 
 
 def parse_losses(text: str, variants: Iterable[str] = ()) -> list[str]:
@@ -317,8 +289,6 @@ def ensure_run(spec: CompareSpec, loss: str, seed: int) -> dict[str, Any]:
 
 def run_compare(spec: CompareSpec) -> Path:
     """Every run, then the report; returns the path of report.md."""
-    from pipeline.compare_report import write_report
-
     for backend in spec.backends:
         check_backend(backend)
     runs = []

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.report import write_json_atomic
-from pipeline.analysis_plots import plot_focal_cdf, plot_ghm_gradients, plot_pisa_samples
+from pipeline.analysis.plots import plot_focal_cdf, plot_ghm_gradients, plot_pisa_samples
 from pipeline.datasets import model_dataset
 from train.analysis import (
     collect_samples,

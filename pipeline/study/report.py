@@ -17,17 +17,17 @@ from deploy.errors import DeployError
 from deploy.evaluate import environment_info, load_coco
 from deploy.preprocess import load_image
 from deploy.report import write_json_atomic
-from pipeline.coco_bootstrap import (
+from pipeline.evaluation import run_val_split
+from pipeline.study.bootstrap import (
     METHOD,
     RunMatches,
     match_run,
     mean_precision_curve,
     paired_bootstrap,
 )
-from pipeline.compare import CompareSpec, run_dir
-from pipeline.compare_markdown import format_markdown
-from pipeline.compare_plots import plot_ap_bars, plot_pr_curves, plot_training_curves
-from pipeline.evaluation import run_val_split
+from pipeline.study.markdown import format_markdown
+from pipeline.study.plots import plot_ap_bars, plot_pr_curves, plot_training_curves
+from pipeline.study.spec import CompareSpec, run_dir
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,4 @@
-"""PNG plots of a comparison: AP bars with error bars, PR curves, training curves.
-
-Figures are built with matplotlib's object API (Figure + Agg canvas), never pyplot: no display
-is needed and no global figure state is left behind between calls.
-"""
+"""PNG plots of a comparison: AP bars with error bars, PR curves, training curves."""
 
 from __future__ import annotations
 
@@ -10,24 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from pipeline.figures import new_figure
+
 BAR_METRICS = ("AP", "AP50", "AP75")
-DPI = 110
-
-
-def new_figure(width: float, height: float) -> Figure:
-    figure = Figure(figsize=(width, height), dpi=DPI)
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def save(figure: Figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(path, format="png")
 
 
 def _legend_below(figure: Figure, axes: Any, columns: int) -> None:

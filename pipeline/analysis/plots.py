@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.compare_plots import new_figure, save
+from pipeline.figures import new_figure, save
 
 GROUP_COLOURS = {"random": "tab:gray", "hard": "tab:red", "prime": "tab:blue"}
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import click
 
-from pipeline.compare_backends import BACKENDS
 from pipeline.options import TRAIN_OPTIONS_BY_FIELD
+from pipeline.study.engines import BACKENDS
 
 EXCLUDED_TRAIN_OPTIONS = ("loss", "overwrite", "resume")
 DEFAULT_LOSSES = "ce,focal,ghm,pisa"

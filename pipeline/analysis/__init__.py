@@ -1,0 +1,1 @@
+"""The papers' analyses of a trained model: `pipeline analyze` and its figures."""

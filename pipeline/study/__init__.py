@@ -1,0 +1,1 @@
+"""The loss study: `pipeline compare` (runs, engines, report, plots, bootstrap intervals)."""
