@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,41 @@ from pipeline.options import (
 )
 from pipeline.study.options import compare_options
 from train.config import BACKBONE_NAMES
+
+
+def device_option(help_text: str) -> Callable:
+    """--device auto|cpu|cuda, the same choices in every command that runs a model."""
+    return click.option(
+        "--device",
+        type=click.Choice(["auto", "cpu", "cuda"]),
+        default="auto",
+        show_default=True,
+        help=help_text,
+    )
+
+
+def post_processing_options(
+    conf: str, iou: str, max_dets: str, conf_default: float | None = None
+) -> Callable:
+    """--conf, --iou and --max-dets (export, eval, predict); each command says what they do."""
+    options = [
+        click.option(
+            "--conf",
+            type=click.FloatRange(0, 1),
+            default=conf_default,
+            show_default=conf_default is not None,
+            help=conf,
+        ),
+        click.option("--iou", type=click.FloatRange(0, 1), default=None, help=iou),
+        click.option("--max-dets", type=click.IntRange(min=1), default=None, help=max_dets),
+    ]
+
+    def apply(func: Callable) -> Callable:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return apply
 
 
 @click.group()
@@ -252,23 +288,10 @@ def train(out: Path | None, **options: object) -> None:
     default=None,
     help="Input size of the exported model (default: the size it trained at).",
 )
-@click.option(
-    "--conf",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=None,
-    help="Score threshold baked into the graph (default 0.05).",
-)
-@click.option(
-    "--iou",
-    type=click.FloatRange(0, 1),
-    default=None,
-    help="NMS IoU baked into the graph (default 0.5).",
-)
-@click.option(
-    "--max-dets",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Detections per image the graph returns at most (default 100).",
+@post_processing_options(
+    conf="Score threshold baked into the graph (default 0.05).",
+    iou="NMS IoU baked into the graph (default 0.5).",
+    max_dets="Detections per image the graph returns at most (default 100).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @user_errors_exit_2
@@ -326,13 +349,6 @@ provider_option = click.option(
     show_default=True,
     help="ONNX Runtime execution provider.",
 )
-device_option = click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    show_default=True,
-    help="Device for .pt checkpoints (auto: CUDA when available, else CPU).",
-)
 
 
 @cli.command("eval")
@@ -358,7 +374,7 @@ device_option = click.option(
     help="Images per model call (latency is reported per image).",
 )
 @provider_option
-@device_option
+@device_option("Device for .pt checkpoints (auto: CUDA when available, else CPU).")
 @click.option(
     "--max-images",
     type=click.IntRange(min=1),
@@ -394,25 +410,12 @@ device_option = click.option(
     help="CUDA bindings for .engine files.",
 )
 @click.option("--cuda-graph", is_flag=True, help="Replay a captured CUDA graph (.engine, batch 1).")
-@click.option(
-    "--conf",
-    type=click.FloatRange(0, 1),
-    default=None,
-    help="Score threshold (default: the model's own, 0.05; an exported model's can only be "
+@post_processing_options(
+    conf="Score threshold (default: the model's own, 0.05; an exported model's can only be "
     "raised).",
-)
-@click.option(
-    "--iou",
-    type=click.FloatRange(0, 1),
-    default=None,
-    help="NMS IoU (default: the model's own, 0.5; only a .pt can change it).",
-)
-@click.option(
-    "--max-dets",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Detections per image at most (default: the model's own, 100; an exported model's "
-    "can only be lowered).",
+    iou="NMS IoU (default: the model's own, 0.5; only a .pt can change it).",
+    max_dets="Detections per image at most (default: the model's own, 100; an exported "
+    "model's can only be lowered).",
 )
 @click.option(
     "--openvino-hint",
@@ -449,25 +452,12 @@ def eval_cmd(
     required=True,
     help="Folder for the drawn images (same file names) and detections.json.",
 )
-@click.option(
-    "--conf",
-    type=click.FloatRange(0, 1),
-    default=0.25,
-    show_default=True,
-    help="Keep detections scoring at least this (not below the model's own threshold, 0.05).",
-)
-@click.option(
-    "--iou",
-    type=click.FloatRange(0, 1),
-    default=None,
-    help="NMS IoU (default: the model's own, 0.5). A .pt runs NMS at any IoU; .onnx and "
+@post_processing_options(
+    conf="Keep detections scoring at least this (not below the model's own threshold, 0.05).",
+    iou="NMS IoU (default: the model's own, 0.5). A .pt runs NMS at any IoU; .onnx and "
     ".engine files have NMS in the graph and accept only its value.",
-)
-@click.option(
-    "--max-dets",
-    type=click.IntRange(min=1),
-    default=None,
-    help="At most this many detections per image (default: the model's cap, 100).",
+    max_dets="At most this many detections per image (default: the model's cap, 100).",
+    conf_default=0.25,
 )
 @click.option(
     "--batch-size",
@@ -477,7 +467,7 @@ def eval_cmd(
     help="Images per model call (an .engine takes at most the batch it was built for).",
 )
 @provider_option
-@device_option
+@device_option("Device for .pt checkpoints (auto: CUDA when available, else CPU).")
 @click.option("--overwrite", is_flag=True, help="Replace existing drawn images / detections.json.")
 @user_errors_exit_2
 def predict(
@@ -602,13 +592,7 @@ def compare(**options: object) -> None:
     show_default=True,
     help="Seed of the classifier's head, crop order and background boxes.",
 )
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    show_default=True,
-    help="auto: CUDA when available, else CPU.",
-)
+@device_option("Where the backbone trains (auto: CUDA when available, else CPU).")
 @user_errors_exit_2
 def pretrain(data: Path | None, out: Path, device: str, **options: object) -> None:
     """A loss-neutral backbone: classify object and background crops (no detection loss).
@@ -661,13 +645,7 @@ def pretrain(data: Path | None, out: Path, device: str, **options: object) -> No
     default=None,
     help="First N validation images (memory grows with images x anchors x classes).",
 )
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    show_default=True,
-    help="Where the model runs (auto: CUDA when available, else CPU).",
-)
+@device_option("Where the model runs (auto: CUDA when available, else CPU).")
 @user_errors_exit_2
 def analyze(
     weights: Path, data: Path | None, out: Path | None, max_images: int | None, device: str
