@@ -6,7 +6,8 @@
 #   1. a loss-neutral backbone: crop classifier on the built-in training split
 #   2. clean study: nine losses and GHM's two halves x 3 seeds from that backbone, scored on
 #      ONNX fp32 and int8
-#   3. label-noise study: focal, GHM and PISA on a copy with 20% of the training labels flipped
+#   3. label-noise study: focal, GHM and PISA on a copy with 20% of the training labels flipped,
+#      each loss's AP change from the clean study paired run by run (--reference)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/study}
@@ -31,4 +32,4 @@ if [[ ! -d "$OUT/data-noisy" ]]; then
     "$PIPELINE" data synth --out "$OUT/data-noisy" --label-noise 0.2
 fi
 "$PIPELINE" compare --out "$OUT/noisy" --data "$OUT/data-noisy" --pretrained "$OUT/backbone.pth" \
-    --losses focal,ghm,pisa --seeds "$SEEDS" --backend onnx "${BUDGET[@]}"
+    --losses focal,ghm,pisa --seeds "$SEEDS" --backend onnx --reference "$OUT/clean" "${BUDGET[@]}"

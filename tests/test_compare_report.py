@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from deploy.evaluate import load_coco, score_coco
-from pipeline.study.spec import CompareSpec, run_dir
 from pipeline.study.markdown import format_summary
 from pipeline.study.report import write_report
+from pipeline.study.spec import CompareSpec, run_dir
 from train.config import TrainConfig
 
 SEEDS = [0, 1]
@@ -160,3 +160,53 @@ def test_plots_are_readable_pngs(study) -> None:
     for name in ("ap_bars.png", "pr_curves.png", "training_curves.png"):
         with Image.open(spec.out / name) as image:
             assert image.format == "PNG" and image.size[0] >= 700
+
+
+def test_against_a_reference_study_each_loss_gets_its_change_and_the_change_vs_baseline(
+    study, tmp_path: Path
+) -> None:
+    """A second study of ce and focal on the same images, where ce's detections got noisy:
+    ce's change from the reference and its change minus focal's (focal unchanged: 0) are the
+    pycocotools APs' differences, seed by seed."""
+    reference, expected = study
+    data = Path(reference.base.data)
+    coco_gt = load_coco(data / "annotations" / "instances_val.json")
+    ids = sorted(coco_gt.getImgIds())
+    anns = json.loads((data / "annotations" / "instances_val.json").read_text())["annotations"]
+    spec = CompareSpec(
+        out=tmp_path / "noisy", losses=["ce", "focal"], seeds=SEEDS, backends=["onnx"],
+        baseline="focal", resamples=60, base=reference.base, reference=reference.out,
+    )  # fmt: skip
+    runs, ce_now = [], {}
+    for loss in spec.losses:
+        for seed in SEEDS:
+            folder = run_dir(spec.out, loss, seed)
+            folder.mkdir(parents=True)
+            found = (
+                _noisy(anns, seed + 10, 4.0)
+                if loss == "ce"
+                else json.loads(
+                    (run_dir(reference.out, loss, seed) / "detections_onnx.json").read_text()
+                )
+            )
+            metrics = {}
+            for engine in ("pytorch", "onnx"):
+                (folder / f"detections_{engine}.json").write_text(json.dumps(found))
+                metrics[engine] = score_coco(coco_gt, found, ids)
+            if loss == "ce":
+                ce_now[seed] = metrics["onnx"]["AP"]
+            runs.append({"loss": loss, "seed": seed, "status": "ok", "metrics": metrics,
+                         "latency_ms": {e: {"p50": 1.0} for e in metrics},
+                         "train_seconds": 1.0, "train_images_per_second": 1.0})  # fmt: skip
+    write_report(spec, runs)
+    report = json.loads((spec.out / "report.json").read_text())
+    ce = report["versus_reference"]["onnx"]["ce"]
+    want = np.mean([ce_now[s] - expected[("ce", s, "onnx")] for s in SEEDS])
+    assert want < 0 and ce["change"]["delta"] == pytest.approx(want, abs=1e-9)
+    assert ce["change"]["ci"][1] < 0  # perfect -> noisy: a loss, outside the noise
+    assert ce["change_vs_baseline"]["delta"] == pytest.approx(want, abs=1e-9)  # focal: 0
+    focal = report["versus_reference"]["onnx"]["focal"]
+    assert focal["change"]["delta"] == 0.0 and "change_vs_baseline" not in focal
+    text = (spec.out / "report.md").read_text()
+    assert f"## Against the reference study {reference.out}" in text
+    assert "| ce | " + f"{want * 100:+.1f}" in text

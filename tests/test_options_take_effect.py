@@ -762,3 +762,51 @@ def test_compare_refuses_bad_variants_in_one_line(
     assert result.exit_code == 2
     assert complaint in result.output and "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_compare_reference_pairs_with_an_earlier_study_or_refuses_it_in_one_line(
+    tiny_data, tmp_path, monkeypatch
+) -> None:
+    """--reference: a finished study on the same val images is paired run by run; a folder
+    without a report, or a study that validated on other images, is one line before training."""
+    trained: list[TrainConfig] = []
+
+    def fake_train(config: TrainConfig) -> None:
+        trained.append(config)
+        Path(config.out).mkdir(parents=True, exist_ok=True)
+        record = {"epoch": 1, "step": 1, "seconds": 1.0, "images_per_second": 1.0}
+        (Path(config.out) / "history.json").write_text(json.dumps([record]))
+
+    def fake_eval(name: str, model: Path, config: TrainConfig) -> dict[str, Any]:
+        (Path(config.out) / f"detections_{name}.json").write_text(
+            json.dumps(_perfect_detections(tiny_data, 3))
+        )
+        return {"metrics": {"AP": 1.0}, "latency": {"total_ms": {"p50": 1.0, "mean": 1.0}}}
+
+    monkeypatch.setattr(pipeline.study.compare, "run_training", fake_train)
+    monkeypatch.setattr(pipeline.study.compare, "build_deployed_model", lambda *a: a[2] / "m.x")
+    monkeypatch.setattr(pipeline.study.compare, "eval_in_run", fake_eval)
+    args = ["--data", tiny_data, "--losses", "focal", "--seeds", "1", "--resamples", "10",
+            *BASE, *SHARED]  # fmt: skip
+    first = invoke("compare", "--out", tmp_path / "clean", *args)
+    assert first.exit_code == 0, first.output
+    second = invoke(
+        "compare", "--out", tmp_path / "again", "--reference", tmp_path / "clean", *args
+    )
+    assert second.exit_code == 0, second.output
+    report = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert report["versus_reference"]["onnx"]["focal"]["change"]["delta"] == 0.0
+
+    (tmp_path / "empty").mkdir()
+    trained.clear()
+    nothing = invoke("compare", "--out", tmp_path / "x", "--reference", tmp_path / "empty", *args)
+    assert nothing.exit_code == 2 and "no report.json" in nothing.output
+    other = tmp_path / "other-data"
+    assert invoke("data", "synth", "--out", other, "--num-train", 4, "--num-val", 3,
+                  "--seed", 7).exit_code == 0  # fmt: skip
+    moved = json.loads((tmp_path / "clean" / "report.json").read_text())
+    moved["training"]["data"] = str(other)
+    (tmp_path / "clean" / "report.json").write_text(json.dumps(moved))
+    elsewhere = invoke("compare", "--out", tmp_path / "y", "--reference", tmp_path / "clean", *args)
+    assert elsewhere.exit_code == 2 and "validated on other images" in elsewhere.output
+    assert trained == [] and not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -195,21 +195,44 @@ def paired_bootstrap(
     """
     if not pairs:
         raise ValueError("paired_bootstrap needs at least one (candidate, baseline) pair")
-    image_ids = pairs[0][0].image_ids
-    if any(c.image_ids != image_ids or b.image_ids != image_ids for c, b in pairs):
+    return contrast_bootstrap(pairs, (1.0, -1.0), resamples, seed, level)
+
+
+def contrast_bootstrap(
+    groups: list[tuple[RunMatches, ...]],
+    coefficients: tuple[float, ...],
+    resamples: int = 200,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """sum_k coefficients[k] * AP(group[k]), averaged over the groups (one per seed), with a
+    bootstrap interval: images resampled once for every run, groups (seeds) resampled whole.
+
+    (1, -1) is a paired difference; (1, -1, -1, 1) on (A noisy, A clean, B noisy, B clean)
+    asks whether A's change differs from B's. Same fields as paired_bootstrap returns.
+    """
+    if not groups or any(len(g) != len(coefficients) for g in groups):
+        raise ValueError("contrast_bootstrap needs groups of one run per coefficient")
+    image_ids = groups[0][0].image_ids
+    if any(run.image_ids != image_ids for group in groups for run in group):
         raise ValueError("every run in a paired bootstrap must be scored on the same images")
-    per_seed = [weighted_ap(c) - weighted_ap(b) for c, b in pairs]
+
+    def contrast(group: tuple[RunMatches, ...], weights: np.ndarray | None = None) -> float:
+        return sum(
+            c * weighted_ap(run, weights) for c, run in zip(coefficients, group, strict=True)
+        )
+
+    per_seed = [contrast(group) for group in groups]
     rng = np.random.default_rng(seed)
-    num_images, num_pairs = len(image_ids), len(pairs)
+    num_images, num_groups = len(image_ids), len(groups)
     deltas = np.empty(resamples)
     for r in range(resamples):
         weights = np.bincount(rng.integers(0, num_images, num_images), minlength=num_images)
-        drawn = np.bincount(rng.integers(0, num_pairs, num_pairs), minlength=num_pairs)
+        drawn = np.bincount(rng.integers(0, num_groups, num_groups), minlength=num_groups)
         seed_deltas = [
-            weighted_ap(c, weights) - weighted_ap(b, weights) if n else 0.0
-            for (c, b), n in zip(pairs, drawn, strict=True)
+            contrast(group, weights) if n else 0.0 for group, n in zip(groups, drawn, strict=True)
         ]
-        deltas[r] = np.dot(drawn, seed_deltas) / num_pairs  # NaN only if no gt was drawn
+        deltas[r] = np.dot(drawn, seed_deltas) / num_groups  # NaN only if no gt was drawn
     deltas = deltas[np.isfinite(deltas)]
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(deltas, [tail, 100 - tail]) if len(deltas) else (np.nan, np.nan)

@@ -31,6 +31,7 @@ from pipeline.study.engines import (
     parse_backends,
     parse_names,
 )
+from pipeline.study.reference import check_reference
 from pipeline.study.report import write_report
 from pipeline.study.spec import CompareSpec
 from pipeline.training import run_training
@@ -145,6 +146,7 @@ def spec_from_options(options: dict[str, Any]) -> CompareSpec:
         base=replace(base, loss_options={}),
         loss_options=split_loss_options(base.loss_options, losses, variants),
         variants={name: v.loss for name, v in variants.items()},
+        reference=options.get("reference"),
     )
 
 
@@ -289,6 +291,8 @@ def ensure_run(spec: CompareSpec, loss: str, seed: int) -> dict[str, Any]:
 
 def run_compare(spec: CompareSpec) -> Path:
     """Every run, then the report; returns the path of report.md."""
+    if spec.reference is not None:  # before any training: a wrong reference fails now
+        check_reference(spec.reference, spec)
     for backend in spec.backends:
         check_backend(backend)
     runs = []

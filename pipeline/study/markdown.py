@@ -98,6 +98,39 @@ def _effects_table(report: dict[str, Any], engine: str) -> list[str]:
     return lines
 
 
+def _reference_section(report: dict[str, Any]) -> list[str]:
+    """Each loss's AP change from the reference study, and that change against the baseline's."""
+    if "versus_reference" not in report:
+        return []
+    baseline = report["baseline"]
+    lines = [
+        f"## Against the reference study {report['reference']}",
+        "",
+        "Each loss's runs paired seed by seed with the reference study's runs of the same loss, "
+        "on the same validation images: the AP change (points, 95% interval), and that change "
+        f"minus {baseline}'s change (above 0: the loss lost less than {baseline}).",
+        "",
+    ]
+    for engine, per_loss in report["versus_reference"].items():
+        lines += [
+            f"On {engine}:",
+            "",
+            f"| loss | AP change [95% interval] | change minus {baseline}'s [95% interval] |",
+            "|---|---|---|",
+        ]
+        for loss, entry in per_loss.items():
+            if "change" not in entry:
+                lines.append(f"| {loss} | {entry.get('error', '-')} | - |")
+                continue
+            versus = entry.get("change_vs_baseline")
+            lines.append(
+                f"| {loss} | {_interval(entry['change'])} | "
+                f"{_interval(versus) if versus else '-'} |"
+            )
+        lines.append("")
+    return lines
+
+
 def _deployment_table(report: dict[str, Any]) -> list[str]:
     engines = report["backends"]
     header = [
@@ -179,6 +212,7 @@ def format_markdown(report: dict[str, Any]) -> str:
         "learned nothing and is marked 'did not learn' rather than ranked.",
         "",
         *effects,
+        *_reference_section(report),
         "## The deployed engines: AP minus PyTorch's on the same weights, and latency",
         "",
         *_deployment_table(report),

@@ -63,6 +63,14 @@ COMPARE_OPTIONS: list[Callable] = [
         help="Loss the others are compared against (default: focal if compared, else the first).",
     ),
     click.option(
+        "--reference",
+        type=click.Path(path_type=Path, file_okay=False, exists=True),
+        default=None,
+        help="An earlier study's --out, validated on the same images: report each loss's AP "
+        "change from it (paired by seed) and that change against the baseline's, e.g. a "
+        "label-noise study against the clean one.",
+    ),
+    click.option(
         "--resamples",
         type=click.IntRange(min=10),
         default=200,

@@ -27,6 +27,7 @@ from pipeline.study.bootstrap import (
 )
 from pipeline.study.markdown import format_markdown
 from pipeline.study.plots import plot_ap_bars, plot_pr_curves, plot_training_curves
+from pipeline.study.reference import versus_reference
 from pipeline.study.spec import CompareSpec, run_dir
 
 log = logging.getLogger(__name__)
@@ -108,9 +109,10 @@ def _readable(path: Path) -> bool:
 Matches = dict[str, dict[tuple[str, int], RunMatches]]  # engine -> (loss, seed) -> matching
 
 
-def _matches(spec: CompareSpec, runs: list[dict[str, Any]]) -> Matches:
+def _matches(spec: CompareSpec, runs: list[dict[str, Any]]) -> tuple[Matches, Any, list[int]]:
     """COCO matching of every finished run's detections on PyTorch and each engine (one
-    COCOeval each), over the images the evaluator scored (unreadable ones are left out)."""
+    COCOeval each), over the images the evaluator scored (unreadable ones are left out); with
+    the ground truth and those image ids."""
     val = run_val_split(spec.base)
     img_dir = val.images
     coco_gt = load_coco(val.ann)
@@ -131,7 +133,7 @@ def _matches(spec: CompareSpec, runs: list[dict[str, Any]]) -> Matches:
                 matches[engine][(run["loss"], run["seed"])] = match_run(
                     coco_gt, detections, image_ids
                 )
-    return matches
+    return matches, coco_gt, image_ids
 
 
 def _bootstrap(
@@ -214,7 +216,7 @@ def _histories(spec: CompareSpec, runs: list[dict[str, Any]]) -> dict[str, list[
 
 def build_report(spec: CompareSpec, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The report.json content (plots are referenced by file name)."""
-    matches = _matches(spec, runs)
+    matches, coco_gt, image_ids = _matches(spec, runs)
     training = {
         k: v
         for k, v in spec.base.to_dict().items()
@@ -243,12 +245,25 @@ def build_report(spec: CompareSpec, runs: list[dict[str, Any]]) -> dict[str, Any
         "did_not_learn": sorted(silent, key=spec.losses.index),
         "effects": _effects(spec, matches, silent),
         "deployment": _deployment(spec, matches),
+        **_reference_part(spec, matches, coco_gt, image_ids),
         "method": METHOD,
         "resamples": spec.resamples,
         "pr_curves": _pr_curves(spec, matches[primary]),
         "runs": [{k: v for k, v in run.items() if k != "train_config"} for run in runs],
         "plots": dict(PLOTS),
         "environment": environment_info(),
+    }
+
+
+def _reference_part(
+    spec: CompareSpec, matches: Matches, coco_gt: Any, image_ids: list[int]
+) -> dict[str, Any]:
+    if spec.reference is None:
+        return {}
+    engines = {engine: matches[engine] for engine in spec.backends}
+    return {
+        "reference": str(spec.reference),
+        "versus_reference": versus_reference(spec, engines, coco_gt, image_ids),
     }
 
 

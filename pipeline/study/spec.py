@@ -26,6 +26,8 @@ class CompareSpec:
     loss_options: dict[str, dict[str, str]] = field(default_factory=dict)
     # Study name -> registry loss, for --variant names (a loss's own name maps to itself).
     variants: dict[str, str] = field(default_factory=dict)
+    # An earlier study to pair each loss's runs with (pipeline/study/reference.py).
+    reference: Path | None = None
 
     def run_config(self, loss: str, seed: int) -> TrainConfig:
         return replace(
