@@ -62,8 +62,8 @@ def test_the_cli_offers_exactly_the_registered_losses():
     import torch
 
     from train.assign import assign_anchors
-    from train.loss_names import LOSS_NAMES, REG_LOSS_NAMES
     from train.losses import LOSSES
+    from train.losses.names import LOSS_NAMES, REG_LOSS_NAMES
     from train.losses.regression import regression_per_anchor
 
     assert tuple(LOSSES) == LOSS_NAMES

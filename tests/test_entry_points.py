@@ -23,9 +23,9 @@ import torchvision
 from tests.cli_support import TINY, invoke, make_tiny_dataset
 from train.checkpoint import load_checkpoint, model_from_checkpoint
 from train.errors import InputError
-from train.loss_names import LOSS_NAMES
 from train.losses.focal import FocalDetectionLoss, FocalStarDetectionLoss
 from train.losses.ghm import GhmDetectionLoss
+from train.losses.names import LOSS_NAMES
 from train.losses.pisa import PisaCenterDetectionLoss, PisaDetectionLoss
 from train.losses.sampling import OhemLoss, RandomSamplingLoss
 from train.model.backbone import Backbone

@@ -13,7 +13,7 @@ from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from train.loss_names import LOSS_NAMES, REG_LOSS_NAMES
+from train.losses.names import LOSS_NAMES, REG_LOSS_NAMES
 
 # The backbones train/model/backbone.py builds (a test keeps the two equal), named here so the
 # command line can list them without importing torch.

@@ -12,10 +12,10 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from train.errors import LossSettingError
-from train.loss_names import LOSS_NAMES
 from train.losses.base import DetectionLoss
 from train.losses.focal import FocalDetectionLoss, FocalStarDetectionLoss
 from train.losses.ghm import GhmDetectionLoss
+from train.losses.names import LOSS_NAMES
 from train.losses.pisa import PisaCenterDetectionLoss, PisaDetectionLoss
 from train.losses.sampling import OhemLoss, RandomSamplingLoss
 
@@ -80,7 +80,7 @@ LOSSES: dict[str, LossSpec] = {
     ]
 }  # fmt: skip
 if tuple(LOSSES) != LOSS_NAMES:  # the CLI offers LOSS_NAMES without importing this table
-    raise RuntimeError(f"train/loss_names.py lists {LOSS_NAMES}, the registry {tuple(LOSSES)}")
+    raise RuntimeError(f"train/losses/names.py lists {LOSS_NAMES}, the registry {tuple(LOSSES)}")
 
 
 def _coerce(key: str, raw: Any, default: Any) -> Any:

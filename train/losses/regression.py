@@ -8,8 +8,8 @@ import torch
 from torchvision.ops import generalized_box_iou_loss
 
 from train.assign import AnchorAssignment
-from train.loss_names import REG_LOSS_NAMES
 from train.losses.base import option, selected_rows
+from train.losses.names import REG_LOSS_NAMES
 from train.model.box_coder import decode_boxes, encode_boxes
 
 
