@@ -27,23 +27,32 @@ def _train(*args: object):
     return CliRunner().invoke(cli, ["train", *map(str, args)])
 
 
+def _in_epoch_2(make_validator, action):
+    """A make_validator whose validator calls `action()` when epoch 2 ends (its 2nd call)."""
+
+    def make(*args, **kwargs):
+        validate, calls = make_validator(*args, **kwargs), []
+
+        def wrapped(*a, **k):
+            calls.append(1)
+            if len(calls) == 2:
+                action()
+            return validate(*a, **k)
+
+        return wrapped
+
+    return make
+
+
 def test_ctrl_c_in_epoch_2_says_last_pt_holds_epoch_1_and_resume_finishes_the_run(
     tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real = pipeline.training.make_validator
 
-    def validator_pressing_ctrl_c_in_epoch_2(*args, **kwargs):
-        validate, calls = real(*args, **kwargs), []
+    def press_ctrl_c() -> None:
+        raise KeyboardInterrupt
 
-        def wrapped(*a, **k):
-            calls.append(1)
-            if len(calls) == 2:
-                raise KeyboardInterrupt
-            return validate(*a, **k)
-
-        return wrapped
-
-    monkeypatch.setattr(pipeline.training, "make_validator", validator_pressing_ctrl_c_in_epoch_2)
+    monkeypatch.setattr(pipeline.training, "make_validator", _in_epoch_2(real, press_ctrl_c))
     out = tmp_path / "run"
     budget = [*TINY, "--epochs", 2, "--max-steps", 4]  # later flags win: 2 epochs of 2 steps
     result = _train("--data", tiny_data, "--out", out, *budget)
@@ -69,20 +78,10 @@ def test_sigterm_in_epoch_2_stops_like_ctrl_c_and_puts_the_old_handler_back(
     tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`kill PID` (a backgrounded run ignores SIGINT) keeps epoch 1 and says how to resume."""
-    real = pipeline.training.make_validator
-
-    def validator_killed_in_epoch_2(*args, **kwargs):
-        validate, calls = real(*args, **kwargs), []
-
-        def wrapped(*a, **k):
-            calls.append(1)
-            if len(calls) == 2:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return validate(*a, **k)
-
-        return wrapped
-
-    monkeypatch.setattr(pipeline.training, "make_validator", validator_killed_in_epoch_2)
+    kill = _in_epoch_2(
+        pipeline.training.make_validator, lambda: os.kill(os.getpid(), signal.SIGTERM)
+    )
+    monkeypatch.setattr(pipeline.training, "make_validator", kill)
 
     def ignore(signum: int, frame: object) -> None: ...
 

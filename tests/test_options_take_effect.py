@@ -699,10 +699,9 @@ def test_compare_trains_deploys_and_reports_what_its_options_say(
     assert effect["delta"] == pytest.approx(1.0 - pisa_ap["AP"])
 
 
-def test_compare_variants_train_their_loss_with_their_options(
-    tiny_data, tmp_path, monkeypatch
-) -> None:
-    """--variant NAME=LOSS:K=V runs LOSS with K=V under NAME; --loss-opt reaches it as its loss."""
+def _fake_compare_runs(tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> list[TrainConfig]:
+    """compare with training, export and scoring replaced: each run "detects" every object of
+    the first 3 val images (AP 1); returns the configs it was asked to train, as they come."""
     trained: list[TrainConfig] = []
 
     def fake_train(config: TrainConfig) -> None:
@@ -718,8 +717,16 @@ def test_compare_variants_train_their_loss_with_their_options(
         return {"metrics": {"AP": 1.0}, "latency": {"total_ms": {"p50": 1.0, "mean": 1.0}}}
 
     monkeypatch.setattr(pipeline.study.compare, "run_training", fake_train)
-    monkeypatch.setattr(pipeline.study.compare, "build_deployed_model", lambda *a: a[2] / "model.x")
+    monkeypatch.setattr(pipeline.study.compare, "build_deployed_model", lambda *a: a[2] / "m.x")
     monkeypatch.setattr(pipeline.study.compare, "eval_in_run", fake_eval)
+    return trained
+
+
+def test_compare_variants_train_their_loss_with_their_options(
+    tiny_data, tmp_path, monkeypatch
+) -> None:
+    """--variant NAME=LOSS:K=V runs LOSS with K=V under NAME; --loss-opt reaches it as its loss."""
+    trained = _fake_compare_runs(tiny_data, monkeypatch)
     out = tmp_path / "study"
     result = invoke("compare", "--out", out, "--data", tiny_data, "--losses", "ghm,ghm-r-alone",
                     "--variant", "ghm-r-alone=ghm:ghm_c=false", "--seeds", "1",
@@ -769,23 +776,7 @@ def test_compare_reference_pairs_with_an_earlier_study_or_refuses_it_in_one_line
 ) -> None:
     """--reference: a finished study on the same val images is paired run by run; a folder
     without a report, or a study that validated on other images, is one line before training."""
-    trained: list[TrainConfig] = []
-
-    def fake_train(config: TrainConfig) -> None:
-        trained.append(config)
-        Path(config.out).mkdir(parents=True, exist_ok=True)
-        record = {"epoch": 1, "step": 1, "seconds": 1.0, "images_per_second": 1.0}
-        (Path(config.out) / "history.json").write_text(json.dumps([record]))
-
-    def fake_eval(name: str, model: Path, config: TrainConfig) -> dict[str, Any]:
-        (Path(config.out) / f"detections_{name}.json").write_text(
-            json.dumps(_perfect_detections(tiny_data, 3))
-        )
-        return {"metrics": {"AP": 1.0}, "latency": {"total_ms": {"p50": 1.0, "mean": 1.0}}}
-
-    monkeypatch.setattr(pipeline.study.compare, "run_training", fake_train)
-    monkeypatch.setattr(pipeline.study.compare, "build_deployed_model", lambda *a: a[2] / "m.x")
-    monkeypatch.setattr(pipeline.study.compare, "eval_in_run", fake_eval)
+    trained = _fake_compare_runs(tiny_data, monkeypatch)
     args = ["--data", tiny_data, "--losses", "focal", "--seeds", "1", "--resamples", "10",
             *BASE, *SHARED]  # fmt: skip
     first = invoke("compare", "--out", tmp_path / "clean", *args)
