@@ -92,6 +92,8 @@ def run_eval(model_path: Path, options: EvalOptions) -> dict[str, Any]:
     )
     if o.thresholds is not None:
         predictor = o.thresholds.applied_to(predictor, model_path)
+    if hasattr(predictor, "candidate_counts"):  # a PyTorch model: count its NMS candidates too
+        predictor.candidate_counts = []
     if o.split_files is not None:
         ann_file, img_dir = o.split_files
     else:

@@ -27,3 +27,25 @@ def test_without_a_top_k_cap_every_pair_above_the_threshold_counts() -> None:
         for b in range(3)
     ]
     assert count_nms_candidates(logits, [25, 10, 5], config).tolist() == by_loop
+
+
+def test_a_predictor_counts_candidates_only_when_asked() -> None:
+    """Counting is for eval's report; a long-lived predictor (a server) keeps no growing list."""
+    import numpy as np
+
+    from train.model.detector import ModelConfig, RetinaDetector
+    from train.predict import TorchPredictor
+
+    torch.manual_seed(0)
+    model = RetinaDetector(ModelConfig(num_classes=2, img_size=64, fpn_channels=8, head_convs=1))
+    images = np.random.default_rng(0).uniform(0, 255, (3, 3, 64, 64)).astype(np.float32)
+    quiet = TorchPredictor(model, metadata=None)
+    quiet(images)
+    assert quiet.candidate_counts is None
+    counting = TorchPredictor(model, metadata=None, count_candidates=True)
+    counting(images)
+    counting(images[:1])
+    with torch.inference_mode():
+        logits, _ = model.eval()(torch.from_numpy(images))
+    expected = count_nms_candidates(logits, counting._anchors_per_level, counting.config).tolist()
+    assert counting.candidate_counts == expected + expected[:1]

@@ -42,6 +42,7 @@ class TorchPredictor:
         metadata: Any,
         device: str = "cpu",
         config: PostprocessConfig | None = None,
+        count_candidates: bool = False,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device)
@@ -49,7 +50,9 @@ class TorchPredictor:
         self.config = config or PostprocessConfig()
         self.img_size = int(model.anchor_spec.img_size)
         self._anchors_per_level = anchors_per_level(model.anchor_spec)
-        self.candidate_counts: list[int] = []  # per image called on, warm-up calls included
+        # NMS candidates per image called on (warm-up calls included), when asked: eval reports
+        # them; a long-lived predictor (a server) would otherwise grow this list forever.
+        self.candidate_counts: list[int] | None = [] if count_candidates else None
 
     @property
     def precision(self) -> str:
@@ -76,8 +79,9 @@ class TorchPredictor:
             with torch.inference_mode():
                 batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
                 cls_logits, box_deltas = self.model(batch.to(self.device, dtype))
-                counts = count_nms_candidates(cls_logits, self._anchors_per_level, self.config)
-                self.candidate_counts.extend(counts.tolist())
+                if self.candidate_counts is not None:
+                    counts = count_nms_candidates(cls_logits, self._anchors_per_level, self.config)
+                    self.candidate_counts.extend(counts.tolist())
                 out = postprocess(
                     cls_logits,
                     box_deltas,
