@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from types import ModuleType
 
+from common.optional import import_or_explain
 from export.errors import ExportError
 
 NO_OPENVINO = "--openvino: OpenVINO is not installed: pip install '.[openvino]'"
@@ -19,11 +20,7 @@ NO_OPENVINO = "--openvino: OpenVINO is not installed: pip install '.[openvino]'"
 
 def require_openvino() -> ModuleType:
     """The openvino module, or one ExportError line saying which extra installs it."""
-    try:
-        import openvino
-    except ImportError as exc:
-        raise ExportError(NO_OPENVINO) from exc
-    return openvino
+    return import_or_explain("openvino", NO_OPENVINO, ExportError)
 
 
 def ir_paths(xml: Path) -> tuple[Path, Path]:

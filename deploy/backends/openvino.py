@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from common.contract import INPUT_NAME, OPENVINO_PRECISIONS, OUTPUT_NAMES, Detections
+from common.optional import import_or_explain
 from deploy.errors import DeployError
 from deploy.metadata import ModelMetadata
 
@@ -33,11 +34,7 @@ NO_OPENVINO = "OpenVINO is not installed: pip install '.[openvino]'"
 
 def import_openvino() -> ModuleType:
     """The openvino module, or one DeployError line saying which extra installs it."""
-    try:
-        import openvino
-    except ImportError as exc:
-        raise DeployError(NO_OPENVINO) from exc
-    return openvino
+    return import_or_explain("openvino", NO_OPENVINO, DeployError)
 
 
 @functools.cache
