@@ -33,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from deploy.backends.onnxruntime import OnnxRuntimePredictor
 from deploy.backends.openvino import PRECISION_KEY, RT_INFO_SECTION, OpenVinoPredictor
 from deploy.evaluate import benchmark_latency, evaluate
+from export.onnx import read_metadata_props
 from export.openvino import convert_onnx_to_ir
 from pipeline.exporting import ExportOptions, run_export
 from train.checkpoint import load_checkpoint, model_from_checkpoint
@@ -72,11 +73,7 @@ def build_engines(weights: Path, data: Path, folder: Path) -> dict[str, Any]:
     fp32, int8 = folder / "model.onnx", folder / "model.int8.onnx"
     for name, source, precision in (("fp32", fp32, "fp32"), ("bf16", fp32, "bf16"),
                                     ("int8", int8, "int8")):  # fmt: skip
-        import onnx
-
-        props = {
-            p.key: p.value for p in onnx.load(str(source), load_external_data=False).metadata_props
-        }
+        props = read_metadata_props(source)
         convert_onnx_to_ir(source, folder / f"model.{name}.xml", {**props, PRECISION_KEY: precision},
                            RT_INFO_SECTION)  # fmt: skip
     return {

@@ -131,10 +131,15 @@ def update_metadata(onnx_path: str | Path, props: dict[str, str]) -> None:
     _save_atomic(model, Path(onnx_path))
 
 
+def read_metadata_props(onnx_path: str | Path) -> dict[str, str]:
+    """An ONNX file's metadata_props as a dict (the weights are not read)."""
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
+
+
 def read_postprocess_config(onnx_path: str | Path) -> PostprocessConfig:
     """The thresholds baked into an exported file (defaults if the key is absent)."""
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    props = {p.key: p.value for p in model.metadata_props}
+    props = read_metadata_props(onnx_path)
     if POSTPROCESS_KEY not in props:
         return PostprocessConfig()
     return PostprocessConfig.from_json(props[POSTPROCESS_KEY])

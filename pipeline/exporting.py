@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
 from common.contract import ONNX_PRECISIONS, OPENVINO_PRECISIONS, Detections
 from deploy.errors import DeployError
@@ -28,6 +27,7 @@ from export.onnx import (
     check_parity,
     compare_detections,
     export_onnx,
+    read_metadata_props,
     run_onnxruntime,
     update_metadata,
 )
@@ -210,7 +210,7 @@ def _engine(
     int8 = options.precision == "int8"  # only int8 calibrates: read train images just then
     images = _calibration(data, metadata, options.calib_images) if int8 else None
     build = build_engine(out, target, engine_options, images)
-    props = {p.key: p.value for p in onnx.load(str(out), load_external_data=False).metadata_props}
+    props = read_metadata_props(out)
     detail = {
         "tensorrt_plan": build.build["plan"],
         "calibration_images": build.build["calibration_images"],
@@ -307,9 +307,7 @@ def _openvino_ir(
     from deploy.backends.openvino import PRECISION_KEY, RT_INFO_SECTION, OpenVinoPredictor
     from export.openvino import convert_onnx_to_ir
 
-    props = {
-        p.key: p.value for p in onnx.load(str(source), load_external_data=False).metadata_props
-    }
+    props = read_metadata_props(source)
     props[PRECISION_KEY] = precision
     convert_onnx_to_ir(source, xml, props, RT_INFO_SECTION)
     predictor = OpenVinoPredictor(xml)
