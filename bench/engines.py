@@ -143,8 +143,10 @@ def main() -> None:
         }
         gflop = model_gflop(args.weights)
         peak, how = cpu_fp32_peak_gflops(args.fma_units)
-        passes = [("quiet", None)] + ([("loaded", LOAD)] if args.loaded else [])
+        # "own load" = nothing added by this script; the machine's load average says the rest
+        passes = [("own load only", None)] + ([("loaded", LOAD)] if args.loaded else [])
         for label, load in passes:
+            load_1min = os.getloadavg()[0]  # other jobs on the machine, before this pass
             busy = subprocess.Popen([sys.executable, "-c", load], env={**os.environ, "OMP_NUM_THREADS": "1"}) if load else None  # fmt: skip
             try:
                 timing = measure(engines, args.rounds, args.iterations)
@@ -157,7 +159,8 @@ def main() -> None:
                 f"{1000 * inference_s:.1f} ms = {gflop / inference_s:.0f} GFLOP/s, "
                 f"{gflop / inference_s / peak:.0%} of the fp32 peak {peak:.0f} GFLOP/s ({how})"
             )
-            print(f"\n## {label}: p50 ms per image, median of {args.rounds} rounds, "
+            print(f"\n## {label} (load average {load_1min:.1f} on {os.cpu_count()} CPUs before): "
+                  f"p50 ms per image, median of {args.rounds} rounds, "
                   f"AP on {args.ap_images} val images\n")  # fmt: skip
             print(table(engines, timing, aps, note))
 
