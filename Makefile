@@ -19,11 +19,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/pipeline run --out runs/demo --overwrite --epochs 7
 
-# OpenVINO's tests run in a pytest process of their own: after them, a later test in the same
-# process crashed with SIGSEGV (no Python frame; not yet narrowed down), see the README.
 test: $(STAMP)
-	$(PY) -m pytest -q --ignore=tests/test_openvino.py
-	$(PY) -m pytest -q tests/test_openvino.py
+	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -23,6 +23,7 @@ import deploy.backends.tensorrt as trt_backend
 from deploy import evaluate
 from deploy.backends import cuda_memory
 from deploy.errors import DeployError
+from export.errors import ExportError
 from train.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,10 +214,10 @@ def test_tensorrt_factory_returning_nullptr_is_one_line_naming_the_driver() -> N
     assert "\n" not in line and "nullptr" in line and "driver" in line and "10.16.1.11" in line
 
 
-def test_engine_builder_start_failure_is_an_input_error() -> None:
+def test_engine_builder_start_failure_is_an_export_error() -> None:
     from export.tensorrt import _start_builder
 
-    with pytest.raises(InputError, match="--trt: TensorRT 10.16.1.11 could not start.*driver"):
+    with pytest.raises(ExportError, match="--trt: TensorRT 10.16.1.11 could not start.*driver"):
         _start_builder(FakeTensorRT, logger=None)
 
 
