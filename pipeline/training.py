@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -52,7 +53,22 @@ def run_training(config: TrainConfig) -> TrainResult:
         shutdown_distributed(context)
 
 
+def warn_if_busy(cpus: int | None = None, load: float | None = None) -> None:
+    """Say so when the machine is already busy: two torch jobs that each use every core thrash
+    (measured on 2 cores: 15x slower per epoch), and the cure is in the user's hands."""
+    cpus = cpus or os.cpu_count() or 1
+    load = os.getloadavg()[0] if load is None else load
+    if load >= 0.75 * cpus:
+        log.warning(
+            "the machine is already busy (load %.1f on %d CPUs): a second job that uses every "
+            "core slows both many times over; give each process OMP_NUM_THREADS=%d or less",
+            load, cpus, max(1, cpus // 2),
+        )  # fmt: skip
+
+
 def _fit(config: TrainConfig, context: DistContext) -> TrainResult:
+    if context.is_main:
+        warn_if_busy()
     trainer = Trainer(config, context=context)
     metadata = ModelMetadata(
         class_names=trainer.train_set.class_names,

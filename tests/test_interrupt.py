@@ -120,3 +120,13 @@ def test_without_out_each_run_gets_the_next_free_folder(
         assert result.exit_code == 0, result.output
         assert (tmp_path / expected / "last.pt").is_file(), expected
     assert not (tmp_path / "runs" / "train4").exists()
+
+
+def test_training_on_a_busy_machine_says_how_to_share_it(caplog: pytest.LogCaptureFixture) -> None:
+    from pipeline.training import warn_if_busy
+
+    with caplog.at_level("WARNING", logger="pipeline.training"):
+        warn_if_busy(cpus=2, load=1.4)  # below 3/4 of the cores: quiet
+        assert caplog.text == ""
+        warn_if_busy(cpus=2, load=3.0)
+    assert "load 3.0 on 2 CPUs" in caplog.text and "OMP_NUM_THREADS=1" in caplog.text
