@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cycler import cycler
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -15,10 +17,23 @@ BAR_METRICS = ("AP", "AP50", "AP75")
 
 
 def _legend_below(figure: Figure, axes: Any, columns: int) -> None:
-    """One legend under the panels, so it never covers a bar or a curve."""
+    """Lay the panels out above one legend, so the legend covers no bar, curve or axis label.
+
+    The room kept below grows with the legend's rows (about a quarter inch each)."""
     handles, labels = axes.get_legend_handles_labels()
+    rows = -(-len(labels) // columns) if labels else 0
+    bottom = min(0.45, (0.25 * rows + 0.2) / figure.get_figheight()) if rows else 0.0
+    figure.tight_layout(rect=(0, bottom, 1, 1))
     if handles:
         figure.legend(handles, labels, loc="lower center", ncols=min(columns, len(labels)))
+
+
+def _distinct_lines(axes: Any, count: int) -> None:
+    """More curves than the 10 default colours: the next ten repeat them dashed, so no two
+    curves look alike."""
+    if count > 10:
+        colours = [colormaps["tab10"](i) for i in range(10)]
+        axes.set_prop_cycle(cycler(linestyle=["-", "--", ":"]) * cycler(color=colours))
 
 
 def plot_ap_bars(per_loss: dict[str, dict[str, Any]], engines: list[str], path: Path) -> None:
@@ -49,7 +64,6 @@ def plot_ap_bars(per_loss: dict[str, dict[str, Any]], engines: list[str], path: 
     axes.set_ylim(bottom=0)
     axes.grid(axis="y", alpha=0.3)
     axes.set_title("AP per loss and engine (bar: mean over seeds, line: std, dot: one seed)")
-    figure.tight_layout(rect=(0, 0.08, 1, 1))
     _legend_below(figure, axes, len(engines))
     _save_laid_out(figure, path)
 
@@ -60,6 +74,7 @@ def plot_pr_curves(curves: dict[str, dict[str, Any]], backend: str, path: Path) 
     axes = None
     for i, iou in enumerate(("0.5", "0.75")):
         axes = figure.add_subplot(1, 2, i + 1)
+        _distinct_lines(axes, len(curves))
         for loss, by_iou in curves.items():
             axes.plot(by_iou[iou]["recall"], by_iou[iou]["precision"], label=loss)
         axes.set_xlim(0, 1)
@@ -67,7 +82,6 @@ def plot_pr_curves(curves: dict[str, dict[str, Any]], backend: str, path: Path) 
         axes.set_xlabel("recall")
         axes.set_ylabel("precision")
         axes.set_title(f"IoU {iou} on {backend} (mean over classes and seeds)")
-    figure.tight_layout(rect=(0, 0.1, 1, 1))
     if axes is not None:
         _legend_below(figure, axes, 5)
     _save_laid_out(figure, path)
@@ -110,6 +124,7 @@ def plot_training_curves(histories: dict[str, list[list[dict]]], path: Path) -> 
     axes = None
     for i, (key, title, log_scale, scale) in enumerate(panels):
         axes = figure.add_subplot(1, 2, i + 1)
+        _distinct_lines(axes, len(histories))
         for loss, runs in histories.items():
             epochs, means = _mean_by_epoch(runs, key)
             if epochs:
@@ -119,7 +134,6 @@ def plot_training_curves(histories: dict[str, list[list[dict]]], path: Path) -> 
         axes.set_xlabel("epoch")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_title(title + " (mean over seeds)")
-    figure.tight_layout(rect=(0, 0.1, 1, 1))
     if axes is not None:
         _legend_below(figure, axes, 5)
     _save_laid_out(figure, path)
