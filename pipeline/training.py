@@ -56,12 +56,14 @@ def run_training(config: TrainConfig) -> TrainResult:
 def warn_if_busy(cpus: int | None = None, load: float | None = None) -> None:
     """Say so when the machine is already busy: two torch jobs that each use every core thrash
     (measured on 2 cores: 15x slower per epoch), and the cure is in the user's hands."""
+    # The 1-minute load includes this command's own last minute (compare trains runs back to
+    # back: about one per core), so only well above the core count is another job.
     cpus = cpus or os.cpu_count() or 1
     load = os.getloadavg()[0] if load is None else load
-    if load >= 0.75 * cpus:
+    if load > 1.25 * cpus:
         log.warning(
-            "the machine is already busy (load %.1f on %d CPUs): a second job that uses every "
-            "core slows both many times over; give each process OMP_NUM_THREADS=%d or less",
+            "the machine is already busy (load %.1f on %d CPUs): two jobs that each use every "
+            "core slow each other many times over; give each process OMP_NUM_THREADS=%d",
             load, cpus, max(1, cpus // 2),
         )  # fmt: skip
 

@@ -126,7 +126,7 @@ def test_training_on_a_busy_machine_says_how_to_share_it(caplog: pytest.LogCaptu
     from pipeline.training import warn_if_busy
 
     with caplog.at_level("WARNING", logger="pipeline.training"):
-        warn_if_busy(cpus=2, load=1.4)  # below 3/4 of the cores: quiet
+        warn_if_busy(cpus=2, load=2.1)  # a compare's own previous run: quiet
         assert caplog.text == ""
         warn_if_busy(cpus=2, load=3.0)
     assert "load 3.0 on 2 CPUs" in caplog.text and "OMP_NUM_THREADS=1" in caplog.text
