@@ -59,7 +59,11 @@ def warn_if_busy(cpus: int | None = None, load: float | None = None) -> None:
     # The 1-minute load includes this command's own last minute (compare trains runs back to
     # back: about one per core), so only well above the core count is another job.
     cpus = cpus or os.cpu_count() or 1
-    load = os.getloadavg()[0] if load is None else load
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):  # no load average on this system: nothing to say
+            return
     if load > 1.25 * cpus:
         log.warning(
             "the machine is already busy (load %.1f on %d CPUs): two jobs that each use every "
