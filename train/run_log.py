@@ -31,30 +31,34 @@ class MetricsCsv:
 
     def __init__(self, path: Path, resume_step: int | None = None) -> None:
         self.path = path
-        self.rows: list[dict[str, Any]] = []
         self.columns = list(LEADING_COLUMNS)
+        rows: list[dict[str, Any]] = []
         if resume_step is not None and path.is_file():
-            with path.open(newline="") as f:
-                reader = csv.DictReader(f)
-                self.columns = _merge(self.columns, reader.fieldnames or [])
-                self.rows = [r for r in reader if _step_of(r) <= resume_step]
-        self._rewrite()
+            self.columns, rows = self._read()
+            rows = [r for r in rows if _step_of(r) <= resume_step]
+        self._rewrite(rows)
 
     def add(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
         grown = _merge(self.columns, row)
-        if grown != self.columns:
+        if grown != self.columns:  # a new column: read what is written, write it again wider
+            rows = self._read()[1]
             self.columns = grown
-            self._rewrite()
+            self._rewrite([*rows, row])
             return
         with self.path.open("a", newline="") as f:
             csv.DictWriter(f, self.columns).writerow(row)
 
-    def _rewrite(self) -> None:
+    def _read(self) -> tuple[list[str], list[dict[str, Any]]]:
+        with self.path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            return _merge(self.columns, reader.fieldnames or []), rows
+
+    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
         text = io.StringIO()
         writer = csv.DictWriter(text, self.columns)
         writer.writeheader()
-        writer.writerows(self.rows)
+        writer.writerows(rows)
         write_text_atomic(self.path, text.getvalue())
 
 

@@ -63,6 +63,10 @@ class RunMatches:
     stats: list[float]
 
 
+# engine -> (loss, seed) -> that run's matching
+Matches = dict[str, dict[tuple[str, int], RunMatches]]
+
+
 def match_run(coco_gt: Any, results: list[dict[str, Any]], image_ids: list[int]) -> RunMatches:
     """Run COCOeval once on `results` over `image_ids` and keep the per-image matches."""
     from pycocotools.cocoeval import COCOeval

@@ -16,11 +16,9 @@ from typing import Any
 
 from pipeline.errors import PipelineError
 from pipeline.evaluation import run_val_split
-from pipeline.study.bootstrap import RunMatches, contrast_bootstrap, match_run
+from pipeline.study.bootstrap import Matches, RunMatches, contrast_bootstrap, match_run
 from pipeline.study.spec import CompareSpec, run_dir
 from train.config import TrainConfig
-
-Matches = dict[str, dict[tuple[str, int], RunMatches]]
 
 
 def check_reference(reference: Path, spec: CompareSpec) -> None:

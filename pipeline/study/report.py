@@ -20,6 +20,7 @@ from deploy.report import write_json_atomic
 from pipeline.evaluation import run_val_split
 from pipeline.study.bootstrap import (
     METHOD,
+    Matches,
     RunMatches,
     match_run,
     mean_precision_curve,
@@ -104,9 +105,6 @@ def _readable(path: Path) -> bool:
     except DeployError:
         return False
     return True
-
-
-Matches = dict[str, dict[tuple[str, int], RunMatches]]  # engine -> (loss, seed) -> matching
 
 
 def _matches(spec: CompareSpec, runs: list[dict[str, Any]]) -> tuple[Matches, Any, list[int]]:
