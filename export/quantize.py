@@ -334,16 +334,24 @@ def calibration_images(
 
     The training split by default, so the images the model is scored on never set its ranges.
     """
+    from train.data.layout import resolve_split
+
+    ann_file, img_dir = resolve_split(Path(data), split)
+    return split_images(ann_file, img_dir, img_size, count, pad_value)
+
+
+def split_images(
+    ann_file: Path, img_dir: Path, img_size: int, count: int, pad_value: int = 114
+) -> Iterator[np.ndarray]:
+    """Up to `count` letterboxed (3, S, S) float32 images spread over one COCO file's images."""
     import json
 
     from PIL import Image
 
-    from train.data.layout import resolve_split
     from train.data.transforms import letterbox
 
-    ann_file, img_dir = resolve_split(Path(data), split)
-    entries = sorted(json.loads(ann_file.read_text())["images"], key=lambda e: e["id"])
+    entries = sorted(json.loads(Path(ann_file).read_text())["images"], key=lambda e: e["id"])
     for index in spread_indices(len(entries), count):
-        with Image.open(img_dir / entries[index]["file_name"]) as image:
+        with Image.open(Path(img_dir) / entries[index]["file_name"]) as image:
             canvas, _ = letterbox(image, img_size, pad_value)
         yield np.ascontiguousarray(canvas.transpose(2, 0, 1), dtype=np.float32)

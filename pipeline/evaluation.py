@@ -10,12 +10,11 @@ from typing import TYPE_CHECKING, Any
 from deploy.evaluate import environment_info, evaluate
 from deploy.narrow import NarrowedPredictor, check_narrowing
 from deploy.report import write_json_atomic
-from pipeline.datasets import model_dataset
+from pipeline.datasets import model_split
 from pipeline.errors import PipelineError
 from pipeline.models import load_predictor
 from pipeline.outputs import check_output_file
 from train.config import TrainConfig
-from train.data.layout import resolve_split
 
 if TYPE_CHECKING:
     from train.data.splits import Split
@@ -97,8 +96,7 @@ def run_eval(model_path: Path, options: EvalOptions) -> dict[str, Any]:
     if o.split_files is not None:
         ann_file, img_dir = o.split_files
     else:
-        root = model_dataset(o.data, predictor.metadata.extra.get("data"))
-        ann_file, img_dir = resolve_split(root, o.split)
+        ann_file, img_dir = model_split(o.data, predictor.metadata.extra, o.split)
     report = evaluate(
         predictor,
         ann_file,

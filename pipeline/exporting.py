@@ -31,7 +31,7 @@ from export.onnx import (
     run_onnxruntime,
     update_metadata,
 )
-from pipeline.datasets import model_dataset
+from pipeline.datasets import model_split
 from pipeline.errors import PipelineError
 from pipeline.models import metadata_from_checkpoint
 from pipeline.outputs import check_output_file
@@ -73,9 +73,13 @@ class ExportOptions:
 
 
 def parity_images(data: Path | None, img_size: int, count: int = 4) -> np.ndarray:
-    """The first `count` readable validation images, letterboxed exactly as deployment will."""
+    """The first `count` readable validation images of a dataset (None: the built-in one)."""
     root = data if data is not None else ensure_synthetic_dataset()
-    ann_file, img_dir = resolve_split(root, "val")
+    return split_parity_images(*resolve_split(root, "val"), img_size, count)
+
+
+def split_parity_images(ann_file: Path, img_dir: Path, img_size: int, count: int = 4) -> np.ndarray:
+    """The first `count` readable images of a COCO file, letterboxed exactly as deployment will."""
     arrays = []
     for entry in load_coco_json(ann_file)["images"]:
         path = image_path(img_dir, entry["file_name"], ann_file)  # no escaping the image folder
@@ -119,11 +123,10 @@ def _check_combination(options: ExportOptions) -> None:
         raise PipelineError(f"--precision {options.precision}: {target} {', '.join(known)}")
 
 
-def _calibration(data: Path | None, metadata: ModelMetadata, count: int) -> Any:
-    from export.quantize import calibration_images
+def _calibration(train: tuple[Path, Path], metadata: ModelMetadata, count: int) -> Any:
+    from export.quantize import split_images
 
-    root = data if data is not None else ensure_synthetic_dataset()
-    return calibration_images(root, metadata.img_size, count, metadata.pad_value)
+    return split_images(*train, metadata.img_size, count, metadata.pad_value)
 
 
 def _with_precision(metadata: ModelMetadata, precision: str, detail: dict) -> ModelMetadata:
@@ -174,14 +177,14 @@ def _onnx_variant(
     target: Path,
     options: ExportOptions,
     metadata: ModelMetadata,
-    data: Path | None,
+    train: tuple[Path, Path] | None,
     check: np.ndarray,
 ) -> list[str]:
     """model.int8.onnx (static QDQ, calibrated on train images) or model.fp16.onnx."""
     from export.quantize import convert_fp16, quantize_int8
 
     if options.precision == "int8":
-        images = _calibration(data, metadata, options.calib_images)
+        images = _calibration(train, metadata, options.calib_images)
         detail = quantize_int8(out, target, images)
     else:
         detail = convert_fp16(out, target)
@@ -198,7 +201,7 @@ def _engine(
     target: Path,
     options: ExportOptions,
     metadata: ModelMetadata,
-    data: Path | None,
+    train: tuple[Path, Path] | None,
     check: np.ndarray,
 ) -> list[str]:
     """model.<precision>.engine and its metadata sidecar, then engine vs ONNX Runtime."""
@@ -208,7 +211,7 @@ def _engine(
 
     engine_options = EngineOptions(options.precision, options.batch, None, options.workspace_gb)
     int8 = options.precision == "int8"  # only int8 calibrates: read train images just then
-    images = _calibration(data, metadata, options.calib_images) if int8 else None
+    images = _calibration(train, metadata, options.calib_images) if int8 else None
     build = build_engine(out, target, engine_options, images)
     props = read_metadata_props(out)
     detail = {
@@ -262,7 +265,6 @@ def run_export(
 
         require_openvino()
     payload = at_input_size(load_checkpoint(weights), options.img_size)
-    data = model_dataset(data, (payload.get("train_config") or {}).get("data"))
     model = model_from_checkpoint(payload, weights)
     out = out or weights.parent / "model.onnx"
     paths = _outputs(out, options)
@@ -274,10 +276,12 @@ def run_export(
         nms_iou=post.nms_iou,
         max_detections=post.max_detections,
     )  # what the graph applies, for eval and predict to read
-    images = parity_images(data, metadata.img_size)  # before writing: a bad dataset fails first
+    # the model's own val split (or --data's) for parity, before writing: a bad one fails first
+    images = split_parity_images(*model_split(data, metadata.extra, "val"), metadata.img_size)
+    train = None
     if options.precision == "int8":  # the calibration split too, before anything is written
         try:
-            resolve_split(data if data is not None else ensure_synthetic_dataset(), "train")
+            train = model_split(data, metadata.extra, "train")
         except InputError as exc:
             raise InputError(f"{exc} (int8 calibrates on the train split)") from exc
     export_onnx(model, out, metadata.to_props(), opset=options.opset, postprocess=post)
@@ -291,9 +295,9 @@ def run_export(
         "TensorRT compatibility: " + ("ok" if not problems else "; ".join(problems)),
     ]
     if options.trt:
-        lines += _engine(out, paths[1], options, metadata, data, images)
+        lines += _engine(out, paths[1], options, metadata, train, images)
     elif options.precision in ("fp16", "int8"):
-        lines += _onnx_variant(out, paths[1], options, metadata, data, images)
+        lines += _onnx_variant(out, paths[1], options, metadata, train, images)
     if options.openvino:
         lines += _openvino_ir(out, paths[1] if options.precision == "int8" else out, paths[-1],
                               options.precision, images)  # fmt: skip

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import pipeline.datasets
-from pipeline.datasets import model_dataset
+from pipeline.datasets import model_dataset, model_split
 from tests.cli_support import TINY, invoke, make_tiny_dataset
 
 
@@ -54,3 +54,22 @@ def test_a_dataset_gone_from_disk_falls_back_to_the_built_in_one_with_a_warning(
     assert model_dataset(None, tmp_path / "here") == tmp_path / "here"
     assert model_dataset(tmp_path / "asked", tmp_path / "here") == tmp_path / "asked"
     assert model_dataset(None, None) == tmp_path / "builtin"  # trained on the built-in set
+
+
+def test_a_models_own_split_files_win_unless_data_is_given_or_they_have_gone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    own = tmp_path / "own.json"
+    own.write_text("{}")
+    (tmp_path / "imgs").mkdir()
+    dataset = tmp_path / "dataset"
+    (dataset / "annotations").mkdir(parents=True)
+    (dataset / "val").mkdir()
+    (dataset / "annotations/instances_val.json").write_text("{}")
+    extra = {"data": str(dataset), "splits": {"val": [str(own), str(tmp_path / "imgs")]}}
+    assert model_split(None, extra, "val") == (own, tmp_path / "imgs")
+    assert model_split(dataset, extra, "val")[0] == dataset / "annotations/instances_val.json"
+    own.unlink()
+    with caplog.at_level(logging.WARNING):
+        assert model_split(None, extra, "val")[0] == dataset / "annotations/instances_val.json"
+    assert f"{own}: the model's val split is not on disk" in caplog.text

@@ -40,6 +40,16 @@ def test_split_files_in_a_layout_of_their_own_train_and_validate(
                     "--val-images", mine / "pictures/b", *TINY)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "AP" in _history(out)[-1]  # validated on check.json
+    # no --data afterwards: export calibrates on fit.json's 12 images (not the built-in set's
+    # 128 it would take), and eval of the .pt and the .onnx scores check.json's 6 (not 200)
+    result = invoke("export", "--model", out / "best.pt", "--precision", "int8")
+    assert result.exit_code == 0, result.output
+    assert '"calibration_images": 12,' in result.output
+    for model in (out / "best.pt", out / "model.onnx"):
+        report = tmp_path / f"report{model.suffix}.json"
+        result = invoke("eval", "--model", model, "--json", report, "--warmup", 0)
+        assert result.exit_code == 0, result.output
+        assert json.loads(report.read_text())["num_images"] == 6
 
 
 def test_a_dataset_without_val_trains_with_validation_off_and_says_so(
@@ -75,6 +85,14 @@ def test_val_fraction_carves_a_seeded_disjoint_val_split_and_validates_on_it(
     for part, ids in ((train, train_ids), (val, val_ids)):
         expected = [a for a in source["annotations"] if a["image_id"] in ids]
         assert part["annotations"] == expected and part["categories"] == source["categories"]
+    # export and eval default to the carved files, not the dataset's own train (12) / val (6)
+    result = invoke("export", "--model", out / "best.pt", "--precision", "int8")
+    assert result.exit_code == 0, result.output
+    assert f'"calibration_images": {len(train_ids)},' in result.output
+    result = invoke("eval", "--model", out / "model.onnx", "--json", tmp_path / "r.json",
+                    "--warmup", 0)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r.json").read_text())["num_images"] == len(val_ids)
 
     def carved(folder: str, **options: object) -> set[int]:
         config = TrainConfig(out=tmp_path / folder, data=tiny_data, **options)
