@@ -238,7 +238,8 @@ def train(out: Path | None, **options: object) -> None:
     "--data",
     type=click.Path(path_type=Path),
     default=None,
-    help="Dataset for parity images (val) and int8 calibration images (train); default: built-in.",
+    help="Dataset for parity images (val) and int8 calibration images (train); default: the "
+    "model's own split files or dataset when still on disk, else the built-in one.",
 )
 @click.option(
     "--trt",
@@ -357,7 +358,8 @@ provider_option = click.option(
     "--data",
     type=click.Path(path_type=Path),
     default=None,
-    help="Dataset folder (default: the model's own when still on disk, else the built-in one).",
+    help="Dataset folder (default: the model's own split files or dataset when still on disk, "
+    "else the built-in one).",
 )
 @click.option(
     "--split",

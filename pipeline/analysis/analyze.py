@@ -12,7 +12,8 @@ from typing import Any
 
 from deploy.report import write_json_atomic
 from pipeline.analysis.plots import plot_focal_cdf, plot_ghm_gradients, plot_pisa_samples
-from pipeline.datasets import model_dataset
+from pipeline.datasets import model_split
+from pipeline.models import metadata_from_checkpoint
 from train.analysis import (
     collect_samples,
     focal_loss_cdfs,
@@ -22,7 +23,6 @@ from train.analysis import (
 )
 from train.checkpoint import load_checkpoint, model_from_checkpoint
 from train.data.coco import CocoDetection
-from train.data.layout import resolve_split
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,7 @@ def analyze_checkpoint(
     """Every analysis's numbers for the checkpoint `weights` on the validation split."""
     payload = load_checkpoint(weights)
     model = model_from_checkpoint(payload, weights)
-    root = model_dataset(data, (payload.get("train_config") or {}).get("data"))
-    ann_file, img_dir = resolve_split(root, "val")
+    ann_file, img_dir = model_split(data, metadata_from_checkpoint(payload).extra, "val")
     dataset = CocoDetection(
         ann_file, img_dir, int(payload["img_size"]), category_ids=payload["category_ids"]
     )
@@ -58,7 +57,7 @@ def analyze_checkpoint(
     return {
         "weights": str(weights),
         "loss": payload.get("loss"),
-        "data": str(root),
+        "data": str(ann_file),
         "num_images": samples.num_images,
         "focal_loss_cdf": focal_loss_cdfs(samples.logits, samples.targets),
         "ghm_gradients": ghm_gradient_stats(samples.logits, samples.targets),
