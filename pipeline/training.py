@@ -67,13 +67,17 @@ def warn_if_busy(cpus: int | None = None, load: float | None = None) -> None:
     if load > 1.25 * cpus:
         log.warning(
             "the machine is already busy (load %.1f on %d CPUs): two jobs that each use every "
-            "core slow each other many times over; give each process OMP_NUM_THREADS=%d",
+            "core slow each other many times over; give each --threads %d",
             load, cpus, max(1, cpus // 2),
         )  # fmt: skip
 
 
 def _fit(config: TrainConfig, context: DistContext) -> TrainResult:
-    if context.is_main:
+    if config.threads is not None:  # this process's torch threads (each DDP process its own)
+        import torch
+
+        torch.set_num_threads(config.threads)
+    elif context.is_main:
         warn_if_busy()
     trainer = Trainer(config, context=context)
     metadata = ModelMetadata(

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 import pipeline.training
 from pipeline.cli import cli
-from tests.cli_support import TINY, make_tiny_dataset
+from tests.cli_support import TINY, invoke, make_tiny_dataset
 
 
 @pytest.fixture(scope="module")
@@ -129,4 +129,27 @@ def test_training_on_a_busy_machine_says_how_to_share_it(caplog: pytest.LogCaptu
         warn_if_busy(cpus=2, load=2.1)  # a compare's own previous run: quiet
         assert caplog.text == ""
         warn_if_busy(cpus=2, load=3.0)
-    assert "load 3.0 on 2 CPUs" in caplog.text and "OMP_NUM_THREADS=1" in caplog.text
+    assert "load 3.0 on 2 CPUs" in caplog.text and "give each --threads 1" in caplog.text
+
+
+def test_threads_sets_the_torch_threads_the_run_computes_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    seen = []
+
+    class Spy(pipeline.training.Trainer):
+        def fit(self, *args: object, **kwargs: object) -> object:
+            seen.append(torch.get_num_threads())
+            return super().fit(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline.training, "Trainer", Spy)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        result = invoke("train", "--out", tmp_path / "run", *TINY, "--threads", "1")
+    finally:
+        torch.set_num_threads(before)
+    assert result.exit_code == 0, result.output
+    assert seen == [1]

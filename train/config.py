@@ -148,6 +148,13 @@ class TrainConfig:
     amp: bool = setting(True, "bf16 autocast on CPU, fp16 AMP on CUDA.", negatable=True)
     seed: int = setting(0, "Seed of weights, data order and augmentation.", essential=True)
     workers: int = setting(1, "Data-loading processes per training process.", min=0, runtime=True)
+    threads: int | None = setting(
+        None,
+        "CPU threads each training process computes with (default: torch's choice, every core; "
+        "two jobs sharing a machine run many times faster with half each).",
+        min=1,
+        runtime=True,
+    )
     max_steps: int | None = setting(None, "Stop after this many optimizer steps.", min=1)
     val_every: int = setting(1, "Validate every N epochs (and after the last).", cli=False)
     max_val_images: int | None = setting(
@@ -172,8 +179,8 @@ class TrainConfig:
     resume: Path | None = setting(
         None,
         "Continue the run in this folder from its last.pt, exactly (its stored options are "
-        "used; --device, --workers, --nproc-per-node, --cache-images, --compile may change; any "
-        "other option given with a different value is an error).",
+        "used; --device, --workers, --threads, --nproc-per-node, --cache-images, --compile may "
+        "change; any other option given with a different value is an error).",
         path_kind="dir",
         essential=True,
     )
