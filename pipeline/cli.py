@@ -633,7 +633,8 @@ def pretrain(data: Path | None, out: Path, device: str, **options: object) -> No
     "--data",
     type=click.Path(path_type=Path),
     default=None,
-    help="Dataset (default: the one the checkpoint was trained on).",
+    help="Dataset whose val split is analyzed (default: the val split files the checkpoint "
+    "validated on when still on disk, else its dataset's, else the built-in one).",
 )
 @click.option(
     "--out",

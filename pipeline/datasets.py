@@ -28,13 +28,29 @@ def model_dataset(data: Path | None, trained_on: str | Path | None) -> Path:
 
 def model_split(data: Path | None, extra: dict[str, Any], split: str) -> tuple[Path, Path]:
     """(annotation file, image folder) of `split` for a model: --data's when given; else the
-    split files the model itself trained or validated with (--val-ann, --val-fraction's carved
-    split: metadata "splits") when still on disk; else its dataset's (model_dataset)."""
-    recorded = (extra.get("splits") or {}).get(split) if data is None else None
-    if recorded:
-        ann, images = Path(recorded[0]), Path(recorded[1])
+    files the model trained or validated on (metadata "splits", written by the trainer: any
+    layout, a carved --val-fraction split) when still on disk; else its dataset's
+    (model_dataset), with a warning."""
+    recorded = _recorded(extra, split) if data is None else None
+    if recorded is not None:
+        ann, images = recorded
         if ann.is_file() and images.is_dir():
             log.info("using the model's own %s split %s (--data chooses another)", split, ann)
             return ann, images
-        log.warning("%s: the model's %s split is not on disk; using its dataset's", ann, split)
+        log.warning(
+            "%s: the model's %s split is not on disk; using its dataset's (--data chooses one)",
+            ann, split,
+        )  # fmt: skip
     return resolve_split(model_dataset(data, extra.get("data")), split)
+
+
+def _recorded(extra: dict[str, Any], split: str) -> tuple[Path, Path] | None:
+    """The recorded [annotation file, image folder] pair, or None (none recorded, or not a pair
+    of strings: a model file from elsewhere is not trusted to be well formed)."""
+    splits = extra.get("splits")
+    pair = splits.get(split) if isinstance(splits, dict) else None
+    if not (isinstance(pair, list | tuple) and len(pair) == 2):
+        return None
+    if not all(isinstance(part, str) and part for part in pair):
+        return None
+    return Path(pair[0]), Path(pair[1])

@@ -37,8 +37,6 @@ from pipeline.models import metadata_from_checkpoint
 from pipeline.outputs import check_output_file
 from train.checkpoint import load_checkpoint, model_from_checkpoint
 from train.data.coco import load_coco_json
-from train.data.layout import resolve_split
-from train.data.synthetic import ensure_synthetic_dataset
 from train.errors import InputError
 from train.postprocess import PostprocessConfig
 
@@ -70,12 +68,6 @@ class ExportOptions:
             "max_detections": self.max_detections,
         }
         return replace(PostprocessConfig(), **{k: v for k, v in given.items() if v is not None})
-
-
-def parity_images(data: Path | None, img_size: int, count: int = 4) -> np.ndarray:
-    """The first `count` readable validation images of a dataset (None: the built-in one)."""
-    root = data if data is not None else ensure_synthetic_dataset()
-    return split_parity_images(*resolve_split(root, "val"), img_size, count)
 
 
 def split_parity_images(ann_file: Path, img_dir: Path, img_size: int, count: int = 4) -> np.ndarray:

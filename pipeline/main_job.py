@@ -23,7 +23,8 @@ def run_main_job(config: TrainConfig) -> str:
     if not is_main_process():  # a torchrun rank > 0: rank 0 exports and evaluates
         return ""
     onnx_path = result.out / "model.onnx"
-    log.info(run_export(result.best_path, onnx_path, config.data, overwrite=True))
+    # no --data: parity images come from the split files the run validated on (its checkpoint)
+    log.info(run_export(result.best_path, onnx_path, None, overwrite=True))
     rows = []
     for name, path in (("pytorch", result.best_path), ("onnxruntime", onnx_path)):
         rows.append((name, eval_in_run(name, path, config)))

@@ -14,10 +14,7 @@ MODEL_SUFFIXES = (".pt", ".onnx", ".engine", ".xml")
 
 def metadata_from_checkpoint(payload: dict[str, Any]) -> ModelMetadata:
     """The metadata an exported model will carry, taken from a checkpoint dict."""
-    from train.data.splits import recorded_splits
-
     train_config = payload.get("train_config") or {}
-    splits = recorded_splits(train_config)
     return ModelMetadata(
         class_names=list(payload["class_names"]),
         category_ids=[int(c) for c in payload["category_ids"]],
@@ -30,8 +27,8 @@ def metadata_from_checkpoint(payload: dict[str, Any]) -> ModelMetadata:
             "loss_options": payload.get("loss_options", {}),
             # the training dataset, so eval and export default to it (None: the built-in one)
             "data": train_config.get("data"),
-            # split files named outside that dataset (--val-ann, --val-fraction's carved files)
-            "splits": {name: [str(s.ann), str(s.images)] for name, s in splits.items()},
+            # the split files it trained and validated on (any layout, --val-fraction's carve)
+            "splits": payload.get("splits") or {},
         },
     )
 

@@ -18,9 +18,10 @@ import torch
 
 from common.contract import Detections
 from export.onnx import compare_detections, run_onnxruntime
-from pipeline.exporting import parity_images
+from pipeline.exporting import split_parity_images
 from tests.cli_support import invoke
 from tests.detecting_model import MIN_VAL_AP, TRAIN_ARGS, DetectingRun, detecting_run
+from train.data.layout import resolve_split
 
 pytestmark = pytest.mark.slow
 # Of the validation objects, the share a deployed model must find with the right category id
@@ -152,7 +153,7 @@ def test_compare_detections_reports_each_kind_of_mismatch(
     model: DetectingRun, deployed: dict[str, Path]
 ) -> None:
     """The parity helper must see a moved box, a changed score or label, a missing detection."""
-    images = parity_images(model.data, img_size=72, count=4)
+    images = split_parity_images(*resolve_split(model.data, "val"), 72, count=4)
     dets = run_onnxruntime(deployed["onnx"], images)
     assert dets.num_dets.min() >= 1
     assert compare_detections(dets, _shifted(dets))["match"]

@@ -73,3 +73,6 @@ def test_a_models_own_split_files_win_unless_data_is_given_or_they_have_gone(
     with caplog.at_level(logging.WARNING):
         assert model_split(None, extra, "val")[0] == dataset / "annotations/instances_val.json"
     assert f"{own}: the model's val split is not on disk" in caplog.text
+    for malformed in ("oops", {"val": "oops"}, {"val": [1, 2]}, {"val": ["", ""]}, {"val": []}):
+        bad = {"data": str(dataset), "splits": malformed}  # a foreign model file's metadata
+        assert model_split(None, bad, "val")[0] == dataset / "annotations/instances_val.json"

@@ -15,10 +15,11 @@ from click.testing import CliRunner
 from deploy.errors import DeployError
 from export.onnx import compare_detections, run_onnxruntime
 from pipeline.cli import cli
-from pipeline.exporting import parity_images
+from pipeline.exporting import split_parity_images
 from tests.cli_support import invoke
 from tests.detecting_model import DetectingRun, detecting_run
 from tests.test_detecting_model import MIN_RECALL, _evaluate, recall_with_category
+from train.data.layout import resolve_split
 
 openvino = pytest.importorskip("openvino")
 from deploy.backends.openvino import (  # noqa: E402
@@ -62,7 +63,7 @@ def test_fp32_ir_equals_onnxruntime_detection_by_detection(
     model: DetectingRun, irs: dict[str, Path]
 ) -> None:
     predictor = OpenVinoPredictor(irs["fp32"])
-    images = parity_images(model.data, predictor.metadata.img_size, count=12)
+    images = split_parity_images(*resolve_split(model.data, "val"), predictor.metadata.img_size, 12)
     reference = run_onnxruntime(irs["fp32"].with_name("model.onnx"), images)
     assert int(reference.num_dets.sum()) >= 12  # a model that detects: at least one per image
     parity = compare_detections(reference, predictor(images))
@@ -88,7 +89,7 @@ def test_bf16_really_runs_in_bf16(model: DetectingRun, irs: dict[str, Path]) -> 
     fp32, bf16 = OpenVinoPredictor(irs["fp32"]), OpenVinoPredictor(irs["bf16"])
     assert bf16._compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.bf16
     assert fp32._compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.f32
-    images = parity_images(model.data, fp32.metadata.img_size, count=4)
+    images = split_parity_images(*resolve_split(model.data, "val"), fp32.metadata.img_size, 4)
     a, b = fp32(images), bf16(images)
     n = int(min(a.num_dets[0], b.num_dets[0]))
     assert n > 0 and not np.array_equal(a.scores[0, :n], b.scores[0, :n])  # rounded differently

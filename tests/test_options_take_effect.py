@@ -656,7 +656,7 @@ def test_compare_trains_deploys_and_reports_what_its_options_say(
         record = {"epoch": 1, "step": 1, "seconds": 1.0, "images_per_second": 1.0, "loss_cls": 1.0}
         (Path(config.out) / "history.json").write_text(json.dumps([record]))
 
-    def fake_deploy(backend: str, weights: Path, run_dir: Path, data: Path | None) -> Path:
+    def fake_deploy(backend: str, weights: Path, run_dir: Path) -> Path:
         deployed.append(backend)
         return run_dir / "model.x"
 

@@ -26,7 +26,7 @@ def _history(out: Path) -> list[dict]:
 
 
 def test_split_files_in_a_layout_of_their_own_train_and_validate(
-    tiny_data: Path, tmp_path: Path
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     mine = tmp_path / "mine"
     (mine / "labels").mkdir(parents=True)
@@ -35,13 +35,16 @@ def test_split_files_in_a_layout_of_their_own_train_and_validate(
     shutil.copy(tiny_data / "annotations/instances_train.json", mine / "labels/fit.json")
     shutil.copy(tiny_data / "annotations/instances_val.json", mine / "labels/check.json")
     out = tmp_path / "run"
-    result = invoke("train", "--out", out, "--train-ann", mine / "labels/fit.json",
-                    "--train-images", mine / "pictures/a", "--val-ann", mine / "labels/check.json",
-                    "--val-images", mine / "pictures/b", *TINY)  # fmt: skip
+    monkeypatch.chdir(mine)  # paths relative to where training ran
+    result = invoke("train", "--out", out, "--train-ann", "labels/fit.json",
+                    "--train-images", "pictures/a", "--val-ann", "labels/check.json",
+                    "--val-images", "pictures/b", *TINY)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "AP" in _history(out)[-1]  # validated on check.json
-    # no --data afterwards: export calibrates on fit.json's 12 images (not the built-in set's
-    # 128 it would take), and eval of the .pt and the .onnx scores check.json's 6 (not 200)
+    # from another folder, no --data: export calibrates on fit.json's 12 images (not the
+    # built-in set's 128 it would take), and eval of the .pt and the .onnx scores check.json's 6
+    # (not 200); --data still chooses another dataset
+    monkeypatch.chdir(tmp_path)
     result = invoke("export", "--model", out / "best.pt", "--precision", "int8")
     assert result.exit_code == 0, result.output
     assert '"calibration_images": 12,' in result.output
@@ -50,6 +53,15 @@ def test_split_files_in_a_layout_of_their_own_train_and_validate(
         result = invoke("eval", "--model", model, "--json", report, "--warmup", 0)
         assert result.exit_code == 0, result.output
         assert json.loads(report.read_text())["num_images"] == 6
+    other = tmp_path / "other"
+    shutil.copytree(tiny_data, other)
+    ann = other / "annotations/instances_val.json"
+    coco = json.loads(ann.read_text())
+    ann.write_text(json.dumps({**coco, "images": coco["images"][:2]}))
+    result = invoke("eval", "--model", out / "model.onnx", "--data", other, "--json",
+                    tmp_path / "other.json", "--warmup", 0)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "other.json").read_text())["num_images"] == 2
 
 
 def test_a_dataset_without_val_trains_with_validation_off_and_says_so(
@@ -85,7 +97,7 @@ def test_val_fraction_carves_a_seeded_disjoint_val_split_and_validates_on_it(
     for part, ids in ((train, train_ids), (val, val_ids)):
         expected = [a for a in source["annotations"] if a["image_id"] in ids]
         assert part["annotations"] == expected and part["categories"] == source["categories"]
-    # export and eval default to the carved files, not the dataset's own train (12) / val (6)
+    # export, eval and analyze default to the carved files, not the dataset's train (12) / val (6)
     result = invoke("export", "--model", out / "best.pt", "--precision", "int8")
     assert result.exit_code == 0, result.output
     assert f'"calibration_images": {len(train_ids)},' in result.output
@@ -93,6 +105,10 @@ def test_val_fraction_carves_a_seeded_disjoint_val_split_and_validates_on_it(
                     "--warmup", 0)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "r.json").read_text())["num_images"] == len(val_ids)
+    result = invoke("analyze", "--model", out / "best.pt", "--max-images", 2)
+    assert result.exit_code == 0, result.output
+    analysis = json.loads((out / "analysis/analysis.json").read_text())
+    assert analysis["val_annotations"] == str((out / "splits/instances_val.json").resolve())
 
     def carved(folder: str, **options: object) -> set[int]:
         config = TrainConfig(out=tmp_path / folder, data=tiny_data, **options)
@@ -102,6 +118,19 @@ def test_val_fraction_carves_a_seeded_disjoint_val_split_and_validates_on_it(
     # the split belongs to the dataset: every --seed (every run of a comparison) gets the same
     assert all(carved(f"s{s}", val_fraction=0.25, seed=s) == val_ids for s in (1, 2, 3))
     assert len(carved("half", val_fraction=0.5)) == 6
+
+
+def test_run_with_a_carved_split_of_a_dataset_without_val_exports_and_scores_on_it(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "train-only"
+    shutil.copytree(tiny_data, data)
+    (data / "annotations/instances_val.json").unlink()
+    out = tmp_path / "run"
+    result = invoke("run", "--data", data, "--out", out, "--val-fraction", "0.25", *TINY)
+    assert result.exit_code == 0, result.output  # parity images from the carved val split
+    for name in ("pytorch", "onnxruntime"):
+        assert json.loads((out / f"report_{name}.json").read_text())["num_images"] == 3
 
 
 @pytest.mark.parametrize(

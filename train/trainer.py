@@ -197,6 +197,17 @@ class Trainer:
         finally:
             self.run_log.close()
 
+    def split_files(self) -> dict[str, list[str]]:
+        """{"train"/"val": [annotation file, image folder]}, absolute: the files this run trained
+        and validated on, so export, eval and analyze default to them (any layout, a carved
+        --val-fraction split) from whatever folder they are run in."""
+        sets = {"train": self.train_set, "val": self.val_set}
+        return {
+            name: [str(d.ann_file.resolve()), str(d.img_dir.resolve())]
+            for name, d in sets.items()
+            if d is not None
+        }
+
     def resolved_config(self) -> dict[str, Any]:
         """What this run trains with, defaults filled in: config.json, for people to read."""
         return {
@@ -271,6 +282,7 @@ class Trainer:
             "epoch": self.epoch,
             "metrics": metrics,
             "train_config": self.config.to_dict(),
+            "splits": self.split_files(),
             "history": self.history,
             "loss_state": to_cpu(loss_state_dict(self.loss_fn)),
         }

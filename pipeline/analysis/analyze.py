@@ -57,7 +57,7 @@ def analyze_checkpoint(
     return {
         "weights": str(weights),
         "loss": payload.get("loss"),
-        "data": str(ann_file),
+        "val_annotations": str(ann_file),
         "num_images": samples.num_images,
         "focal_loss_cdf": focal_loss_cdfs(samples.logits, samples.targets),
         "ghm_gradients": ghm_gradient_stats(samples.logits, samples.targets),

@@ -240,7 +240,7 @@ def _score(
     for backend in backends:
         reports[backend] = _evaluate(
             backend,
-            lambda backend=backend: build_deployed_model(backend, weights, out, config.data),
+            lambda backend=backend: build_deployed_model(backend, weights, out),
             config,
         )
     return reports

@@ -74,14 +74,16 @@ def deployed_model_path(backend: str, run_dir: Path) -> Path:
     return run_dir / ("model.onnx" if precision == "fp32" else f"model.{precision}.onnx")
 
 
-def build_deployed_model(backend: str, weights: Path, run_dir: Path, data: Path | None) -> Path:
-    """Export `weights` for `backend` into `run_dir` (replacing partial files); the model path."""
+def build_deployed_model(backend: str, weights: Path, run_dir: Path) -> Path:
+    """Export `weights` for `backend` into `run_dir` (replacing partial files); the model path.
+    Parity and calibration images come from the split files the run itself used (recorded in
+    its checkpoint), so a carved --val-fraction split never calibrates int8."""
     from pipeline.exporting import ExportOptions, run_export  # torch: on export
 
     engine, precision = BACKENDS[backend]
     options = ExportOptions(
         trt=engine == "tensorrt", openvino=engine == "openvino", precision=precision
     )
-    summary = run_export(weights, run_dir / "model.onnx", data, True, options)
+    summary = run_export(weights, run_dir / "model.onnx", None, True, options)
     log.info("%s", summary)
     return deployed_model_path(backend, run_dir)

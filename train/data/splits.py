@@ -86,35 +86,6 @@ def validation_split(config: TrainConfig) -> Split | None:
     return Split(*resolve_split(root, "val")) if _has_split(root, "val") else None
 
 
-def recorded_splits(train_config: dict[str, Any]) -> dict[str, Split]:
-    """The split files a run named beyond its dataset folder, from its saved settings (the
-    checkpoint's train_config), so export and eval default to what the model trained and
-    validated on: --train-ann/--train-images, --val-ann/--val-images, and the two files
-    --val-fraction carved under the run's folder. Nothing is read or carved here."""
-    splits = {}
-    for name in ("train", "val"):
-        ann, images = train_config.get(f"{name}_ann"), train_config.get(f"{name}_images")
-        if ann and images:
-            splits[name] = Split(Path(ann), Path(images))
-    if train_config.get("val_fraction") and train_config.get("out"):
-        images = splits["train"].images if "train" in splits else _train_images(train_config)
-        if images is not None:
-            folder = Path(train_config["out"]) / CARVED_FOLDER
-            for name in ("train", "val"):
-                splits[name] = Split(folder / f"instances_{name}.json", images)
-    return splits
-
-
-def _train_images(train_config: dict[str, Any]) -> Path | None:
-    """The image folder of the dataset's train split (None when that dataset has gone)."""
-    data = train_config.get("data")
-    root = Path(data) if data else ensure_synthetic_dataset()
-    try:
-        return resolve_split(root, "train")[1]
-    except InputError:
-        return None
-
-
 def carve_validation(
     train: Split, fraction: float, out: Path, seed: int = CARVE_SEED
 ) -> tuple[Split, Split]:
