@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from deploy.errors import DeployError
 from export.onnx import compare_detections, run_onnxruntime
 from pipeline.cli import cli
-from pipeline.exporting import split_parity_images
+from pipeline.exporting import agreement, split_parity_images
 from tests.cli_support import invoke
 from tests.detecting_model import DetectingRun, detecting_run
 from tests.test_detecting_model import MIN_RECALL, _evaluate, recall_with_category
@@ -176,21 +176,26 @@ def test_an_int8_ir_runs_its_float_parts_in_f32(built: dict[str, Path]) -> None:
         OpenVinoPredictor(built["fp32"], precision="fp8")
 
 
-def test_an_int8_ir_runs_with_a_static_batch_compiled_per_batch_size(
-    built: dict[str, Path],
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_every_ir_runs_with_a_static_batch_compiled_per_batch_size(
+    built: dict[str, Path], precision: str
 ) -> None:
-    """OpenVINO's CPU plugin crashes on int8 graphs with a dynamic batch on AMX CPUs, so int8
-    compiles each batch size it meets, static; the detections stay ONNX Runtime's."""
-    as_int8 = OpenVinoPredictor(built["fp32"], precision="int8")
+    """OpenVINO's CPU plugin crashes on int8 graphs with a dynamic batch on AMX CPUs, and static
+    float graphs run faster, so each batch size met is compiled static; the detections stay
+    ONNX Runtime's (exactly in fp32, by agreement otherwise)."""
+    predictor = OpenVinoPredictor(built["fp32"], precision=precision)
     images = _images(3)
-    parity = compare_detections(run_onnxruntime(built["onnx"], images), as_int8(images))
-    assert parity["match"], parity
-    as_int8(images[:1])
-    assert sorted(as_int8._by_batch) == [1, 3]
-    for batch, (compiled, _) in as_int8._by_batch.items():
+    reference, detections = run_onnxruntime(built["onnx"], images), predictor(images)
+    if precision == "bf16":  # bf16 moves scores a little: the same boxes, found again
+        found, total = agreement(reference, detections)
+        assert total > 0 and found >= 0.9 * total, (found, total)
+    else:  # "int8" on this float graph runs in f32: exact
+        parity = compare_detections(reference, detections)
+        assert parity["match"], parity
+    predictor(images[:1])
+    assert sorted(predictor._by_batch) == [1, 3]
+    for batch, (compiled, _) in predictor._by_batch.items():
         assert compiled.input(0).get_partial_shape().to_shape() == [batch, 3, 64, 64]
-    fp32 = OpenVinoPredictor(built["fp32"])
-    assert fp32._compiled.input(0).get_partial_shape().is_dynamic and not fp32._by_batch
 
 
 def test_every_predictor_shares_one_openvino_core(

@@ -112,16 +112,13 @@ class OpenVinoPredictor:
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = str(threads)
         self._model, self._config = model, config
-        # int8 graphs run with a static batch, compiled once per batch size met: OpenVINO's CPU
+        # Every graph runs with a static batch, compiled once per batch size met: OpenVINO's CPU
         # plugin crashes (SIGSEGV in JIT code, at inference or later) on int8 graphs with a
-        # dynamic dimension on AMX CPUs (openvinotoolkit/openvino#37577).
-        self.static_batch = self.precision == "int8"
+        # dynamic dimension on AMX CPUs (openvinotoolkit/openvino#37577), and static float
+        # graphs ran 4-10% faster than dynamic ones (bench/engines.py, docs/measurements.md).
         self._by_batch: dict[int, tuple[Any, Any]] = {}
-        if self.static_batch:
-            self._compiled, self._request = self._for_batch(1)
-        else:
-            self._compiled = core.compile_model(model, "CPU", config)
-            self._request = self._compiled.create_infer_request()
+        # batch 1 compiled now: a broken IR fails at load, not at the first image
+        self._compiled, self._request = self._for_batch(1)
         logger.info("%s: OpenVINO %s on CPU (%s, %s)", self.path, ov.__version__.split("-")[0],
                     self.precision, hint)  # fmt: skip
 
@@ -149,9 +146,7 @@ class OpenVinoPredictor:
         return Detections.from_arrays(*(np.array(by_name[name]) for name in OUTPUT_NAMES))
 
     def _for_batch(self, batch: int) -> tuple[Any, Any]:
-        """The compiled model and request for this batch size (one for all unless static_batch)."""
-        if not self.static_batch:
-            return self._compiled, self._request
+        """The compiled model and request for this batch size (compiled on first use)."""
         if batch not in self._by_batch:
             size = self.metadata.img_size
             model = self._model.clone()
