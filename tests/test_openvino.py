@@ -180,7 +180,7 @@ def test_an_int8_ir_runs_its_float_parts_in_f32(built: dict[str, Path]) -> None:
 def test_every_ir_runs_with_a_static_batch_compiled_per_batch_size(
     built: dict[str, Path], precision: str
 ) -> None:
-    """OpenVINO's CPU plugin crashes on int8 graphs with a dynamic batch on AMX CPUs, and static
+    """OpenVINO's CPU plugin crashes on int8 graphs with a dynamic batch on some CPUs, and static
     float graphs run faster, so each batch size met is compiled static; the detections stay
     ONNX Runtime's (exactly in fp32, by agreement otherwise)."""
     predictor = OpenVinoPredictor(built["fp32"], precision=precision)

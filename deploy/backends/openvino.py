@@ -114,7 +114,7 @@ class OpenVinoPredictor:
         self._model, self._config = model, config
         # Every graph runs with a static batch, compiled once per batch size met: OpenVINO's CPU
         # plugin crashes (SIGSEGV in JIT code, at inference or later) on int8 graphs with a
-        # dynamic dimension on AMX CPUs (openvinotoolkit/openvino#37577), and static float
+        # dynamic dimension on some CPUs (openvinotoolkit/openvino#37577), and static float
         # graphs ran 4-10% faster than dynamic ones (bench/engines.py, docs/measurements.md).
         self._by_batch: dict[int, tuple[Any, Any]] = {}
         # batch 1 compiled now: a broken IR fails at load, not at the first image
