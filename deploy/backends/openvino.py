@@ -115,7 +115,7 @@ class OpenVinoPredictor:
         # Every graph runs with a static batch, compiled once per batch size met: OpenVINO's CPU
         # plugin crashes (SIGSEGV in JIT code, at inference or later) on int8 graphs with a
         # dynamic dimension on some CPUs (openvinotoolkit/openvino#37577), and static float
-        # graphs ran 4-10% faster than dynamic ones (bench/engines.py, docs/measurements.md).
+        # graphs ran 3-9% faster than dynamic ones (bench/engines.py, docs/measurements.md).
         self._by_batch: dict[int, tuple[Any, Any]] = {}
         # batch 1 compiled now: a broken IR fails at load, not at the first image
         self._compiled, self._request = self._for_batch(1)
