@@ -36,6 +36,7 @@ NON_DEFAULTS = {
     "--no-amp": (None, "amp", False),
     "--seed": ("11", "seed", 11),
     "--workers": ("0", "workers", 0),
+    "--threads": ("1", "threads", 1),
     "--max-steps": ("9", "max_steps", 9),
     "--max-val-images": ("13", "max_val_images", 13),
     "--fpn-channels": ("48", "fpn_channels", 48),

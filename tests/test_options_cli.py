@@ -247,11 +247,11 @@ def test_runtime_fields_are_the_ones_resume_and_compare_let_differ() -> None:
     from train.resume import _runtime_flags as runtime_flags
 
     assert set(RUNTIME_FIELDS) == {
-        "device", "workers", "nproc_per_node", "keep_state", "cache_images", "compile"
+        "device", "workers", "threads", "nproc_per_node", "keep_state", "cache_images", "compile"
     }  # fmt: skip
     assert set(RUNTIME_FIELDS) <= set(NOT_COMPARED)
-    assert runtime_flags() == ["--device", "--workers", "--nproc-per-node", "--keep-state",
-                               "--cache-images", "--compile"]  # fmt: skip
+    assert runtime_flags() == ["--device", "--workers", "--threads", "--nproc-per-node",
+                               "--keep-state", "--cache-images", "--compile"]  # fmt: skip
 
 
 def _commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
