@@ -8,6 +8,7 @@
 #      ONNX fp32 and int8
 #   3. label-noise study: focal, GHM and PISA on a copy with 20% of the training labels flipped,
 #      each loss's AP change from the clean study paired run by run (--reference)
+#   4. with LONG=1: focal, GHM and GHM's two halves at four times the budget (24 epochs), seed 0
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/study}
@@ -33,3 +34,9 @@ if [[ ! -d "$OUT/data-noisy" ]]; then
 fi
 "$PIPELINE" compare --out "$OUT/noisy" --data "$OUT/data-noisy" --pretrained "$OUT/backbone.pth" \
     --losses focal,ghm,pisa --seeds "$SEEDS" --backend onnx --reference "$OUT/clean" "${BUDGET[@]}"
+if [[ "${LONG:-0}" == 1 ]]; then
+    LONG_BUDGET=(--img-size 160 --epochs 24 --batch-size 16 --warmup-iters 50 --freeze-bn)
+    "$PIPELINE" compare --out "$OUT/long" --pretrained "$OUT/backbone.pth" \
+        --losses focal,ghm,ghm-r-alone,ghm-c-alone --seeds 1 --backend onnx "${VARIANTS[@]}" \
+        "${LONG_BUDGET[@]}"
+fi
