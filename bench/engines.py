@@ -43,6 +43,7 @@ from deploy.backends.openvino import (
     OpenVinoPredictor,
     cpu_capabilities,
     read_rt_info,
+    shared_core,
 )
 from deploy.evaluate import benchmark_latency, evaluate
 from deploy.metadata import PROP_PREFIX
@@ -68,13 +69,19 @@ def model_gflop(weights: Path) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def cpu_info() -> tuple[str, set[str]]:
+    """/proc/cpuinfo's text and its CPU flags (both empty where the system has none)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = re.search(r"^flags\s*:\s*(.*)$", info, re.M)
+    return info, set(flags.group(1).split()) if flags else set()
+
+
 def cpu_description() -> str:
     """The CPU's model name and the instruction sets that decide the bf16 and int8 speed-ups."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    info, flags = cpu_info()
     name = re.search(r"^model name\s*:\s*(.*)$", info, re.M)
-    flags = re.search(r"^flags\s*:\s*(.*)$", info, re.M)
     wanted = ("avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
-    have = [f for f in wanted if flags and f in flags.group(1).split()]
+    have = [f for f in wanted if f in flags]
     ov = cpu_capabilities()
     return (f"{name.group(1) if name else 'unknown'}, {os.cpu_count()} CPUs; flags: "
             f"{' '.join(have) or 'none of ' + ' '.join(wanted)}; OpenVINO {ov['version']} "
@@ -84,8 +91,7 @@ def cpu_description() -> str:
 def cpu_fp32_peak_gflops(fma_units: int) -> tuple[float, str]:
     """cores x GHz x FLOP/cycle (2 per FMA x fp32 lanes x FMA units), and how it was derived, at
     the clock /proc/cpuinfo reports (a VM's base clock: a boosting CPU exceeds it)."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags = set(re.search(r"^flags\s*:\s*(.*)$", info, re.M).group(1).split()) if info else set()
+    info, flags = cpu_info()
     lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
     mhz = [float(m) for m in re.findall(r"^cpu MHz\s*:\s*([\d.]+)", info, re.M)] or [2000.0]
     cores = os.cpu_count() or 1
@@ -95,17 +101,16 @@ def cpu_fp32_peak_gflops(fma_units: int) -> tuple[float, str]:
 
 
 def nncf_int8_ir(fp32_xml: Path, data: Path, out_xml: Path, calib_images: int) -> None:
-    """The fp32 IR quantized by NNCF (default preset, MIXED off), calibrated like the QDQ export:
-    the same letterboxed training images. Post-processing (decode, NMS) is left to NNCF's own
-    choice of what to quantize, as a user calling it plainly would get."""
+    """The fp32 IR quantized by NNCF (its default preset), calibrated like the QDQ export: the
+    same letterboxed training images. What to quantize, post-processing included, is left to
+    NNCF's own choice, as a user calling it plainly would get."""
     import nncf
     import numpy as np
     import openvino as ov
 
     from export.quantize import calibration_images
 
-    core = ov.Core()
-    model = core.read_model(str(fp32_xml))
+    model = shared_core().read_model(str(fp32_xml))  # one Core per process: a second can crash it
     size = int(read_rt_info(model)[PROP_PREFIX + "img_size"])
     images = [img[None] for img in calibration_images(data, size, calib_images)]
     quantized = nncf.quantize(model, nncf.Dataset(images, lambda x: np.ascontiguousarray(x)),
