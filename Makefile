@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean mutation
+.PHONY: demo test lint bench clean mutation reference
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,16 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# mmdetection 3.3.0's loss code, for tests/test_reference_mmdet.py (a folder of its own, never
+# imported by the product; docs/reference-parity.md). Pure-Python wheels, no mmcv.
+REFERENCE := .reference
+$(REFERENCE)/.installed: $(STAMP)
+	$(PY) -m pip install --quiet --target $(REFERENCE) --no-deps mmdet==3.3.0 mmengine==0.10.7 \
+		addict yapf termcolor rich markdown-it-py mdurl pygments platformdirs tomli six terminaltables
+	touch $@
+
+reference: $(REFERENCE)/.installed
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -166,6 +166,35 @@ def data_show(
     click.echo(run_data_show(data_dir, split, num, seed, out, overwrite).line())
 
 
+@data.command("convert")
+@click.option(
+    "--from",
+    "source_format",
+    type=click.Choice(["voc", "yolo"]),
+    required=True,
+    help="The layout of --data: Pascal VOC or YOLO txt.",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The VOC or YOLO dataset folder.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="COCO dataset folder to create (must not exist).",
+)
+@user_errors_exit_2
+def data_convert(source_format: str, data_dir: Path, out: Path) -> None:
+    """Write a VOC or YOLO folder in the built-in COCO layout (--data reads both directly)."""
+    from pipeline.data_convert import run_data_convert
+
+    click.echo(run_data_convert(source_format, data_dir, out).line())
+
+
 def _loss_epilog() -> str:
     from train.losses.registry import describe_losses
 

@@ -27,6 +27,7 @@ NON_DEFAULTS = {
     "--epochs": ("3", "epochs", 3),
     "--batch-size": ("5", "batch_size", 5),
     "--img-size": ("320", "img_size", 320),
+    "--recipe": ("paper", "recipe", "paper"),
     "--lr": ("0.5", "lr", 0.5),
     "--optimizer": ("sgd", "optimizer", "sgd"),
     "--weight-decay": ("0.125", "weight_decay", 0.125),

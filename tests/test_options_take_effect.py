@@ -269,6 +269,39 @@ def test_warmup_iters_set_the_lr_of_the_first_steps(cli_trainer) -> None:
     assert lrs == pytest.approx(expected, rel=1e-9)
 
 
+def _paper_by_hand(step: int, warmup: int, total: int) -> float:
+    """--recipe paper (train/recipe.py's docstring): linear from 0.001 to 1 over `warmup` steps,
+    then 1, divided by 10 from 8/12 of the run and again from 11/12."""
+    if step < warmup:
+        return 0.001 + 0.999 * step / warmup
+    return 1.0 if step < total * 8 / 12 else 0.1 if step < total * 11 / 12 else 0.01
+
+
+def test_recipe_paper_is_sgd_at_0_01_per_16_images_with_steps(cli_trainer) -> None:
+    """36 steps (capped), batch 4: lr 0.01 x 4 / 16, momentum 0.9, weight decay 1e-4 on weights,
+    warm-up 5 (given), x0.1 from step 24 and x0.01 from step 33; focal is not clipped, GHM is."""
+    trainer = cli_trainer(
+        "--recipe", "paper", "--warmup-iters", "5", "--epochs", "20", "--max-steps", "36"
+    )
+    optimizer = trainer.optimizer
+    assert type(optimizer) is torch.optim.SGD
+    assert {g["momentum"] for g in optimizer.param_groups} == {0.9}
+    assert sorted(g["weight_decay"] for g in optimizer.param_groups) == [0.0, 1e-4]
+    batch = trainer.config.batch_size
+    lrs = []
+    for _ in range(36):
+        lrs.append(trainer.scheduler.get_last_lr()[0])
+        trainer.optimizer.step()
+        trainer.scheduler.step()
+    expected = [0.01 * batch / 16 * _paper_by_hand(step, 5, 36) for step in range(36)]
+    assert lrs == pytest.approx(expected, rel=1e-9)
+    assert trainer.train_step.grad_clip is None
+    assert cli_trainer("--recipe", "paper", "--loss", "ghm").train_step.grad_clip == 35.0
+    assert (
+        cli_trainer("--loss", "focal").train_step.grad_clip == 35.0
+    )  # recipe ours clips every loss
+
+
 def test_grad_clip_scales_a_norm_10_gradient_to_2_5(cli_trainer) -> None:
     """A real step whose loss is <direction, bias>, |direction| = 10: SGD at lr 1 (its first
     momentum step is the gradient itself) moves the bias by the clipped gradient."""

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-import math
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from train.fine_tune import init_from_checkpoint
 from train.losses import LOSSES, resolve_options
 from train.model.anchors import default_anchor_scale
 from train.model.detector import ModelConfig, RetinaDetector
+from train.recipe import RECIPES, lr_factor, recipe_lr
 
 log = logging.getLogger(__name__)
 DEFAULT_GRAD_CLIP = 35.0
@@ -83,33 +84,55 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     The fused implementations update all parameters in one kernel; on CPU AdamW's per-tensor
     loop took a third of a small model's step.
     """
+    hyper = hyperparameters(config)
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": decay, "weight_decay": hyper.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr, fused=True)
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, fused=True)
-    raise InputError(f"--optimizer {config.optimizer!r}: expected adamw or sgd")
+    if hyper.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=hyper.lr, fused=True)
+    if hyper.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=hyper.lr, momentum=0.9, fused=True)
+    raise InputError(f"--optimizer {hyper.optimizer!r}: expected adamw or sgd")
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """The values a run trains with: the option where given, else its recipe's."""
+
+    optimizer: str
+    lr: float
+    weight_decay: float
+    warmup_iters: int
+
+
+def hyperparameters(config: TrainConfig) -> Hyperparameters:
+    recipe = RECIPES[config.recipe]
+    return Hyperparameters(
+        optimizer=config.optimizer if config.optimizer is not None else recipe.optimizer,
+        lr=config.lr if config.lr is not None else recipe_lr(recipe, config.batch_size),
+        weight_decay=(
+            config.weight_decay if config.weight_decay is not None else recipe.weight_decay
+        ),
+        warmup_iters=(
+            config.warmup_iters if config.warmup_iters is not None else recipe.warmup_iters
+        ),
+    )
+
+
+def lr_schedule(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    """The run's LR multiplier per step: its recipe's warm-up and decay."""
+    return lr_factor(RECIPES[config.recipe], total_steps, hyperparameters(config).warmup_iters)
 
 
 def warmup_cosine(
     total_steps: int, warmup: int, final_ratio: float = 0.02
 ) -> Callable[[int], float]:
     """LR multiplier: linear warm-up from 0.1 (none when `warmup` is 0), then cosine decay to
-    `final_ratio`."""
-    warmup = max(0, min(warmup, total_steps // 2))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return 0.1 + 0.9 * step / warmup
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
+    `final_ratio` (recipe ours)."""
+    return lr_factor(RECIPES["ours"], total_steps, warmup, final_ratio)
 
 
 def resolved_loss_options(config: TrainConfig) -> dict[str, Any]:
@@ -124,10 +147,14 @@ def resolved_loss_options(config: TrainConfig) -> dict[str, Any]:
 
 
 def grad_clip_for(config: TrainConfig) -> float | None:
-    """--grad-clip (0: off), else the loss's recommendation, else DEFAULT_GRAD_CLIP."""
+    """--grad-clip (0: off), else the loss's recommendation, else DEFAULT_GRAD_CLIP under a
+    recipe that clips every loss (ours) and none under one that does not (paper)."""
     if config.grad_clip is not None:
         return config.grad_clip if config.grad_clip > 0 else None
-    return getattr(LOSSES[config.loss], "grad_clip", None) or DEFAULT_GRAD_CLIP
+    own = getattr(LOSSES[config.loss], "grad_clip", None)
+    if own:
+        return own
+    return DEFAULT_GRAD_CLIP if RECIPES[config.recipe].clip_every_loss else None
 
 
 def per_rank_batch(batch_size: int, world_size: int) -> int:

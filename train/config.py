@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from train.losses.names import LOSS_NAMES, REG_LOSS_NAMES
+from train.recipe import RECIPE_NAMES
 
 # The backbones train/model/backbone.py builds (a test keeps the two equal), named here so the
 # command line can list them without importing torch.
@@ -129,14 +130,36 @@ class TrainConfig:
     batch_size: int = setting(
         16, "Images per optimizer step, over all processes.", min=1, essential=True
     )
-    lr: float = setting(
-        2e-3, "Peak learning rate (after warmup; cosine decay to 2% of it).", essential=True
+    recipe: str = setting(
+        "ours",
+        "Default optimizer, lr, schedule and clipping: ours (AdamW 2e-3, cosine) or paper (the "
+        "papers' SGD 0.01 per 16 images, steps at 8/12 and 11/12; docs/losses-and-formulas.md).",
+        choices=RECIPE_NAMES,
     )
-    optimizer: str = setting("adamw", "Optimizer.", choices=OPTIMIZERS)
-    weight_decay: float = setting(0.05, "Weight decay (not on norms and biases).", min=0.0)
-    warmup_iters: int = setting(100, "Linear learning-rate warmup, in optimizer steps.", min=0)
+    lr: float | None = setting(
+        None,
+        "Peak learning rate (default: the recipe's: ours 0.002, paper 0.01 x batch / 16).",
+        essential=True,
+    )
+    optimizer: str | None = setting(
+        None, "Optimizer (default: the recipe's: ours adamw, paper sgd).", choices=OPTIMIZERS
+    )
+    weight_decay: float | None = setting(
+        None,
+        "Weight decay, not on norms and biases (default: the recipe's: ours 0.05, paper 1e-4).",
+        min=0.0,
+    )
+    warmup_iters: int | None = setting(
+        None,
+        "Linear learning-rate warm-up, in optimizer steps (default: the recipe's: ours 100 "
+        "from 0.1 x lr, paper 500 from 0.001 x lr).",
+        min=0,
+    )
     grad_clip: float | None = setting(
-        None, "Max gradient norm; 0 disables (default: 35, or the loss's own).", min=0.0
+        None,
+        "Max gradient norm; 0 disables (default: the loss's own (ghm, pisa: 35), else 35 under "
+        "recipe ours and none under paper).",
+        min=0.0,
     )
     device: str = setting(
         "auto",

@@ -23,11 +23,24 @@ from train.losses.base import DetectionLoss
 log = logging.getLogger(__name__)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively here (AVX512-BF16 or AMX). Without it bf16 is emulated:
+    a resnet18 training step measured 15x slower than fp32 on an AVX2-only AMD EPYC."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
-    """bf16 on CPU (fast with AMX / AVX512-BF16), fp16 on CUDA, None when AMP is off."""
+    """bf16 on CPU where it is native (AMX / AVX512-BF16), fp16 on CUDA, None when AMP is off
+    or the CPU would only emulate bf16 (then said once in the log)."""
     if not amp:
         return None
-    return torch.bfloat16 if device.type == "cpu" else torch.float16
+    if device.type != "cpu":
+        return torch.float16
+    if not cpu_has_native_bf16():
+        log.warning("--amp: this CPU has no native bf16 (AVX512-BF16 or AMX); training in fp32, "
+                    "which is many times faster here than emulated bf16")  # fmt: skip
+        return None
+    return torch.bfloat16
 
 
 def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:

@@ -29,11 +29,11 @@ from train.builders import (
     build_model,
     build_optimizer,
     grad_clip_for,
+    lr_schedule,
     per_rank_batch,
     prepare_output,
     resolved_loss_options,
     seed_everything,
-    warmup_cosine,
 )
 from train.checkpoint import checkpoint_payload, save_atomic, write_text_atomic
 from train.config import TrainConfig
@@ -146,7 +146,7 @@ class Trainer:
         if config.max_steps is not None:
             self.total_steps = min(self.total_steps, config.max_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, warmup_cosine(self.total_steps, config.warmup_iters)
+            self.optimizer, lr_schedule(config, self.total_steps)
         )
 
     def _prepare_batchnorm(self) -> None:
@@ -283,6 +283,7 @@ class Trainer:
             "metrics": metrics,
             "train_config": self.config.to_dict(),
             "splits": self.split_files(),
+            "dataset_info": self.train_set.info,
             "history": self.history,
             "loss_state": to_cpu(loss_state_dict(self.loss_fn)),
         }

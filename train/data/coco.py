@@ -158,6 +158,8 @@ class CocoDetection(Dataset):
         self.img_size, self.train, self.strict = int(img_size), train, strict
         data = load_coco_json(self.ann_file)
         self.coco = _quiet_coco(data)
+        # Where a converted dataset came from and how its classes were ordered (VOC, YOLO).
+        self.info = data["info"] if isinstance(data.get("info"), dict) else {}
         self.category_ids, self.class_names = self._resolve_categories(data, category_ids)
         entries = self._build_entries(data)
         self._entries = self._drop_missing_files(entries)

@@ -1,13 +1,16 @@
 """Find a split's annotation file and image folder in the dataset layouts we accept.
 
-Two layouts load: the built-in one (`annotations/instances_{split}.json`, images in `{split}/`) and
-COCO 2017's own (`annotations/instances_{split}2017.json`, images in `{split}2017/`).
+Two COCO layouts load as they are: the built-in one (`annotations/instances_{split}.json`, images
+in `{split}/`) and COCO 2017's own (`annotations/instances_{split}2017.json`, images in
+`{split}2017/`). A Pascal VOC or YOLO folder is converted to a cached COCO json first
+(train/data/converted.py); the images stay where they are.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from train.data.converted import converted_split, foreign_layout
 from train.errors import InputError
 
 SPLITS = ("train", "val")
@@ -32,5 +35,11 @@ def resolve_split(data: Path, split: str) -> tuple[Path, Path]:
             if not img_dir.is_dir():
                 raise InputError(f"{img_dir}: image directory for {ann_file.name} not found")
             return ann_file, img_dir
-    looked = " or ".join(str(a.relative_to(data)) for a, _ in _candidates(data, split))
-    raise InputError(f"{data}: no {split} annotations (looked for {looked})")
+    layout = foreign_layout(data)
+    if layout is not None:
+        return converted_split(data, split, layout)
+    looked = ", ".join(str(a.relative_to(data)) for a, _ in _candidates(data, split))
+    raise InputError(
+        f"{data}: no {split} annotations (looked for {looked}, a Pascal VOC folder with "
+        "Annotations/ and JPEGImages/, a YOLO folder with images/ and labels/)"
+    )

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from common.files import write_json_atomic
+from train.data.converted import cache_root
 from train.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -358,8 +359,7 @@ def generate_synthetic_dataset(
 
 def default_dataset_dir() -> Path:
     """Where the built-in dataset is cached: $PIPELINE_CACHE or ~/.cache/softsample-pipeline."""
-    cache = os.environ.get("PIPELINE_CACHE", "~/.cache/softsample-pipeline")
-    return Path(cache).expanduser() / DATASET_NAME
+    return cache_root() / DATASET_NAME
 
 
 def _is_complete(root: Path) -> bool:
