@@ -565,7 +565,8 @@ def compare(**options: object) -> None:
     "--data",
     type=click.Path(path_type=Path),
     default=None,
-    help="COCO-format dataset whose train split is cropped (default: the built-in one).",
+    help="Dataset (COCO, Pascal VOC or YOLO folder) whose train split is cropped (default: the "
+    "built-in one).",
 )
 @click.option(
     "--out",

@@ -43,22 +43,23 @@ def _link_image(source: Path, target: Path) -> None:
 
 def coco_to_voc(splits: dict[str, tuple[Path, Path]], out: Path) -> Path:
     """{split: (COCO json, image folder)} -> a VOC folder with ImageSets/Main/{split}.txt.
-    Boxes are written as VOC's 1-based corners (xmin = x + 1, xmax = x + w), crowd as difficult."""
+    Boxes are written as VOC's 1-based corners (xmin = x + 1, xmax = x + w), crowd as difficult;
+    ids are SPLIT-STEM, since a VOC folder holds every split's images in one JPEGImages/."""
     for split, (ann, images) in splits.items():
         coco = _split_coco(ann)
         names = {c["id"]: c["name"] for c in coco["categories"]}
         stems = []
         for image in coco["images"]:
-            stem = Path(image["file_name"]).stem
+            source = Path(image["file_name"])
+            stem = f"{split}-{source.stem}"
             stems.append(stem)
-            _link_image(images / image["file_name"],
-                        out / "JPEGImages" / Path(image["file_name"]).name)  # fmt: skip
+            _link_image(images / source, out / "JPEGImages" / f"{stem}{source.suffix}")
             objects = [
                 (names[a["category_id"]], a["bbox"][0] + 1, a["bbox"][1] + 1,
                  a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3], a.get("iscrowd", 0))
                 for a in coco["annotations"] if a["image_id"] == image["id"]
             ]  # fmt: skip
-            xml = voc_xml(Path(image["file_name"]).name, (image["width"], image["height"]), objects)
+            xml = voc_xml(f"{stem}{source.suffix}", (image["width"], image["height"]), objects)
             (out / "Annotations").mkdir(parents=True, exist_ok=True)
             (out / "Annotations" / f"{stem}.xml").write_text(xml)
         lists = out / "ImageSets" / "Main"

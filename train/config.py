@@ -67,7 +67,8 @@ class TrainConfig:
     out: Path = setting(help="The run's folder.", cli=False)
     data: Path | None = setting(
         None,
-        "COCO dataset folder (COCO 2017 or built-in layout). Default: the built-in synthetic set.",
+        "Dataset folder: COCO (2017 or built-in layout), Pascal VOC or YOLO. Default: the "
+        "built-in synthetic set.",
         essential=True,
     )
     loss: str = setting(

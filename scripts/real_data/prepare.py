@@ -3,12 +3,14 @@
 Nothing of these datasets is in this repository: clone them yourself, then
     python scripts/real_data/prepare.py cards   CLONE OUT   # EdjeElectronics' playing cards
     python scripts/real_data/prepare.py raccoon CLONE OUT   # datitran/raccoon_dataset
+    python scripts/real_data/prepare.py kangaroo CLONE OUT  # experiencor/kangaroo
 writes OUT/Annotations/*.xml, OUT/JPEGImages/* (hard links where possible, else copies) and
 OUT/ImageSets/Main/{train,val}.txt, which `--data OUT` reads directly.
 - cards: images/train/ (XML beside each photo) is train, images/test/ is val, as the repository
   splits them;
 - raccoon: annotations/*.xml and images/*.jpg, no split of its own: a fixed draw (seed 0) of
-  VAL_FRACTION of the photos is val, the same on every machine.
+  VAL_FRACTION of the photos is val, the same on every machine;
+- kangaroo: annots/*.xml and images/*.jpg, split like raccoon.
 """
 
 from __future__ import annotations
@@ -55,23 +57,30 @@ def cards(clone: Path) -> dict[str, list[tuple[Path, Path]]]:
             "val": _pairs(folder / "test", folder / "test")}  # fmt: skip
 
 
-def raccoon(clone: Path) -> dict[str, list[tuple[Path, Path]]]:
-    pairs = _pairs(clone / "annotations", clone / "images")
+def _carved(pairs: list[tuple[Path, Path]]) -> dict[str, list[tuple[Path, Path]]]:
     val = set(random.Random(0).sample(range(len(pairs)), round(len(pairs) * VAL_FRACTION)))
     return {"train": [p for i, p in enumerate(pairs) if i not in val],
             "val": [p for i, p in enumerate(pairs) if i in val]}  # fmt: skip
 
 
+def raccoon(clone: Path) -> dict[str, list[tuple[Path, Path]]]:
+    return _carved(_pairs(clone / "annotations", clone / "images"))
+
+
+def kangaroo(clone: Path) -> dict[str, list[tuple[Path, Path]]]:
+    return _carved(_pairs(clone / "annots", clone / "images"))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dataset", choices=("cards", "raccoon"))
+    parser.add_argument("dataset", choices=("cards", "raccoon", "kangaroo"))
     parser.add_argument("clone", type=Path, help="a local copy of the dataset's repository")
     parser.add_argument("out", type=Path, help="the VOC folder to write (must not exist)")
     args = parser.parse_args()
     if args.out.exists():
         print(f"{args.out}: exists; choose a new folder", file=sys.stderr)
         return 2
-    splits = {"cards": cards, "raccoon": raccoon}[args.dataset](args.clone)
+    splits = {"cards": cards, "raccoon": raccoon, "kangaroo": kangaroo}[args.dataset](args.clone)
     if not all(splits.values()):
         print(f"{args.clone}: no XML/image pairs where the {args.dataset} layout has them",
               file=sys.stderr)  # fmt: skip
