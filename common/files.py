@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -53,3 +54,14 @@ def write_json_atomic(path: str | Path, obj: Any, compact: bool = False) -> None
     """JSON, indented for people unless `compact` (large machine-read files)."""
     text = json.dumps(obj, separators=(",", ":")) if compact else json.dumps(obj, indent=2) + "\n"
     write_text_atomic(path, text)
+
+
+def link_or_copy(source: str | Path, target: str | Path) -> None:
+    """Place `source` at `target` (folders made as needed): a hard link where the file system
+    allows one (no second copy of a dataset's images), else a copy with its timestamps."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)

@@ -14,7 +14,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.files import write_json_atomic
+from common.files import link_or_copy, write_json_atomic
 from pipeline.errors import PipelineError
 from train.data.converted import foreign_layout, to_coco
 from train.data.layout import SPLITS
@@ -30,14 +30,6 @@ class Converted:
         parts = [f"{split} {images} images, {boxes} boxes"
                  for split, (images, boxes) in self.counts.items()]  # fmt: skip
         return f"wrote {self.out}: {'; '.join(parts)}"
-
-
-def _place(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
 
 
 def _splits(data: Path, layout: str) -> dict[str, tuple[dict, Path]]:
@@ -67,7 +59,7 @@ def run_data_convert(source_format: str, data: Path, out: Path) -> Converted:
     try:
         for split, (coco, images) in splits.items():
             for image in coco["images"]:
-                _place(images / image["file_name"], staging / split / image["file_name"])
+                link_or_copy(images / image["file_name"], staging / split / image["file_name"])
             write_json_atomic(staging / "annotations" / f"instances_{split}.json", coco)
         os.rename(staging, out)
     except OSError as exc:

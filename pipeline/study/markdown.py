@@ -6,9 +6,14 @@ from typing import Any
 
 TABLE_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 BUDGET_KEYS = (
-    "data", "img_size", "epochs", "max_steps", "batch_size", "lr", "optimizer", "backbone",
+    "data", "img_size", "epochs", "max_steps", "batch_size", "recipe", "lr", "optimizer", "backbone",
     "fpn_channels", "head_convs", "amp", "device", "max_val_images",
 )  # fmt: skip
+
+
+def _budget_value(key: str, value: Any) -> Any:
+    """A setting as the report shows it: lr and optimizer left unset are the recipe's."""
+    return "the recipe's" if value is None and key in ("lr", "optimizer") else value
 
 
 def _pm(stat: dict[str, Any], scale: float = 100.0, digits: int = 1) -> str:
@@ -181,7 +186,7 @@ def _variant_lines(report: dict[str, Any]) -> list[str]:
 def format_markdown(report: dict[str, Any]) -> str:
     """The whole report.md."""
     training = report["training"]
-    budget = ", ".join(f"{k} {training.get(k)}" for k in BUDGET_KEYS if k in training)
+    budget = ", ".join(f"{k} {_budget_value(k, training[k])}" for k in BUDGET_KEYS if k in training)
     env = report.get("environment", {})
     baseline = report["baseline"]
     effects = []

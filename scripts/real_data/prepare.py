@@ -16,22 +16,15 @@ OUT/ImageSets/Main/{train,val}.txt, which `--data OUT` reads directly.
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import shutil
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from common.files import link_or_copy  # noqa: E402
+
 VAL_FRACTION = 0.25
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-
-
-def _link(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
 
 
 def _pairs(xml_dir: Path, image_dir: Path) -> list[tuple[Path, Path]]:
@@ -43,8 +36,8 @@ def _pairs(xml_dir: Path, image_dir: Path) -> list[tuple[Path, Path]]:
 def _write(out: Path, splits: dict[str, list[tuple[Path, Path]]]) -> None:
     for split, pairs in splits.items():
         for xml, image in pairs:
-            _link(xml, out / "Annotations" / xml.name)
-            _link(image, out / "JPEGImages" / image.name)
+            link_or_copy(xml, out / "Annotations" / xml.name)
+            link_or_copy(image, out / "JPEGImages" / image.name)
         lists = out / "ImageSets" / "Main"
         lists.mkdir(parents=True, exist_ok=True)
         (lists / f"{split}.txt").write_text("".join(f"{xml.stem}\n" for xml, _ in pairs))
