@@ -155,6 +155,9 @@ def test_unavailable_backend_fails_before_training(tiny_data, tmp_path):
         cli, [str(a) for a in compare_args(tiny_data, out, "--backend", "tensorrt")]
     )
     assert result.exit_code == 2 and "TensorRT" in result.output
+    # the line names compare's own option and the way out, not export's --trt
+    assert "--backend tensorrt:" in result.output and "or use --backend onnx" in result.output
+    assert "--trt" not in result.output
     assert not (out / "runs").exists()
 
 

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
+from export.errors import ExportError
 from pipeline.errors import PipelineError
 from train.errors import InputError
 
@@ -59,7 +60,7 @@ def check_backend(backend: str) -> None:
         from export.openvino import require_openvino as require
     try:
         require()
-    except InputError as exc:
+    except (InputError, ExportError) as exc:
         reason = str(exc).removeprefix("--trt: ").removeprefix("--openvino: ")
         raise PipelineError(f"--backend {backend}: {reason}; or use --backend onnx") from exc
 
