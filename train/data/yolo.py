@@ -112,7 +112,8 @@ def yolo_split(root: Path, split: str) -> tuple[dict, Path]:
                           "class_order": "yolo ids"})  # fmt: skip
     known = {cid for cid, _ in builder.categories}
     backgrounds = 0
-    for image in find_images(images_dir):
+    images = find_images(images_dir)
+    for image in images:
         relative = image.relative_to(images_dir)
         label = (labels_dir / relative).with_suffix(".txt")
         size = image_size(image)
@@ -127,17 +128,20 @@ def yolo_split(root: Path, split: str) -> tuple[dict, Path]:
             corners = ((cx - w / 2) * width, (cy - h / 2) * height,
                        (cx + w / 2) * width, (cy + h / 2) * height)  # fmt: skip
             builder.add_box(image_id, class_id, corners, f"{label}:{index}")
-    _count_orphan_labels(builder, images_dir, labels_dir)
+    stems = {image.relative_to(images_dir).with_suffix("") for image in images}
+    _count_orphan_labels(builder, stems, images_dir, labels_dir)
     if backgrounds:
         log.info("%s: %d images without objects (backgrounds)", images_dir, backgrounds)
     return builder.to_coco(images_dir), images_dir
 
 
-def _count_orphan_labels(builder: CocoBuilder, images_dir: Path, labels_dir: Path) -> None:
-    """Label files whose image is missing: counted, their objects unused."""
+def _count_orphan_labels(
+    builder: CocoBuilder, stems: set[Path], images_dir: Path, labels_dir: Path
+) -> None:
+    """Label files whose image (relative path without suffix in `stems`) is missing: counted,
+    their objects unused."""
     if not labels_dir.is_dir():
         return
-    stems = {image.relative_to(images_dir).with_suffix("") for image in find_images(images_dir)}
     for label in sorted(labels_dir.rglob("*.txt")):
         if label.relative_to(labels_dir).with_suffix("") not in stems:
             builder.missing.add(f"{label} (no image of that name in {images_dir})")
