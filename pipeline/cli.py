@@ -20,7 +20,7 @@ from pipeline.options import (
     format_loss_listing,
     train_options,
 )
-from pipeline.study.options import compare_options
+from pipeline.study.options import COMPARE_DETAIL_PARAMS, compare_options
 from train.config import BACKBONE_NAMES
 
 
@@ -205,6 +205,7 @@ def _loss_epilog() -> str:
 # train, run and compare: --help explains the everyday options, --help-all every one.
 TrainCommand = short_help_command(SECONDARY_TRAIN_PARAMS, _loss_epilog)
 RunCommand = short_help_command(SECONDARY_TRAIN_PARAMS)
+CompareCommand = short_help_command(SECONDARY_TRAIN_PARAMS | COMPARE_DETAIL_PARAMS)
 
 
 def _run_folder(out: Path | None, default: Path, options: dict[str, object]) -> Path:
@@ -541,7 +542,7 @@ def run(out: Path | None, **options: object) -> None:
         click.echo(table)
 
 
-@cli.command(cls=RunCommand)
+@cli.command(cls=CompareCommand)
 @help_all_option
 @compare_options
 @user_errors_exit_2

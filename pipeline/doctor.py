@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import platform
+import shutil
 from typing import Any
 
 
@@ -57,6 +58,10 @@ def machine_report() -> dict[str, Any]:
         "tensorrt": _version("tensorrt"),
         "cuda_python": _version("cuda.bindings") or _version("cuda"),
         "pycuda": _version("pycuda"),
+        # compare --launcher ray|slurm (pip install '.[ray]' / '.[slurm]'); sbatch: a Slurm node
+        "ray": _version("ray"),
+        "submitit": _version("submitit"),
+        "sbatch": shutil.which("sbatch"),
     }
 
 

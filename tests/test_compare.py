@@ -14,6 +14,7 @@ from pipeline.cli import cli
 from pipeline.errors import PipelineError
 from pipeline.study.bootstrap import match_run, paired_bootstrap, weighted_ap
 from pipeline.study.compare import split_loss_options
+from pipeline.study.spec import LaunchSpec
 from tests.cli_support import TINY, invoke, make_tiny_dataset
 
 LOSSES = ("ce", "focal")
@@ -271,7 +272,9 @@ def test_every_compare_option_reaches_the_spec(monkeypatch, tmp_path):
     shared = {k: v for k, v in NON_DEFAULTS.items() if k in flags}
     assert set(NON_DEFAULTS) - set(shared) <= {"--loss", "--overwrite", "--resume"}
     args = ["compare", "--out", str(tmp_path), "--losses", "ghm,pisa", "--seeds", "2",
-            "--backend", "onnx-int8", "--baseline", "pisa", "--resamples", "50"]  # fmt: skip
+            "--backend", "onnx-int8", "--baseline", "pisa", "--resamples", "50",
+            "--launcher", "slurm", "--parallel", "3", "--gpus-per-run", "1", "--slurm-partition",
+            "gpu", "--slurm-time", "30", "--nodes-per-run", "2", "--slurm-cluster", "local"]  # fmt: skip
     for flag, (value, _, _) in shared.items():
         args += [flag] if value is None else [flag, value]
     result = CliRunner().invoke(cli, args)
@@ -280,6 +283,8 @@ def test_every_compare_option_reaches_the_spec(monkeypatch, tmp_path):
     assert (spec.out, spec.losses, spec.backends) == (tmp_path, ["ghm", "pisa"], ["onnx-int8"])
     assert (spec.baseline, spec.resamples, spec.seeds) == ("pisa", 50, [11, 12])
     assert spec.loss_options == {"ghm": {}, "pisa": {"gamma": "1.5"}}
+    assert spec.launch == LaunchSpec("slurm", parallel=3, gpus_per_run=1, slurm_cluster="local",
+                                     slurm_partition="gpu", slurm_time_min=30, nodes_per_run=2)  # fmt: skip
     for flag, (_, field, expected) in shared.items():
         if flag not in ("--loss-opt", "--seed"):
             assert getattr(spec.base, field) == expected, flag

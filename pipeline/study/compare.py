@@ -31,6 +31,7 @@ from pipeline.study.engines import (
     parse_backends,
     parse_names,
 )
+from pipeline.study.launchers import launch_from_options, launch_runs
 from pipeline.study.reference import check_reference
 from pipeline.study.report import write_report
 from pipeline.study.spec import CompareSpec
@@ -147,6 +148,7 @@ def spec_from_options(options: dict[str, Any]) -> CompareSpec:
         loss_options=split_loss_options(base.loss_options, losses, variants),
         variants={name: v.loss for name, v in variants.items()},
         reference=options.get("reference"),
+        launch=launch_from_options(options),
     )
 
 
@@ -181,31 +183,39 @@ def _resumable(out: Path, config: TrainConfig) -> bool:
     return "resume" in payload and stored is not None and not _config_diff(stored, config)
 
 
-def _train(config: TrainConfig) -> float:
-    """Train unless trained.json says training finished; the training's wall seconds.
+def training_plan(config: TrainConfig) -> TrainConfig | None:
+    """The config to train with, or None when trained.json says training finished.
 
     An interrupted training continues exactly from its last.pt when that holds this config's
     training state; otherwise (no state, other options) it starts again: unfinished runs are
-    not protected.
+    not protected. Reads files only, so every node of a multi-node run decides alike.
     """
     out = Path(config.out)
-    marker = out / TRAINED_MARKER
-    if marker.is_file() and (out / "best.pt").is_file():
+    if (out / TRAINED_MARKER).is_file() and (out / "best.pt").is_file():
         _check_same_config(out, load_checkpoint(out / "best.pt")["train_config"], config)
-        log.info("%s: training already finished, reusing it", out)
-        return float(json.loads(marker.read_text())["train_wall_seconds"])
-    for stale in [*out.glob("report_*.json"), *out.glob("detections_*.json")]:
-        stale.unlink()  # scores of weights that are about to be replaced
+        return None
     if (out / "last.pt").is_file() and _resumable(out, config):
         log.info("%s: unfinished training found; resuming it from last.pt", out)
-        config = replace(config, resume=out)
-    elif (out / "best.pt").exists() or (out / "last.pt").exists():
+        return replace(config, resume=out)
+    if (out / "best.pt").exists() or (out / "last.pt").exists():
         log.info("%s: unfinished training found; training again from the start", out)
-        config = replace(config, overwrite=True)
+        return replace(config, overwrite=True)
+    return config
+
+
+def _train(config: TrainConfig, train: Callable[[TrainConfig], Any] = run_training) -> float:
+    """Train unless finished (training_plan); the training's wall seconds."""
+    out = Path(config.out)
+    planned = training_plan(config)
+    if planned is None:
+        log.info("%s: training already finished, reusing it", out)
+        return float(json.loads((out / TRAINED_MARKER).read_text())["train_wall_seconds"])
+    for stale in [*out.glob("report_*.json"), *out.glob("detections_*.json")]:
+        stale.unlink()  # scores of weights that are about to be replaced
     started = time.perf_counter()
-    run_training(config)
+    train(planned)
     wall = time.perf_counter() - started
-    write_json_atomic(marker, {"train_wall_seconds": wall})
+    write_json_atomic(out / TRAINED_MARKER, {"train_wall_seconds": wall})
     return wall
 
 
@@ -254,10 +264,16 @@ def _add_scores(summary: dict[str, Any], reports: dict[str, dict[str, Any]]) -> 
             summary["nms_candidates_per_image"] = report["nms_candidates_per_image"]
 
 
-def ensure_run(spec: CompareSpec, loss: str, seed: int) -> dict[str, Any]:
+def ensure_run(
+    spec: CompareSpec,
+    loss: str,
+    seed: int,
+    train: Callable[[TrainConfig], Any] = run_training,
+) -> dict[str, Any]:
     """Train, deploy and score one (loss, seed) unless finished; returns its run.json content.
 
     A finished run asked for an engine it was not scored on is scored on it (nothing retrains).
+    `train` runs the training (a multi-node Slurm job passes one that starts torchrun).
     """
     config = spec.run_config(loss, seed)
     out = Path(config.out)
@@ -275,7 +291,7 @@ def ensure_run(spec: CompareSpec, loss: str, seed: int) -> dict[str, Any]:
         return summary
     summary: dict[str, Any] = {"loss": loss, "seed": seed, "train_config": config.to_dict()}
     try:
-        wall = _train(config)
+        wall = _train(config, train)
     except NonFiniteLossError as exc:  # a diverged loss is a result of the study, not a crash
         log.warning("%s: %s", out, exc)
         summary.update(status="failed", error=str(exc))
@@ -295,11 +311,6 @@ def run_compare(spec: CompareSpec) -> Path:
         check_reference(spec.reference, spec)
     for backend in spec.backends:
         check_backend(backend)
-    runs = []
-    total = len(spec.losses) * len(spec.seeds)
     # Seed-major: a grid stopped part-way has the same number of seeds for every loss.
-    for seed in spec.seeds:
-        for loss in spec.losses:
-            log.info("run %d/%d: %s seed %d", len(runs) + 1, total, loss, seed)
-            runs.append(ensure_run(spec, loss, seed))
-    return write_report(spec, runs)
+    jobs = [(loss, seed) for seed in spec.seeds for loss in spec.losses]
+    return write_report(spec, launch_runs(spec, jobs))

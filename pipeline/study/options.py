@@ -14,8 +14,12 @@ import click
 
 from pipeline.options import TRAIN_OPTIONS_BY_FIELD
 from pipeline.study.engines import BACKENDS
+from pipeline.study.spec import LAUNCHER_ONLY, LAUNCHERS
 
 EXCLUDED_TRAIN_OPTIONS = ("loss", "overwrite", "resume")
+# Rarely set: named by --help, explained by --help-all (the options of some launchers only,
+# the bootstrap's resamples, a reference study).
+COMPARE_DETAIL_PARAMS = {*LAUNCHER_ONLY, "resamples", "reference"}
 DEFAULT_LOSSES = "ce,focal,ghm,pisa"
 
 
@@ -76,6 +80,58 @@ COMPARE_OPTIONS: list[Callable] = [
         default=200,
         show_default=True,
         help="Bootstrap resamples for the confidence intervals.",
+    ),
+    click.option(
+        "--launcher",
+        type=click.Choice(LAUNCHERS),
+        default="local",
+        show_default=True,
+        help="Where runs execute: here, as Ray tasks, or as Slurm jobs.",
+    ),
+    click.option(
+        "--parallel",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Runs at once (local: 1, N > 1 gives each cores/N --threads; ray, slurm: all).",
+    ),
+    click.option(
+        "--retries",
+        type=click.IntRange(min=0),
+        default=None,
+        help="ray: start a run again this many times when its process dies (it resumes; default 2).",
+    ),
+    click.option(
+        "--gpus-per-run",
+        type=click.IntRange(min=0),
+        default=None,
+        help="ray, slurm: GPUs each run declares (slurm: per node; match --nproc-per-node; default 0).",
+    ),
+    click.option(
+        "--ray-address",
+        default=None,
+        help="ray: the cluster to join (default: RAY_ADDRESS, else a cluster started here).",
+    ),
+    click.option("--slurm-partition", default=None, help="slurm: the partition the jobs go to."),
+    click.option(
+        "--slurm-time",
+        type=click.IntRange(min=1),
+        default=None,
+        help="slurm: each job's time limit in minutes (default 240; a job stopped by it is "
+        "requeued and resumes).",
+    ),
+    click.option(
+        "--nodes-per-run",
+        type=click.IntRange(min=1),
+        default=None,
+        help="slurm: nodes per run (default 1): one DDP training over all of them, torchrun "
+        "on each.",
+    ),
+    click.option(
+        "--slurm-cluster",
+        type=click.Choice(["slurm", "local"]),
+        default=None,
+        help="slurm: 'slurm' (default) queues the jobs; 'local' runs the same jobs here through submitit's local executor (to try "
+        "a setup before queueing it).",
     ),
 ] + [opt for name, opt in TRAIN_OPTIONS_BY_FIELD.items() if name not in EXCLUDED_TRAIN_OPTIONS]
 

@@ -11,6 +11,35 @@ from pathlib import Path
 
 from train.config import TrainConfig
 
+LAUNCHERS = ("local", "ray", "slurm")
+# compare's options of some launchers only (by option name): the launchers they apply to.
+LAUNCHER_ONLY = {
+    "retries": ("ray",),
+    "gpus_per_run": ("ray", "slurm"),
+    "ray_address": ("ray",),
+    "slurm_partition": ("slurm",),
+    "slurm_time": ("slurm",),
+    "nodes_per_run": ("slurm",),
+    "slurm_cluster": ("slurm",),
+}
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Where the runs of a comparison execute (pipeline/study/launchers.py)."""
+
+    launcher: str = "local"
+    # Runs at once: local (default 1, back to back), ray (default: as many as the cluster
+    # fits), slurm (the job array's parallelism; default: all).
+    parallel: int | None = None
+    retries: int = 2  # ray: a task whose process died is started again (it resumes)
+    gpus_per_run: int = 0
+    ray_address: str | None = None
+    slurm_cluster: str = "slurm"  # "local": submitit's local executor, the same path minus sbatch
+    slurm_partition: str | None = None
+    slurm_time_min: int = 240
+    nodes_per_run: int = 1
+
 
 @dataclass
 class CompareSpec:
@@ -28,6 +57,7 @@ class CompareSpec:
     variants: dict[str, str] = field(default_factory=dict)
     # An earlier study to pair each loss's runs with (pipeline/study/reference.py).
     reference: Path | None = None
+    launch: LaunchSpec = field(default_factory=LaunchSpec)
 
     def run_config(self, loss: str, seed: int) -> TrainConfig:
         return replace(
