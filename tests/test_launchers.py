@@ -204,3 +204,48 @@ def test_slurm_without_sbatch_says_where_to_run(monkeypatch, tmp_path):
     with pytest.raises(PipelineError, match="sbatch is not on this machine's PATH.*login node"):
         launch_slurm.run_on_slurm(spec, [("ce", 0)])
     assert not (tmp_path / "slurm").exists()
+
+
+class FakeJob:
+    """A submitit job handle: an id, a Slurm state, and the run.json content as its result."""
+
+    def __init__(self, job_id: str, state: str = "RUNNING", result: Any = None) -> None:
+        self.job_id, self.state, self._result = job_id, state, result
+
+    def result(self) -> Any:
+        return self._result
+
+
+def test_a_second_compare_waits_for_queued_jobs_instead_of_submitting_them_again(
+    monkeypatch, tmp_path
+):
+    from pipeline.study import launch_slurm
+
+    spec = CompareSpec(tmp_path, ["ce", "focal", "ghm"], [0], ["onnx"], "ce", 10,
+                       TrainConfig(out=tmp_path, threads=1), launch=LaunchSpec("slurm"))  # fmt: skip
+    (tmp_path / "slurm").mkdir()
+    # An earlier compare submitted all three; ce is still running, focal's job was cancelled
+    # while pending, ghm's finished (its run.json exists).
+    jobs = {"ce-s0": "100_0", "focal-s0": "100_1", "ghm-s0": "100_2"}
+    (tmp_path / "slurm" / "jobs.json").write_text(json.dumps(jobs))
+    finished = {"loss": "ghm", "seed": 0, "status": "ok", "metrics": {"onnx": {}},
+                "train_config": spec.run_config("ghm", 0).to_dict()}  # fmt: skip
+    (tmp_path / "runs" / "ghm-s0").mkdir(parents=True)
+    (tmp_path / "runs" / "ghm-s0" / "run.json").write_text(json.dumps(finished))
+    states = {"100_0": "RUNNING", "100_1": "CANCELLED by 0", "100_2": "COMPLETED"}
+    monkeypatch.setattr(launch_slurm.submitit, "SlurmJob",
+                        lambda folder, job_id, tasks: FakeJob(job_id, states[job_id],
+                                                              {"loss": "ce"}))  # fmt: skip
+    submitted = []
+
+    class Executor:
+        def map_array(self, fn, specs, losses, seeds, cwds, levels):
+            submitted.extend(zip(losses, seeds, strict=True))
+            return [FakeJob(f"200_{i}", result={"loss": loss}) for i, loss in enumerate(losses)]
+
+    monkeypatch.setattr(launch_slurm, "_executor", lambda spec, count: Executor())
+    runs = launch_slurm.run_on_slurm(spec, [("ce", 0), ("focal", 0), ("ghm", 0)])
+    assert submitted == [("focal", 0)]  # ce is waited for, ghm read from its run.json
+    assert [r["loss"] for r in runs] == ["ce", "focal", "ghm"]
+    recorded = json.loads((tmp_path / "slurm" / "jobs.json").read_text())
+    assert recorded == {"ce-s0": "100_0", "focal-s0": "200_0", "ghm-s0": "100_2"}

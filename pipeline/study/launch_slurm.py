@@ -131,16 +131,35 @@ def _still_queued(spec: CompareSpec, jobs: list[Job]) -> dict[Job, Any]:
         job_id = recorded.get(f"{loss}-s{seed}")
         if job_id is None or (run_dir(spec.out, loss, seed) / "run.json").is_file():
             continue
-        job = submitit.SlurmJob(folder=Path(spec.out) / "slurm" / "%j", job_id=job_id)
+        job = submitit.SlurmJob(Path(spec.out) / "slurm" / "%j", job_id,
+                                tasks=tuple(range(spec.launch.nodes_per_run)))  # fmt: skip
         if job.state.split()[0] in ALIVE:
             alive[(loss, seed)] = job
     return alive
 
 
+def _finished(spec: CompareSpec, job: Job) -> dict[str, Any] | None:
+    """A run with nothing left to do (trained and scored on every engine asked for)."""
+    path = run_dir(spec.out, *job) / "run.json"
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    scored = summary.get("status") != "ok" or all(
+        b in summary.get("metrics", {}) for b in spec.backends
+    )
+    return summary if scored else None
+
+
 def run_on_slurm(spec: CompareSpec, jobs: list[Job]) -> list[dict[str, Any]]:
-    """Every job's run.json content in job order, once the whole array has finished."""
-    waiting = _still_queued(spec, jobs)
-    to_submit = [job for job in jobs if job not in waiting]
+    """Every job's run.json content in job order, once the whole array has finished.
+
+    Finished runs are read here, not submitted; nor are runs whose job is still queued.
+    """
+    from pipeline.study.compare import ensure_run  # its config check on a finished run
+
+    done = {job: ensure_run(spec, *job) for job in jobs if _finished(spec, job) is not None}
+    waiting = _still_queued(spec, [job for job in jobs if job not in done])
+    to_submit = [job for job in jobs if job not in waiting and job not in done]
     level = logging.getLogger().getEffectiveLevel()
     cwd = os.getcwd()
     if to_submit:
@@ -151,12 +170,13 @@ def run_on_slurm(spec: CompareSpec, jobs: list[Job]) -> list[dict[str, Any]]:
             SlurmRun(), [spec] * n, losses, seeds, [cwd] * n, [level] * n
         )
         waiting.update(zip(to_submit, submitted, strict=True))
-        recorded = {f"{loss}-s{seed}": job.job_id for (loss, seed), job in waiting.items()}
-        write_json_atomic(_jobs_file(spec), recorded)
+        recorded = json.loads(path.read_text()) if (path := _jobs_file(spec)).is_file() else {}
+        recorded.update({f"{loss}-s{seed}": job.job_id for (loss, seed), job in waiting.items()})
+        write_json_atomic(path, recorded)
         log.info("submitted %d runs as %s jobs %s; waiting for them (Ctrl-C leaves them "
                  "running: run this compare again to collect them)", len(to_submit),
                  spec.launch.slurm_cluster, submitted[0].job_id.split("_")[0])  # fmt: skip
-    return [unwrap(_result(waiting[job], job)) for job in jobs]
+    return [done[job] if job in done else unwrap(_result(waiting[job], job)) for job in jobs]
 
 
 def _result(job: Any, run: Job) -> Any:
