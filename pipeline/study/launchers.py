@@ -81,8 +81,8 @@ def run_in_worker(
     from common.logs import LOG_FORMAT
     from pipeline.study.compare import ensure_run
 
-    logging.basicConfig(level=log_level, format=f"[{loss}-s{seed}] {LOG_FORMAT}")
-    logging.getLogger().setLevel(log_level)
+    # force: a pool worker runs several runs in turn, each line must name the current one
+    logging.basicConfig(level=log_level, format=f"[{loss}-s{seed}] {LOG_FORMAT}", force=True)
     if Path(cwd).is_dir():
         os.chdir(cwd)
     record_start(spec, loss, seed)
