@@ -45,3 +45,35 @@ def format_metrics_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
 
     rule = "  ".join("-" * width for width in widths)
     return "\n".join([render(cells[0]), rule, *(render(row) for row in cells[1:])])
+
+
+def format_agreement(found: dict[str, Any]) -> str:
+    """`eval --compare-to`'s findings as lines: diagnosis first, then the evidence."""
+    lines = [f"diagnosis: {line}" for line in found["diagnosis"]]
+    counts, diff = found["detections"], found["score_difference"]
+    lines.append(
+        f"detections: {counts['a']} (A), {counts['b']} (B); {found['paired']} paired (same image "
+        f"and class, IoU > {found['match_iou']}; {found['paired_near']['pairs']} at IoU > "
+        f"{found['paired_near']['iou']}); only A: {found['only_a']['count']}, only B: "
+        f"{found['only_b']['count']}"
+    )
+    if diff["pairs"]:
+        lines.append(f"score B - A on the pairs: mean |d| {diff['mean_abs']:.4f}, "
+                     f"max |d| {diff['max_abs']:.4f}")  # fmt: skip
+    for title, table in (("per class", found["per_class"]), ("per size", found["per_size"])):
+        cells = []
+        for name, stats in table.items():
+            if not stats["pairs"] and not stats.get("only_a") and not stats.get("only_b"):
+                continue
+            text = f"{name} {stats['pairs']} paired"
+            if "mean_abs" in stats:
+                text += f" |d| {stats['mean_abs']:.4f}"
+            if "only_a" in stats:
+                text += f", only A {stats['only_a']}, only B {stats['only_b']}"
+            cells.append(text)
+        if cells:
+            lines.append(f"{title}: " + "; ".join(cells))
+    if found.get("layers"):
+        worst = ", ".join(f"{row['tensor']} {row['sqnr_db']:.1f} dB" for row in found["layers"][:5])
+        lines.append(f"lowest SQNR of the convolutions both graphs share: {worst}")
+    return "\n".join(lines)

@@ -50,6 +50,8 @@ class EngineOptions:
     opt_batch: int | None = None
     workspace_gb: float = 4.0
     timing_cache: Path | None = None  # default: TIMING_CACHE_NAME beside the engine
+    # int8: None is each route's usual (TensorRT 10's entropy calibrator; minmax Q/DQ on 11)
+    calibration: str | None = None
 
 
 @dataclass(frozen=True)
@@ -217,7 +219,11 @@ TRT_QDQ_OPS = ("Conv", "Add")  # TensorRT fuses Q/DQ into convolutions and resid
 
 
 def _source_model(
-    onnx_path: Path, plan: BuildPlan, tmp: Path, images: Iterable[np.ndarray] | None
+    onnx_path: Path,
+    plan: BuildPlan,
+    tmp: Path,
+    images: Iterable[np.ndarray] | None,
+    calibration_method: str | None = None,
 ) -> tuple[onnx.ModelProto, Path, int]:
     """The ONNX TensorRT parses: the export itself, or (TensorRT 11) its FP16 / Q/DQ INT8 copy.
 
@@ -234,7 +240,8 @@ def _source_model(
     else:
         if images is None:
             raise InputError("--precision int8: calibration images are needed (--data)")
-        options = QuantizeOptions(target="tensorrt", op_types=TRT_QDQ_OPS)
+        options = QuantizeOptions(target="tensorrt", op_types=TRT_QDQ_OPS,
+                                  method=calibration_method or "minmax")  # fmt: skip
         used = quantize_int8(onnx_path, out, images, options)["calibration_images"]
     problems = check_tensorrt_compat(out)
     if problems:
@@ -269,7 +276,7 @@ def _build_serialized(
     _add_profile(builder, network, config, batches)
     calibrator = None
     if plan.int8_calibrator:
-        calibrator = attach_calibrator(trt, builder, network, config, images)
+        calibrator = attach_calibrator(trt, builder, network, config, images, options.calibration)
     cache = _timing_cache(config, cache_path)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -340,7 +347,9 @@ def build_engine(
     cache_path = options.timing_cache or engine_path.parent / TIMING_CACHE_NAME
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="trt-build-") as tmp:
-        model, source, quantized = _source_model(onnx_path, plan, Path(tmp), calibration)
+        model, source, quantized = _source_model(
+            onnx_path, plan, Path(tmp), calibration, options.calibration
+        )
         serialized, calibrated = _build_serialized(
             trt, (model, source), plan, options, batches, cache_path, calibration
         )

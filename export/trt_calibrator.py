@@ -28,13 +28,27 @@ def _batches(images: Iterable[np.ndarray], batch: int) -> Iterator[np.ndarray]:
             group = []
 
 
-def make_calibrator(trt: Any, images: Iterable[np.ndarray], batch: int) -> Any:
-    """A TensorRT 10 IInt8EntropyCalibrator2 over dataset images (device buffer from torch)."""
+# --calibration -> TensorRT 10's calibrator class (it has no percentile calibrator).
+TRT_CALIBRATORS = {"entropy": "IInt8EntropyCalibrator2", "minmax": "IInt8MinMaxCalibrator"}
+
+
+def make_calibrator(
+    trt: Any, images: Iterable[np.ndarray], batch: int, method: str = "entropy"
+) -> Any:
+    """A TensorRT 10 calibrator of `method` over dataset images (device buffer from torch)."""
     import torch
 
-    class _Calibrator(trt.IInt8EntropyCalibrator2):
+    if method not in TRT_CALIBRATORS:
+        raise InputError(
+            f"--calibration {method}: TensorRT 10's calibrators are "
+            f"{', '.join(TRT_CALIBRATORS)} (percentile: export --precision int8 without --trt, "
+            "or TensorRT 11, which builds from the Q/DQ model)"
+        )
+    base = getattr(trt, TRT_CALIBRATORS[method])
+
+    class _Calibrator(base):
         def __init__(self) -> None:
-            trt.IInt8EntropyCalibrator2.__init__(self)
+            base.__init__(self)
             self.batches = _batches(images, batch)
             self.device: torch.Tensor | None = None
             self.count = 0
@@ -60,12 +74,18 @@ def make_calibrator(trt: Any, images: Iterable[np.ndarray], batch: int) -> Any:
 
 
 def attach_calibrator(
-    trt: Any, builder: Any, network: Any, config: Any, images: Iterable[np.ndarray] | None
+    trt: Any,
+    builder: Any,
+    network: Any,
+    config: Any,
+    images: Iterable[np.ndarray] | None,
+    method: str | None = None,
 ) -> Any:
-    """TensorRT 10 implicit INT8: entropy calibrator plus a fixed-shape calibration profile."""
+    """TensorRT 10 implicit INT8: a calibrator (entropy unless asked) plus a fixed-shape
+    calibration profile."""
     if images is None:
         raise InputError("--precision int8: calibration images are needed (--data/--calib-images)")
-    calibrator = make_calibrator(trt, images, CALIBRATION_BATCH)
+    calibrator = make_calibrator(trt, images, CALIBRATION_BATCH, method or "entropy")
     config.int8_calibrator = calibrator
     shape = (CALIBRATION_BATCH, *tuple(network.get_input(0).shape)[1:])
     profile = builder.create_optimization_profile()

@@ -308,10 +308,21 @@ def train(out: Path | None, **options: object) -> None:
 )
 @click.option(
     "--calib-images",
+    "--calibration-images",
+    "calib_images",
     type=click.IntRange(min=1),
     default=128,
     show_default=True,
-    help="Training images used to calibrate int8.",
+    help="Training images used to calibrate int8 (spread over the split; their list's hash is "
+    "recorded in the model).",
+)
+@click.option(
+    "--calibration",
+    type=click.Choice(["minmax", "entropy", "percentile"]),
+    default=None,
+    help="int8 calibrator: each activation's range from its min/max, from the histogram's "
+    "entropy-minimizing threshold, or from its 99.999th percentile (ONNX Runtime's three; "
+    "OpenVINO's int8 IR inherits it). Default: minmax; TensorRT 10's own: entropy.",
 )
 @click.option(
     "--img-size",
@@ -337,6 +348,7 @@ def export_cmd(
     batch: int,
     workspace: float,
     calib_images: int,
+    calibration: str | None,
     img_size: int | None,
     conf: float | None,
     iou: float | None,
@@ -355,6 +367,7 @@ def export_cmd(
         batch=batch,
         workspace_gb=workspace,
         calib_images=calib_images,
+        calibration=calibration,
         img_size=img_size,
         score_threshold=conf,
         nms_iou=iou,
@@ -457,6 +470,14 @@ provider_option = click.option(
     help="OpenVINO (.xml) performance hint: one request as fast as possible, or parallel "
     "streams for batches.",
 )
+@click.option(
+    "--compare-to",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A second model file (another engine or export of the same model): score both on the "
+    "same images and say where they differ (settings, detections paired at IoU > 0.99, score "
+    "differences per class and object size, per-layer SQNR when both are ONNX).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace existing --json / --results files.")
 @user_errors_exit_2
 def eval_cmd(
@@ -464,15 +485,28 @@ def eval_cmd(
     conf: float | None,
     iou: float | None,
     max_dets: int | None,
+    compare_to: Path | None,
     **options: Any,
 ) -> None:
     """Score a model with COCO mAP and time it (one evaluator for every format)."""
     from deploy.report import format_metrics_table
-    from pipeline.evaluation import EvalOptions, Thresholds, run_eval
+    from pipeline.evaluation import EvalOptions, Thresholds, run_compare_to, run_eval
 
     thresholds = Thresholds(conf, iou, max_dets)
-    report = run_eval(model_path, EvalOptions(**options, thresholds=thresholds))
-    click.echo(format_metrics_table([(model_path.name, report)]))
+    settings = EvalOptions(**options, thresholds=thresholds)
+    if compare_to is None:
+        report = run_eval(model_path, settings)
+        click.echo(format_metrics_table([(model_path.name, report)]))
+        return
+    from deploy.report import format_agreement
+
+    if settings.results is not None:
+        raise PipelineError("--results with --compare-to: give each model its own eval to keep "
+                            "its detections")  # fmt: skip
+    report = run_compare_to(model_path, compare_to, settings)
+    rows = [(f"A {model_path.name}", report), (f"B {compare_to.name}", report["compare_to"])]
+    click.echo(format_metrics_table(rows))
+    click.echo(format_agreement(report["compare_to"]))
 
 
 @cli.command()

@@ -77,6 +77,11 @@ class EvalOptions:
 
 def run_eval(model_path: Path, options: EvalOptions) -> dict[str, Any]:
     """Score one model file with COCO mAP and time it; the report (also written to json_path)."""
+    return _run_eval(model_path, options)[0]
+
+
+def _run_eval(model_path: Path, options: EvalOptions) -> tuple[dict[str, Any], Any]:
+    """run_eval's report and the metadata the model was run with."""
     o = options
     for output in (o.json_path, o.results):
         if output is not None:
@@ -115,7 +120,7 @@ def run_eval(model_path: Path, options: EvalOptions) -> dict[str, Any]:
     report["environment"] = environment_info()
     if o.json_path is not None:
         write_json_atomic(o.json_path, report)
-    return report
+    return report, predictor.metadata
 
 
 def eval_in_run(name: str, model_path: Path, config: TrainConfig) -> dict[str, Any]:
@@ -148,3 +153,53 @@ def run_val_split(config: TrainConfig) -> Split:
             "--val-images"
         )
     return val
+
+
+def _scored_detections(model_path: Path, options: EvalOptions) -> tuple[dict, list[dict], Any]:
+    """(report, COCO results, predictor metadata) of one model on the options' split."""
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="compare-to-") as tmp:
+        results = Path(tmp) / "results.json"
+        settings = dataclasses.replace(options, results=results, json_path=None)
+        report, metadata = _run_eval(model_path, settings)
+        detections = json.loads(results.read_text())
+    return report, detections, metadata
+
+
+def run_compare_to(model_a: Path, model_b: Path, options: EvalOptions) -> dict[str, Any]:
+    """Score A and B on the same images, then where they disagree (deploy/agreement.py).
+
+    The report is A's, with B's metrics and the comparison under "compare_to".
+    """
+    from deploy.agreement import agreement, diagnosis, layer_errors, metadata_differences
+
+    if options.json_path is not None:
+        check_output_file(options.json_path, options.overwrite)
+    report_a, dets_a, meta_a = _scored_detections(model_a, options)
+    report_b, dets_b, meta_b = _scored_detections(model_b, options)
+    names = dict(zip(meta_a.category_ids, meta_a.class_names, strict=True))
+    found = agreement(dets_a, dets_b, names)
+    differences = metadata_differences(meta_a, meta_b)
+    found |= {"model": str(model_b), "metrics": report_b["metrics"], "latency": report_b["latency"],
+              "throughput_ips": report_b.get("throughput_ips"), "backend": report_b.get("backend"),
+              "metadata_differences": differences, "diagnosis": diagnosis(found, differences)}  # fmt: skip
+
+    if model_a.suffix.lower() == model_b.suffix.lower() == ".onnx":
+        found["layers"] = layer_errors(model_a, model_b, _probe_images(options, meta_a))
+    report_a["compare_to"] = found
+    if options.json_path is not None:
+        write_json_atomic(options.json_path, report_a)
+    return report_a
+
+
+def _probe_images(options: EvalOptions, metadata: Any, count: int = 4) -> Any:
+    """A few letterboxed images of the scored split, for the per-layer comparison."""
+    from deploy.agreement import probe_images
+
+    if options.split_files is not None:
+        ann_file, img_dir = options.split_files
+    else:
+        ann_file, img_dir = model_split(options.data, metadata.extra, options.split)
+    return probe_images(ann_file, img_dir, metadata, count)

@@ -55,6 +55,7 @@ class ExportOptions:
     batch: int = 1
     workspace_gb: float = 4.0
     calib_images: int = 128
+    calibration: str | None = None  # int8 calibrator; None: each engine's usual (see CLI help)
     img_size: int | None = None  # None: the size the model trained at
     score_threshold: float | None = None  # None: the post-processing defaults (train.postprocess)
     nms_iou: float | None = None
@@ -107,6 +108,11 @@ def _outputs(out: Path, options: ExportOptions) -> list[Path]:
 
 def _check_combination(options: ExportOptions) -> None:
     """The precisions each target knows, and one target at a time."""
+    if options.calibration is not None and options.precision != "int8":
+        raise PipelineError(
+            f"--calibration {options.calibration}: only --precision int8 calibrates; it would "
+            "change nothing"
+        )
     if options.trt and options.openvino:
         raise PipelineError("--trt and --openvino: choose one engine per export")
     known = OPENVINO_PRECISIONS if options.openvino else ONNX_PRECISIONS
@@ -176,8 +182,12 @@ def _onnx_variant(
     from export.quantize import convert_fp16, quantize_int8
 
     if options.precision == "int8":
+        from export.quantize import QuantizeOptions, calibration_fingerprint
+
         images = _calibration(train, metadata, options.calib_images)
-        detail = quantize_int8(out, target, images)
+        method = QuantizeOptions(method=options.calibration or "minmax")
+        detail = quantize_int8(out, target, images, method)
+        detail |= calibration_fingerprint(train[0], options.calib_images)
     else:
         detail = convert_fp16(out, target)
     update_metadata(target, _with_precision(metadata, options.precision, detail).to_props())
@@ -201,7 +211,8 @@ def _engine(
     from deploy.engine_metadata import write_engine_metadata
     from export.tensorrt import EngineOptions, build_engine
 
-    engine_options = EngineOptions(options.precision, options.batch, None, options.workspace_gb)
+    engine_options = EngineOptions(options.precision, options.batch, None, options.workspace_gb,
+                                   calibration=options.calibration)  # fmt: skip
     int8 = options.precision == "int8"  # only int8 calibrates: read train images just then
     images = _calibration(train, metadata, options.calib_images) if int8 else None
     build = build_engine(out, target, engine_options, images)
@@ -210,6 +221,12 @@ def _engine(
         "tensorrt_plan": build.build["plan"],
         "calibration_images": build.build["calibration_images"],
     }
+    if int8:
+        from export.quantize import calibration_fingerprint
+
+        usual = "entropy" if build.tensorrt_version.startswith("10.") else "minmax"
+        detail["calibration_method"] = options.calibration or usual
+        detail |= calibration_fingerprint(train[0], options.calib_images)
     props |= _with_precision(metadata, options.precision, detail).to_props()
     sidecar = write_engine_metadata(target, props, build)
     predictor = TensorRTPredictor(target)

@@ -299,3 +299,31 @@ def _first_line(text: str) -> str:
         if line.strip() and not line.lstrip().startswith("*"):
             return line.strip()
     return ""
+
+
+def session_with_outputs(model: Any, names: list[str]) -> Any:
+    """A CPU session of `model` (an onnx ModelProto) that also returns the tensors `names`;
+    call it with (B, 3, S, S) float32 images for those tensors, in order."""
+    import onnx
+
+    ort = import_onnxruntime()
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {out.name for out in probe.graph.output}
+    probe.graph.output.extend(
+        onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+        for name in names
+        if name not in known
+    )
+    options = ort.SessionOptions()
+    # the graph as written: fusions would remove the very tensors asked for
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(
+        probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    input_name = session.get_inputs()[0].name
+
+    def run(images: Any) -> list[Any]:
+        return session.run(names, {input_name: images})
+
+    return run
