@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(PY) bench/losses.py
 	$(PY) bench/onnx_vs_torch.py
 	$(PY) bench/train_throughput.py
+	$(PY) bench/launchers.py
 
 # Mutation testing (long; not part of CI): one mutant at a time, each in a fresh pytest process.
 # Resumes from .mutation/results.json. Extra flags: make mutation MUTATION_ARGS="--module train/assign.py"

@@ -5,9 +5,9 @@
 # (default OUT: runs/real). Stages, each a command you can run alone:
 #   1. scripts/real_data/prepare.py lays each clone out as a Pascal VOC folder (OUT/data-NAME)
 #   2. a loss-neutral backbone per dataset: `pipeline pretrain` on its own training crops
-#   3. per dataset, eight settings scored on ONNX fp32, ONNX int8, OpenVINO bf16: raccoon with
-#      3 seeds, kangaroo with 1 (at this budget its models stay near AP 4, where no loss can be
-#      told apart; the seeds went to the recipe runs instead)
+#   3. per dataset, eight settings x 3 seeds scored on ONNX fp32, ONNX int8, OpenVINO bf16
+#      (compare --parallel 2 --launcher local does the same in one stream; the two streams here
+#      predate it)
 #   4. raccoon: focal, GHM, GHM with the reference's options (ghm-ref: mmdetection's own
 #      setting) and GHM's two halves again under --recipe paper (the papers' SGD), 3 seeds, in
 #      two folders (one per stream), then one report
@@ -59,7 +59,7 @@ stream_a() {
 }
 
 stream_b() {
-    compare kangaroo kangaroo "$LOSSES" --seeds "${KANGAROO_SEEDS:-1}"
+    compare kangaroo kangaroo "$LOSSES"
     compare raccoon raccoon-paper focal,ghm,ghm-ref --recipe paper
     compare raccoon raccoon-paper-halves ghm-c-alone,ghm-r-alone --recipe paper
 }
