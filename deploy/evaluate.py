@@ -387,6 +387,21 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# The instruction sets that decide bf16 and int8 speed on a CPU (as /proc/cpuinfo names them).
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile",
+               "amx_bf16", "amx_int8")  # fmt: skip
+
+
+def cpu_speed_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
+    """Which of SPEED_FLAGS this CPU has (empty where the system has no /proc/cpuinfo)."""
+    with contextlib.suppress(OSError):
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [flag for flag in SPEED_FLAGS if flag in have]
+    return []
+
+
 # Distributions that install each GPU package's module, in the order they are looked up.
 TENSORRT_DISTRIBUTIONS = ("tensorrt-cu13", "tensorrt-cu12", "tensorrt")
 ONNXRUNTIME_DISTRIBUTIONS = ("onnxruntime-gpu", "onnxruntime")
@@ -447,5 +462,6 @@ def environment_info() -> dict[str, Any]:
         **gpu_stack_versions(),
         "platform": platform.platform(),
         "cpu": _cpu_name(),
+        "cpu_flags": cpu_speed_flags(),
         "cpu_count": os.cpu_count(),
     }

@@ -55,6 +55,7 @@ class QuantizeOptions:
     per_channel: bool = True
     method: str = "minmax"  # or "entropy", "percentile"
     batch_size: int = 8
+    float_nodes: tuple[str, ...] = ()  # more nodes kept in float (by name after named_nodes)
 
 
 class BatchReader:
@@ -76,7 +77,7 @@ class BatchReader:
         return {INPUT_NAME: np.ascontiguousarray(np.stack(batch), dtype=np.float32)}
 
 
-def _named(model: onnx.ModelProto) -> onnx.ModelProto:
+def named_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Give every node a unique name: exclusion lists and the tail split work by name."""
     seen: set[str] = set()
     for i, node in enumerate(model.graph.node):
@@ -298,9 +299,10 @@ def quantize_int8(
 
     options = options or QuantizeOptions()
     settings = _ort_settings(options)
-    original = _named(onnx.load(str(onnx_path)))
+    original = named_nodes(onnx.load(str(onnx_path)))
     raw, tail, tail_inits = split_raw_and_tail(original)
     excluded = head_output_nodes(raw) if options.float_head_outputs else []
+    excluded += [name for name in options.float_nodes if name not in excluded]
     if options.method == "entropy":  # two passes over the images: keep them
         calibration_images = list(calibration_images)
     reader = BatchReader(calibration_images, options.batch_size)
@@ -343,7 +345,7 @@ def convert_fp16(onnx_path: str | Path, out_path: str | Path) -> dict:
     """Write a mixed FP16 copy: float16 network, float32 inputs/outputs, tail and norms."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    original = _named(onnx.load(str(onnx_path)))
+    original = named_nodes(onnx.load(str(onnx_path)))
     raw, tail, tail_inits = split_raw_and_tail(original)
     converted = convert_float_to_float16(
         raw,

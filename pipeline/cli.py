@@ -325,6 +325,15 @@ def train(out: Path | None, **options: object) -> None:
     "OpenVINO's int8 IR inherits it). Default: minmax; TensorRT 10's own: entropy.",
 )
 @click.option(
+    "--max-ap-drop",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="POINTS",
+    help="int8: keep the convolutions that lose the most (lowest SQNR) in float until the "
+    "int8 AP is within POINTS of fp32 on the first half of the val split; prints which "
+    "stayed float.",
+)
+@click.option(
     "--img-size",
     type=click.IntRange(min=32),
     default=None,
@@ -349,6 +358,7 @@ def export_cmd(
     workspace: float,
     calib_images: int,
     calibration: str | None,
+    max_ap_drop: float | None,
     img_size: int | None,
     conf: float | None,
     iou: float | None,
@@ -368,6 +378,7 @@ def export_cmd(
         workspace_gb=workspace,
         calib_images=calib_images,
         calibration=calibration,
+        max_ap_drop=max_ap_drop,
         img_size=img_size,
         score_threshold=conf,
         nms_iou=iou,

@@ -56,6 +56,7 @@ class ExportOptions:
     workspace_gb: float = 4.0
     calib_images: int = 128
     calibration: str | None = None  # int8 calibrator; None: each engine's usual (see CLI help)
+    max_ap_drop: float | None = None  # int8 for ONNX Runtime / OpenVINO: pipeline/int8_budget.py
     img_size: int | None = None  # None: the size the model trained at
     score_threshold: float | None = None  # None: the post-processing defaults (train.postprocess)
     nms_iou: float | None = None
@@ -108,6 +109,11 @@ def _outputs(out: Path, options: ExportOptions) -> list[Path]:
 
 def _check_combination(options: ExportOptions) -> None:
     """The precisions each target knows, and one target at a time."""
+    if options.max_ap_drop is not None and (options.precision != "int8" or options.trt):
+        raise PipelineError(
+            "--max-ap-drop: only --precision int8 for ONNX Runtime (and the OpenVINO IR made "
+            "from it) is quantized within a budget; it would change nothing here"
+        )
     if options.calibration is not None and options.precision != "int8":
         raise PipelineError(
             f"--calibration {options.calibration}: only --precision int8 calibrates; it would "
@@ -170,6 +176,16 @@ def _compare_line(name: str, reference: Any, other: Any) -> str:
     )
 
 
+def _budget_line(budget: dict[str, Any]) -> str:
+    kept = budget["float_layers"]
+    return (
+        f"int8 within --max-ap-drop {budget['max_ap_drop']:g}: AP {budget['ap_int8']:.2f} vs fp32 "
+        f"{budget['ap_fp32']:.2f} on the {budget['slice']}, p50 {budget['p50_ms_int8']:.2f} ms "
+        f"vs {budget['p50_ms_fp32']:.2f} ms; {len(kept)} convolution(s) kept in float"
+        + (f": {', '.join(kept)}" if kept else "")
+    )
+
+
 def _onnx_variant(
     out: Path,
     target: Path,
@@ -177,6 +193,7 @@ def _onnx_variant(
     metadata: ModelMetadata,
     train: tuple[Path, Path] | None,
     check: np.ndarray,
+    val: tuple[Path, Path] | None = None,
 ) -> list[str]:
     """model.int8.onnx (static QDQ, calibrated on train images) or model.fp16.onnx."""
     from export.quantize import convert_fp16, quantize_int8
@@ -184,14 +201,24 @@ def _onnx_variant(
     if options.precision == "int8":
         from export.quantize import QuantizeOptions, calibration_fingerprint
 
-        images = _calibration(train, metadata, options.calib_images)
         method = QuantizeOptions(method=options.calibration or "minmax")
-        detail = quantize_int8(out, target, images, method)
+        if options.max_ap_drop is None:
+            images = _calibration(train, metadata, options.calib_images)
+            detail = quantize_int8(out, target, images, method)
+        else:
+            from pipeline.int8_budget import quantize_within_budget
+
+            detail = quantize_within_budget(
+                out, target, lambda: _calibration(train, metadata, options.calib_images), val,
+                check, options.max_ap_drop, method,
+            )  # fmt: skip
         detail |= calibration_fingerprint(train[0], options.calib_images)
     else:
         detail = convert_fp16(out, target)
     update_metadata(target, _with_precision(metadata, options.precision, detail).to_props())
     lines = [f"wrote {target} ({options.precision}: {json.dumps(detail)})"]
+    if "budget" in detail:
+        lines.append(_budget_line(detail["budget"]))
     if options.precision == "int8":  # fp16 runs on GPUs only; checked there
         reference = run_onnxruntime(out, check)
         lines.append(_compare_line("int8", reference, run_onnxruntime(target, check)))
@@ -286,7 +313,8 @@ def run_export(
         max_detections=post.max_detections,
     )  # what the graph applies, for eval and predict to read
     # the model's own val split (or --data's) for parity, before writing: a bad one fails first
-    images = split_parity_images(*model_split(data, metadata.extra, "val"), metadata.img_size)
+    val = model_split(data, metadata.extra, "val")
+    images = split_parity_images(*val, metadata.img_size)
     train = None
     if options.precision == "int8":  # the calibration split too, before anything is written
         try:
@@ -306,7 +334,7 @@ def run_export(
     if options.trt:
         lines += _engine(out, paths[1], options, metadata, train, images)
     elif options.precision in ("fp16", "int8"):
-        lines += _onnx_variant(out, paths[1], options, metadata, train, images)
+        lines += _onnx_variant(out, paths[1], options, metadata, train, images, val)
     if options.openvino:
         lines += _openvino_ir(out, paths[1] if options.precision == "int8" else out, paths[-1],
                               options.precision, images)  # fmt: skip

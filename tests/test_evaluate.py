@@ -596,3 +596,17 @@ def test_cpu_name_from_cpuinfo_else_platform(monkeypatch: pytest.MonkeyPatch) ->
     assert ev._cpu_name() == "riscv64"
     monkeypatch.setattr(platform, "processor", lambda: "Acme")
     assert ev._cpu_name() == "Acme"
+
+
+def test_cpu_speed_flags_name_what_decides_bf16_and_int8_speed(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    # an AMX Xeon's line (shortened), flags in /proc/cpuinfo's own order
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_bf16 "
+                       "amx_tile amx_int8 avx512_vnni\nprocessor\t: 1\n")  # fmt: skip
+    assert ev.cpu_speed_flags(cpuinfo) == [
+        "avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"
+    ]  # fmt: skip
+    cpuinfo.write_text("flags\t: fpu sse avx2 fma\n")  # the AVX2-only EPYC
+    assert ev.cpu_speed_flags(cpuinfo) == ["avx2"]
+    assert ev.cpu_speed_flags(tmp_path / "absent") == []
+    assert "cpu_flags" in ev.environment_info()

@@ -170,12 +170,12 @@ def test_threads_per_run_shares_this_machines_cores(launch, threads, expected):
 
 
 def test_each_node_of_a_multi_node_run_starts_torchrun_against_the_first_host():
-    command = torchrun_command(Path("/s/.ce-s0.config.pkl"), 2, 1, ["gpu07", "gpu08"], 8, "123_4")
+    command = torchrun_command(Path("/s/.ce-s0.config.json"), 2, 1, ["gpu07", "gpu08"], 8, "123_4")
     assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
     options = dict(a.split("=", 1) for a in command[3:8])
     assert options == {"--nnodes": "2", "--node-rank": "1", "--nproc-per-node": "8",
                        "--master-addr": "gpu07", "--master-port": options["--master-port"]}  # fmt: skip
-    assert command[8:] == ["-m", "pipeline.study.node_train", "/s/.ce-s0.config.pkl"]
+    assert command[8:] == ["-m", "pipeline.study.node_train", "/s/.ce-s0.config.json"]
     port = int(options["--master-port"])
     assert 20000 <= port < 40000
     # every node of one job agrees on the port; another job (another array task) gets another

@@ -523,6 +523,8 @@ def test_every_export_option_reaches_run_export(monkeypatch: pytest.MonkeyPatch)
         "2.5",
         "--calib-images",
         "32",
+        "--calibration",
+        "entropy",
         "--img-size",
         "96",
         "--conf",
@@ -537,7 +539,7 @@ def test_every_export_option_reaches_run_export(monkeypatch: pytest.MonkeyPatch)
     assert result.exit_code == 0, result.output
     options = ExportOptions(
         opset=18, trt=True, precision="int8", batch=8, workspace_gb=2.5, calib_images=32, img_size=96,
-        score_threshold=0.3, nms_iou=0.6, max_detections=20,
+        score_threshold=0.3, nms_iou=0.6, max_detections=20, calibration="entropy",
     )  # fmt: skip
     assert seen == [(Path("w.pt"), Path("m.onnx"), Path("d"), True, options)]
     openvino = ["export", "--weights", "w.pt", "--openvino", "--precision", "bf16"]
@@ -549,11 +551,15 @@ def test_every_export_option_reaches_run_export(monkeypatch: pytest.MonkeyPatch)
         False,
         ExportOptions(openvino=True, precision="bf16"),
     )
+    budget = ["export", "--weights", "w.pt", "--precision", "int8", "--max-ap-drop", "0.5"]
+    assert invoke(*budget).exit_code == 0
+    assert seen[2][4] == ExportOptions(precision="int8", max_ap_drop=0.5)
     flags = {f for p in cli.commands["export"].params for f in p.opts}
-    aliases = {"--batch"}  # the old name of --batch-size, still accepted
-    assert flags == {a for a in [*args, *openvino] if a.startswith("--")} | aliases
+    # the old name of --batch-size and the long name of --calib-images, both accepted
+    aliases = {"--batch", "--calibration-images"}
+    assert flags == {a for a in [*args, *openvino, *budget] if a.startswith("--")} | aliases
     old_names = ["export", "--weights", "w.pt", "--trt", "--batch", "8"]
-    assert invoke(*old_names).exit_code == 0 and seen[2][4].batch == 8
+    assert invoke(*old_names).exit_code == 0 and seen[3][4].batch == 8
 
 
 # ------------------------------------------------------------- GPU: build, run, reload, refuse

@@ -203,8 +203,9 @@ def training_plan(config: TrainConfig) -> TrainConfig | None:
     return config
 
 
-def _train(config: TrainConfig, train: Callable[[TrainConfig], Any] = run_training) -> float:
+def _train(config: TrainConfig, train: Callable[[TrainConfig], Any] | None = None) -> float:
     """Train unless finished (training_plan); the training's wall seconds."""
+    train = train or run_training  # looked up now: tests replace it on the module
     out = Path(config.out)
     planned = training_plan(config)
     if planned is None:
@@ -268,12 +269,13 @@ def ensure_run(
     spec: CompareSpec,
     loss: str,
     seed: int,
-    train: Callable[[TrainConfig], Any] = run_training,
+    train: Callable[[TrainConfig], Any] | None = None,
 ) -> dict[str, Any]:
     """Train, deploy and score one (loss, seed) unless finished; returns its run.json content.
 
     A finished run asked for an engine it was not scored on is scored on it (nothing retrains).
-    `train` runs the training (a multi-node Slurm job passes one that starts torchrun).
+    `train` runs the training (default run_training; a multi-node Slurm job passes one that
+    starts torchrun).
     """
     config = spec.run_config(loss, seed)
     out = Path(config.out)

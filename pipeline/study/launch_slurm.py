@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 import shutil
 import subprocess
 import sys
@@ -76,9 +75,9 @@ def _multi_node_run(
     env = submitit.JobEnvironment()
 
     def train_with_torchrun(config: TrainConfig) -> None:
-        config_file = Path(config.out).parent / f".{Path(config.out).name}.config.pkl"
+        config_file = Path(config.out).parent / f".{Path(config.out).name}.config.json"
         if env.node == 0:
-            config_file.write_bytes(pickle.dumps(config))
+            write_json_atomic(config_file, config.to_dict())
         command = torchrun_command(config_file, env.num_nodes, env.node, list(env.hostnames),
                                    config.nproc_per_node, str(env.job_id))  # fmt: skip
         subprocess.run(command, check=True)
