@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/pipeline run --out runs/demo --overwrite --epochs 7
 
+# Two workers (pytest-xdist), one thread each (tests/conftest.py): 12 min against 16 in one
+# process on the 2-core AVX2-only EPYC.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 # mmdetection 3.3.0's loss code, for tests/test_reference_mmdet.py (a folder of its own, never
 # imported by the product; docs/reference-parity.md). Pure-Python wheels, no mmcv.

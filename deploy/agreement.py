@@ -53,7 +53,9 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     y2 = np.minimum(box[1] + box[3], boxes[:, 1] + boxes[:, 3])
     inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
     union = box[2] * box[3] + boxes[:, 2] * boxes[:, 3] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+    # a box clipped flat at the image edge has no area: it is the same box only if identical
+    same = np.all(boxes == box, axis=1).astype(np.float64)
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), same)
 
 
 def size_name(area: float) -> str:
@@ -194,15 +196,22 @@ def conv_outputs(model: Any) -> list[str]:
     return [node.output[0] for node in model.graph.node if node.op_type == "Conv"]
 
 
-def layer_errors(path_a: Path, path_b: Path, images: np.ndarray, worst: int = 8) -> list[dict]:
-    """SQNR in dB of every convolution output both graphs share, on `images`, worst first."""
+def layer_errors(
+    path_a: Path,
+    path_b: Path,
+    images: np.ndarray,
+    worst: int = 8,
+    tensors: list[str] | None = None,
+) -> list[dict]:
+    """SQNR in dB of `tensors` (default: every convolution output of A) where B has them too,
+    on `images`, worst first."""
     import onnx
 
     from deploy.backends.onnxruntime import session_with_outputs
 
     model_a, model_b = onnx.load(str(path_a)), onnx.load(str(path_b))
-    in_b = set(conv_outputs(model_b)) | {o for n in model_b.graph.node for o in n.output}
-    shared = [name for name in conv_outputs(model_a) if name in in_b]
+    in_b = {o for n in model_b.graph.node for o in n.output}
+    shared = [name for name in (tensors or conv_outputs(model_a)) if name in in_b]
     if not shared:
         return []
     outputs_a = session_with_outputs(model_a, shared)(images)

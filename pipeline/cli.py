@@ -329,9 +329,8 @@ def train(out: Path | None, **options: object) -> None:
     type=click.FloatRange(min=0),
     default=None,
     metavar="POINTS",
-    help="int8: keep the convolutions that lose the most (lowest SQNR) in float until the "
-    "int8 AP is within POINTS of fp32 on the first half of the val split; prints which "
-    "stayed float.",
+    help="int8: keep the layers that lose the most (lowest SQNR) in float until the int8 AP "
+    "is within POINTS of fp32 on the first half of the val split; prints which stayed float.",
 )
 @click.option(
     "--img-size",

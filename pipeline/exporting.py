@@ -181,7 +181,7 @@ def _budget_line(budget: dict[str, Any]) -> str:
     return (
         f"int8 within --max-ap-drop {budget['max_ap_drop']:g}: AP {budget['ap_int8']:.2f} vs fp32 "
         f"{budget['ap_fp32']:.2f} on the {budget['slice']}, p50 {budget['p50_ms_int8']:.2f} ms "
-        f"vs {budget['p50_ms_fp32']:.2f} ms; {len(kept)} convolution(s) kept in float"
+        f"vs {budget['p50_ms_fp32']:.2f} ms; {len(kept)} layer(s) kept in float"
         + (f": {', '.join(kept)}" if kept else "")
     )
 

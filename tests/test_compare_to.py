@@ -116,6 +116,12 @@ def test_pairing_by_image_class_and_iou_highest_score_first():
     assert sorted(d["score"] for d in pairing.only_b) == [0.6, 0.7]
 
 
+def test_a_box_clipped_flat_pairs_with_its_identical_twin_only():
+    flat = det(1, 3, [10, 20, 0, 15], 0.4)  # zero width: no area, IoU undefined
+    pairing = pair_detections([flat], [dict(flat), det(1, 3, [11, 20, 0, 15], 0.4)])
+    assert len(pairing.pairs) == 1 and pairing.pairs[0][1]["bbox"] == [10, 20, 0, 15]
+
+
 def test_object_sizes_are_cocos():
     assert [size_name(a) for a in (0, 1023.9, 1024, 9215, 9216, 1e6)] == [
         "small",
