@@ -72,9 +72,10 @@ def test_a_budget_that_holds_at_once_keeps_everything_int8(monkeypatch):
 
 def test_when_nothing_is_left_to_keep_float_it_says_so_in_one_line(monkeypatch):
     # one finite layer: kept float after round 1; round 2 still misses, nothing left
-    scripted(monkeypatch, [60.0, 55.0, 56.0], {"t0": 10.0, "t1": float("inf")})
+    asked = scripted(monkeypatch, [60.0, 55.0, 56.0], {"t0": 10.0, "t1": float("inf")})
     with pytest.raises(PipelineError) as caught:
         run(1.0)
+    assert asked == [(), ("conv0",)]  # t1 loses nothing (infinite SQNR): never worth keeping
     message = str(caught.value)
     assert "\n" not in message
     assert message.startswith("--max-ap-drop 1: with every quantizable layer in float the int8 "
