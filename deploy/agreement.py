@@ -224,25 +224,3 @@ def layer_errors(
         rows.append({"tensor": name, "sqnr_db": sqnr})
     rows.sort(key=lambda row: row["sqnr_db"])
     return rows[:worst]
-
-
-def probe_images(
-    ann_file: Path, img_dir: Path, metadata: ModelMetadata, count: int = 4
-) -> np.ndarray:
-    """The first `count` readable images of a COCO split, letterboxed as the model expects."""
-    import json
-
-    from deploy.errors import DeployError
-    from deploy.evaluate import image_path
-    from deploy.preprocess import letterbox, load_image, to_batch
-
-    arrays = []
-    for entry in sorted(json.loads(Path(ann_file).read_text())["images"], key=lambda e: e["id"]):
-        try:
-            image = load_image(image_path(img_dir, entry["file_name"], ann_file))
-        except DeployError:
-            continue
-        arrays.append(letterbox(image, metadata.img_size, metadata.pad_value)[0])
-        if len(arrays) == count:
-            break
-    return to_batch(arrays)

@@ -286,6 +286,28 @@ def postprocess_detections(
     return results
 
 
+def letterboxed_images(
+    ann_file: Path, img_dir: Path, img_size: int, count: int = 4, pad_value: int = 114
+) -> np.ndarray:
+    """The first `count` readable images of a COCO file, letterboxed exactly as deployment will
+    (export's parity check, eval --compare-to's per-layer comparison)."""
+    from deploy.preprocess import letterbox, load_image, to_batch
+
+    arrays = []
+    for entry in load_coco(ann_file).dataset["images"]:
+        try:  # image_path: no escaping the image folder
+            image = load_image(image_path(img_dir, entry["file_name"], ann_file))
+        except DeployError as exc:
+            logger.warning("%s; not used", exc)
+            continue
+        arrays.append(letterbox(image, img_size, pad_value)[0])
+        if len(arrays) == count:
+            break
+    if not arrays:
+        raise DeployError(f"{img_dir}: no readable image among those {ann_file} lists")
+    return to_batch(arrays)
+
+
 def load_coco(ann_file: Path) -> Any:
     """A pycocotools COCO from a json file, with DeployError for anything unusable.
 

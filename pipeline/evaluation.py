@@ -196,10 +196,10 @@ def run_compare_to(model_a: Path, model_b: Path, options: EvalOptions) -> dict[s
 
 def _probe_images(options: EvalOptions, metadata: Any, count: int = 4) -> Any:
     """A few letterboxed images of the scored split, for the per-layer comparison."""
-    from deploy.agreement import probe_images
+    from deploy.evaluate import letterboxed_images
 
     if options.split_files is not None:
         ann_file, img_dir = options.split_files
     else:
         ann_file, img_dir = model_split(options.data, metadata.extra, options.split)
-    return probe_images(ann_file, img_dir, metadata, count)
+    return letterboxed_images(ann_file, img_dir, metadata.img_size, count, metadata.pad_value)

@@ -18,10 +18,8 @@ from typing import Any
 import numpy as np
 
 from common.contract import ONNX_PRECISIONS, OPENVINO_PRECISIONS, Detections
-from deploy.errors import DeployError
-from deploy.evaluate import image_path
+from deploy.evaluate import letterboxed_images
 from deploy.metadata import ModelMetadata
-from deploy.preprocess import letterbox, load_image, to_batch
 from export.compat import check_tensorrt_compat
 from export.onnx import (
     check_parity,
@@ -36,7 +34,6 @@ from pipeline.errors import PipelineError
 from pipeline.models import metadata_from_checkpoint
 from pipeline.outputs import check_output_file
 from train.checkpoint import load_checkpoint, model_from_checkpoint
-from train.data.coco import load_coco_json
 from train.errors import InputError
 from train.postprocess import PostprocessConfig
 
@@ -73,21 +70,8 @@ class ExportOptions:
 
 
 def split_parity_images(ann_file: Path, img_dir: Path, img_size: int, count: int = 4) -> np.ndarray:
-    """The first `count` readable images of a COCO file, letterboxed exactly as deployment will."""
-    arrays = []
-    for entry in load_coco_json(ann_file)["images"]:
-        path = image_path(img_dir, entry["file_name"], ann_file)  # no escaping the image folder
-        try:
-            image = load_image(path)
-        except DeployError as exc:
-            log.warning("%s; not used for the parity check", exc)
-            continue
-        arrays.append(letterbox(image, img_size)[0])
-        if len(arrays) == count:
-            break
-    if not arrays:
-        raise DeployError(f"{img_dir}: no readable image for the parity check")
-    return to_batch(arrays)
+    """The parity check's images: the first `count` readable ones of the split."""
+    return letterboxed_images(ann_file, img_dir, img_size, count)
 
 
 def _refuse_overwrite(paths: list[Path], overwrite: bool) -> None:
