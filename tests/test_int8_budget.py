@@ -113,12 +113,14 @@ def test_the_written_model_meets_its_budget_and_its_float_layers_are_float(model
     graph = onnx.load(str(int8)).graph
     produced = {out: node for node in graph.node for out in node.output}
     kept = set(budget["float_layers"])
-    for node in graph.node:  # a layer kept float reads no dequantized input
-        if node.name in kept:
-            sources = [produced.get(name) for name in node.input]
-            assert all(src is None or src.op_type != "DequantizeLinear" for src in sources), (
-                node.name
-            )
+    named = {node.name: node for node in graph.node}
+    assert kept <= set(named)  # every layer it names is in the written graph
+    for name in kept:  # a convolution kept float has float weights (an add or a pooling may
+        node = named[name]  # still read a neighbour's dequantized output)
+        assert node.op_type in ("Conv", "Add", "MaxPool", "Resize"), name
+        if node.op_type == "Conv":
+            weight = produced.get(node.input[1])
+            assert weight is None or weight.op_type != "DequantizeLinear", name
     quantized = [
         n
         for n in graph.node
