@@ -157,9 +157,40 @@ def test_the_terminal_summary_shows_ap_per_engine_and_the_verdicts(study) -> Non
 
 def test_plots_are_readable_pngs(study) -> None:
     spec, _ = study
-    for name in ("ap_bars.png", "pr_curves.png", "training_curves.png"):
+    for name in ("ap_bars.png", "pr_curves.png", "training_curves.png", "score_distributions.png"):
         with Image.open(spec.out / name) as image:
             assert image.format == "PNG" and image.size[0] >= 700
+
+
+def test_scores_per_loss_and_engine_come_from_the_runs_detections(study) -> None:
+    """AP at each score threshold is pycocotools on the detections kept, averaged over seeds;
+    ce's detections all score 0.9 and are all right; focal's int8 detections differ from its
+    fp32 ones, and so do their curves."""
+    spec, _ = study
+    report = json.loads((spec.out / "report.json").read_text())
+    scores = report["scores"]
+    assert list(scores) == ["pytorch", *ENGINES]
+    assert list(scores["onnx"]) == ["ce", "focal", "ghm"]
+    data = Path(spec.base.data)
+    coco_gt = load_coco(data / "annotations" / "instances_val.json")
+    ids = sorted(coco_gt.getImgIds())
+    for engine in ("onnx", "onnx-int8"):
+        curve = scores[engine]["focal"]["ap_by_threshold"]
+        for i, threshold in enumerate(curve["thresholds"]):
+            per_seed = []
+            for seed in SEEDS:
+                path = run_dir(spec.out, "focal", seed) / f"detections_{engine}.json"
+                kept = [d for d in json.loads(path.read_text()) if d["score"] >= threshold]
+                per_seed.append(score_coco(coco_gt, kept, ids)["AP"])
+            assert curve["mean"][i] == pytest.approx(np.mean(per_seed), abs=1e-9)
+    ce = scores["onnx"]["ce"]
+    assert ce["histogram"]["tp_median_score"] == pytest.approx(0.9)
+    assert sum(ce["histogram"]["fp_per_image"]) == 0
+    assert ce["best_f1"]["f1"] == pytest.approx(1.0)
+    assert scores["onnx"]["ghm"]["histogram"]["tp_median_score"] is None
+    markdown = (spec.out / "report.md").read_text()
+    assert "## Detection scores on onnx" in markdown
+    assert "![score_distributions](score_distributions.png)" in markdown
 
 
 def test_against_a_reference_study_each_loss_gets_its_change_and_the_change_vs_baseline(

@@ -37,13 +37,14 @@ class ClassMatches:
 
     image_index (D,) int: row of each detection's image; tp, fp (T, D) bool at each IoU
     threshold (detections matched to ignored ground truth are neither); gt (I,) int: the
-    non-ignored ground truths of the class per image.
+    non-ignored ground truths of the class per image; scores (D,) float: the detections' scores.
     """
 
     image_index: np.ndarray
     tp: np.ndarray
     fp: np.ndarray
     gt: np.ndarray
+    scores: np.ndarray
 
 
 @dataclass
@@ -126,8 +127,9 @@ def _class_matches(entries: list[dict | None], params: Any) -> ClassMatches:
         gt[i] = int(np.count_nonzero(np.asarray(entry["gtIgnore"]) == 0))
     if not scores:
         empty = np.zeros((num_t, 0), dtype=bool)
-        return ClassMatches(np.zeros(0, dtype=np.int64), empty, empty.copy(), gt)
-    order = np.argsort(-np.concatenate(scores), kind="mergesort")
+        return ClassMatches(np.zeros(0, dtype=np.int64), empty, empty.copy(), gt, np.zeros(0))
+    all_scores = np.concatenate(scores)
+    order = np.argsort(-all_scores, kind="mergesort")
     dtm = np.concatenate(matched, axis=1)[:, order] != 0
     dt_ignored = np.concatenate(ignored, axis=1)[:, order].astype(bool)
     return ClassMatches(
@@ -135,18 +137,23 @@ def _class_matches(entries: list[dict | None], params: Any) -> ClassMatches:
         tp=dtm & ~dt_ignored,
         fp=~dtm & ~dt_ignored,
         gt=gt,
+        scores=all_scores[order],
     )
 
 
 def _class_precision(
-    matches: ClassMatches, weights: np.ndarray, recall_thresholds: np.ndarray
+    matches: ClassMatches,
+    weights: np.ndarray,
+    recall_thresholds: np.ndarray,
+    min_score: float = 0.0,
 ) -> np.ndarray | None:
-    """(T, R) interpolated precision of one class under image weights; None without gt."""
+    """(T, R) interpolated precision of one class under image weights, counting only the
+    detections scored at least `min_score`; None without gt."""
     num_gt = float(np.dot(weights, matches.gt))
     if num_gt == 0:
         return None
     det_weights = weights[matches.image_index]
-    keep = det_weights > 0
+    keep = (det_weights > 0) & (matches.scores >= min_score)
     det_weights = det_weights[keep].astype(np.float64)
     tp_sum = np.cumsum(matches.tp[:, keep] * det_weights, axis=1)
     fp_sum = np.cumsum(matches.fp[:, keep] * det_weights, axis=1)
@@ -165,9 +172,13 @@ def _class_precision(
 
 
 def weighted_ap(
-    matches: RunMatches, weights: np.ndarray | None = None, iou: float | None = None
+    matches: RunMatches,
+    weights: np.ndarray | None = None,
+    iou: float | None = None,
+    min_score: float = 0.0,
 ) -> float:
-    """COCO AP (area all, 100 dets) with per-image weights; `iou` picks one threshold (AP50).
+    """COCO AP (area all, 100 dets) with per-image weights; `iou` picks one threshold (AP50);
+    `min_score` drops the detections scored below it (the AP of a deployment threshold).
 
     weights (I,) >= 0 aligned with `matches.image_ids`; None: all ones (COCOeval's AP). NaN
     when no class has ground truth under the weights (COCO reports -1 there).
@@ -180,7 +191,7 @@ def weighted_ap(
     per_class = [
         p[rows]
         for c in matches.classes
-        if (p := _class_precision(c, weights, matches.recall_thresholds)) is not None
+        if (p := _class_precision(c, weights, matches.recall_thresholds, min_score)) is not None
     ]
     return float(np.mean(per_class)) if per_class else float("nan")
 

@@ -156,6 +156,78 @@ def _deployment_table(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+SCORE_COLUMNS = (0.05, 0.3, 0.5)  # thresholds shown in the scores table
+FP_FROM = 0.3  # false positives per image are counted from this score up
+
+
+def _ap_at(entry: dict[str, Any], threshold: float) -> str:
+    curve = entry["ap_by_threshold"]
+    if threshold not in curve["thresholds"] or not curve["mean"]:
+        return "-"
+    i = curve["thresholds"].index(threshold)
+    std = curve["std"][i]
+    mean = f"{100 * curve['mean'][i]:.1f}"
+    return mean + (f" ± {100 * std:.1f}" if std is not None else "")
+
+
+def _fp_from(histogram: dict[str, Any], low: float) -> float:
+    """False positives per image in the bins starting at `low` or above."""
+    lefts = histogram["edges"][:-1]
+    return sum(
+        n for left, n in zip(lefts, histogram["fp_per_image"], strict=True) if left >= low - 1e-9
+    )
+
+
+def _scores_section(report: dict[str, Any]) -> list[str]:
+    """Per loss: where its scores sit, what a deployment threshold costs, the best-F1 point."""
+    scores = report.get("scores")
+    if not scores:
+        return []
+    primary = report["primary_backend"]
+    header = [
+        "loss", "median TP score", f"FP / image >= {FP_FROM}",
+        *(f"AP at score >= {t}" for t in SCORE_COLUMNS), "best F1: threshold, F1 (P / R)",
+    ]  # fmt: skip
+    lines = [
+        f"## Detection scores on {primary}",
+        "",
+        "True and false positives are matched at IoU 0.5 over all classes; AP at score >= t keeps "
+        "only the detections scored at least t (mean ± std over seeds); the best-F1 threshold is "
+        "the one a deployment would pick.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for loss, entry in scores.get(primary, {}).items():
+        histogram, f1 = entry["histogram"], entry["best_f1"]
+        median = histogram["tp_median_score"]
+        cells = [
+            loss,
+            "-" if median is None else f"{median:.2f}",
+            f"{_fp_from(histogram, FP_FROM):.2f}",
+            *(_ap_at(entry, t) for t in SCORE_COLUMNS),
+            "-" if f1 is None else (
+                f"{f1['threshold']:.2f}, {100 * f1['f1']:.1f} "
+                f"({100 * f1['precision']:.0f} / {100 * f1['recall']:.0f})"
+            ),
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    engines = [e for e in ["pytorch", *report["backends"]] if e in scores]
+    threshold = SCORE_COLUMNS[-1]
+    lines += [
+        "",
+        f"AP at score >= {threshold} on every engine (an engine that shifts scores moves "
+        "detections across a deployment threshold):",
+        "",
+        "| loss | " + " | ".join(_engine_label(e) for e in engines) + " |",
+        "|" + "---|" * (len(engines) + 1),
+    ]
+    for loss in scores.get(primary, {}):
+        cells = [_ap_at(scores[e][loss], threshold) if loss in scores[e] else "-" for e in engines]
+        lines.append(f"| {loss} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def _caveats(report: dict[str, Any]) -> list[str]:
     seeds = len(report["seeds"])
     training = report["training"]
@@ -227,6 +299,7 @@ def format_markdown(report: dict[str, Any]) -> str:
         "",
         f"Method: {report['method']} Resamples: {report['resamples']}.",
         "",
+        *_scores_section(report),
         "## Plots",
         "",
         *(f"![{name}]({file})" for name, file in report["plots"].items()),

@@ -137,3 +137,51 @@ def plot_training_curves(histories: dict[str, list[list[dict]]], path: Path) -> 
     if axes is not None:
         _legend_below(figure, axes, 5)
     _save_laid_out(figure, path)
+
+
+def plot_score_distributions(scores: dict[str, dict[str, Any]], primary: str, path: Path) -> None:
+    """One row per loss: its detection scores on `primary` (true and false positives per
+    image, log scale) and AP against the score threshold on every engine."""
+    losses = list(scores.get(primary, {}))
+    rows = max(1, len(losses))
+    figure = new_figure(10.0, 1.9 * rows + 1.0)
+    histogram_legend = False
+    for row, loss in enumerate(losses):
+        histogram = scores[primary][loss]["histogram"]
+        left = figure.add_subplot(rows, 2, 2 * row + 1)
+        edges = histogram["edges"]
+        if any(histogram["tp_per_image"]) or any(histogram["fp_per_image"]):
+            tp, fp = histogram["tp_per_image"], histogram["fp_per_image"]
+            left.stairs(tp, edges, label="true positives", color="tab:green")
+            left.stairs(fp, edges, label="false positives", color="tab:red")
+            left.set_yscale("log")
+        else:
+            left.set_yticks([])
+            left.text(0.5, 0.5, "no detections", ha="center", va="center",
+                      transform=left.transAxes)  # fmt: skip
+        left.set_xlim(0, 1)
+        left.set_ylabel(f"{loss}\nper image", fontsize=9)
+        right = figure.add_subplot(rows, 2, 2 * row + 2)
+        for engine, by_loss in scores.items():
+            curve = by_loss.get(loss, {}).get("ap_by_threshold")
+            if curve and curve["mean"]:
+                # PyTorch wide and pale, so an engine that matches it shows on top of it
+                style = {"linewidth": 4, "alpha": 0.4} if engine == "pytorch" else {}
+                label = "PyTorch (fp32)" if engine == "pytorch" else engine
+                means = [100 * m for m in curve["mean"]]
+                right.plot(curve["thresholds"], means, marker=".", label=label, **style)
+        right.set_xlim(0, 1)
+        right.set_ylim(bottom=0)
+        right.set_ylabel("AP (points)", fontsize=9)
+        if row == 0:
+            left.set_title(f"detection scores on {primary} (IoU 0.5 match)", fontsize=10)
+            right.set_title("AP keeping detections scored >= threshold", fontsize=10)
+            right.legend(fontsize=8, loc="lower left")
+        if not histogram_legend and left.get_legend_handles_labels()[0]:
+            left.legend(fontsize=8, loc="upper center")  # on the first row with detections
+            histogram_legend = True
+        if row == rows - 1:
+            left.set_xlabel("score")
+            right.set_xlabel("score threshold")
+    figure.tight_layout()
+    _save_laid_out(figure, path)

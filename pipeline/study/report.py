@@ -27,8 +27,14 @@ from pipeline.study.bootstrap import (
     paired_bootstrap,
 )
 from pipeline.study.markdown import format_markdown
-from pipeline.study.plots import plot_ap_bars, plot_pr_curves, plot_training_curves
+from pipeline.study.plots import (
+    plot_ap_bars,
+    plot_pr_curves,
+    plot_score_distributions,
+    plot_training_curves,
+)
 from pipeline.study.reference import versus_reference
+from pipeline.study.scores import score_report
 from pipeline.study.spec import CompareSpec, run_dir
 
 log = logging.getLogger(__name__)
@@ -39,6 +45,7 @@ PLOTS = {
     "ap_bars": "ap_bars.png",
     "pr_curves": "pr_curves.png",
     "training_curves": "training_curves.png",
+    "score_distributions": "score_distributions.png",
 }
 
 
@@ -203,6 +210,19 @@ def _pr_curves(
     return curves
 
 
+def _scores(spec: CompareSpec, matches: Matches) -> dict[str, dict[str, Any]]:
+    """Per engine (PyTorch first) and loss: score histograms, AP by threshold, best F1."""
+    return {
+        engine: score_report(
+            {
+                loss: [m for (name, _), m in matches[engine].items() if name == loss]
+                for loss in spec.losses
+            }
+        )
+        for engine in ["pytorch", *spec.backends]
+    }
+
+
 def _histories(spec: CompareSpec, runs: list[dict[str, Any]]) -> dict[str, list[list[dict]]]:
     histories: dict[str, list[list[dict]]] = {loss: [] for loss in spec.losses}
     for run in runs:
@@ -247,6 +267,7 @@ def build_report(spec: CompareSpec, runs: list[dict[str, Any]]) -> dict[str, Any
         "method": METHOD,
         "resamples": spec.resamples,
         "pr_curves": _pr_curves(spec, matches[primary]),
+        "scores": _scores(spec, matches),
         "runs": [{k: v for k, v in run.items() if k != "train_config"} for run in runs],
         "plots": dict(PLOTS),
         "environment": environment_info(),
@@ -277,6 +298,7 @@ def write_report(spec: CompareSpec, runs: list[dict[str, Any]]) -> Path:
     plot_ap_bars(report["per_loss"], ["pytorch", *spec.backends], out / PLOTS["ap_bars"])
     plot_pr_curves(report["pr_curves"], primary, out / PLOTS["pr_curves"])
     plot_training_curves(_histories(spec, runs), out / PLOTS["training_curves"])
+    plot_score_distributions(report["scores"], primary, out / PLOTS["score_distributions"])
     write_json_atomic(out / "report.json", report)
     markdown = out / "report.md"
     markdown.write_text(format_markdown(report))
