@@ -21,6 +21,9 @@ RAW_OUTPUT_NAMES = ("cls_logits", "box_deltas")
 ONNX_PRECISIONS = ("fp32", "fp16", "int8")  # model.onnx, model.fp16.onnx, model.int8.onnx
 TENSORRT_PRECISIONS = ("fp32", "fp16", "int8")
 OPENVINO_PRECISIONS = ("fp32", "bf16", "int8")
+# How an int8 model's activation ranges are calibrated: each tensor's min and max, the
+# entropy-minimizing threshold of its histogram, or a percentile of its magnitudes.
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
 @dataclass

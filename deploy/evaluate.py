@@ -446,6 +446,20 @@ def nvidia_driver_version(version_file: Path = NVIDIA_DRIVER_FILE) -> str:
     return "no NVIDIA driver loaded"
 
 
+NVIDIA_GPUS_DIR = Path("/proc/driver/nvidia/gpus")
+
+
+def nvidia_gpu_names(gpus_dir: Path = NVIDIA_GPUS_DIR) -> list[str]:
+    """The NVIDIA GPUs' model names as the driver lists them (no CUDA call); [] without one."""
+    names = []
+    with contextlib.suppress(OSError):
+        for info in sorted(gpus_dir.glob("*/information")):
+            found = re.search(r"^Model:\s*(.+)$", info.read_text(), re.MULTILINE)
+            if found:
+                names.append(found.group(1).strip())
+    return names
+
+
 def gpu_stack_versions() -> dict[str, str]:
     """The versions a GPU number depends on (read from package metadata: nothing is imported).
 
@@ -479,6 +493,8 @@ def environment_info() -> dict[str, Any]:
         "numpy": np.__version__,
         **_onnxruntime_info(),
         "onnx": _version("onnx"),
+        "openvino": _version("openvino"),
+        "torch": _version("torch"),  # package metadata only: deploy never imports torch
         "pycocotools": _version("pycocotools"),
         "pillow": _version("pillow"),
         **gpu_stack_versions(),
@@ -486,4 +502,5 @@ def environment_info() -> dict[str, Any]:
         "cpu": _cpu_name(),
         "cpu_flags": cpu_speed_flags(),
         "cpu_count": os.cpu_count(),
+        "gpus": nvidia_gpu_names(),
     }

@@ -30,6 +30,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from common.contract import INPUT_NAME
+from export.entropy import entropy_threshold
 from export.onnx import _save_atomic
 from train.errors import InputError
 
@@ -37,9 +38,6 @@ log = logging.getLogger(__name__)
 
 RAW_OUTPUTS = ("cls_logits", "box_deltas")
 TARGETS = ("cpu", "tensorrt")
-# ONNX Runtime's calibrators: the range of every activation from its min and max, from the
-# entropy-minimizing threshold of its histogram, or from a percentile of its magnitudes.
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 # Ops that only move data: the head's per-anchor layout chain between its last convs and outputs.
 _LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
 FP16_FLOAT_OPS = ("InstanceNormalization", "LayerNormalization", "BatchNormalization")
@@ -56,6 +54,13 @@ class QuantizeOptions:
     method: str = "minmax"  # or "entropy", "percentile"
     batch_size: int = 8
     float_nodes: tuple[str, ...] = ()  # more nodes kept in float (by name after named_nodes)
+
+
+def calibration_batch_size(options: QuantizeOptions) -> int:
+    """The batch the calibration images are run in. ONNX Runtime's histogram calibrators
+    (entropy, percentile) stack every batch's activations into one array, which fails when the
+    last batch is shorter (6 images in batches of 4): they get batches of one."""
+    return options.batch_size if options.method == "minmax" else 1
 
 
 class BatchReader:
@@ -247,7 +252,9 @@ def entropy_ranges(
                        "symmetric": options.target == "tensorrt"},
     )  # fmt: skip
     with _quiet_quantizer(), contextlib.redirect_stdout(io.StringIO()):  # it prints its settings
-        calibrator.collect_data(BatchReader(images, options.batch_size))
+        calibrator.collect_data(BatchReader(images, calibration_batch_size(options)))
+        # the same search, vectorized: minutes -> seconds at 2048 bins (export/entropy.py)
+        calibrator.collector.get_entropy_threshold = entropy_threshold
         computed = calibrator.compute_data()
     return {
         name: (float(np.asarray(data.range_value[0])), float(np.asarray(data.range_value[1])))
@@ -305,7 +312,7 @@ def quantize_int8(
     excluded += [name for name in options.float_nodes if name not in excluded]
     if options.method == "entropy":  # two passes over the images: keep them
         calibration_images = list(calibration_images)
-    reader = BatchReader(calibration_images, options.batch_size)
+    reader = BatchReader(calibration_images, calibration_batch_size(options))
     with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
         raw_path, q_path = Path(tmp) / "raw.onnx", Path(tmp) / "raw.int8.onnx"
         onnx.save(raw, str(raw_path))

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from common.contract import CALIBRATION_METHODS
 from common.logs import LOG_FORMAT
 from pipeline.errors import PipelineError, user_errors_exit_2
 from pipeline.help_format import help_all_option, short_help_command
@@ -318,7 +319,7 @@ def train(out: Path | None, **options: object) -> None:
 )
 @click.option(
     "--calibration",
-    type=click.Choice(["minmax", "entropy", "percentile"]),
+    type=click.Choice(CALIBRATION_METHODS),
     default=None,
     help="int8 calibrator: each activation's range from its min/max, from the histogram's "
     "entropy-minimizing threshold, or from its 99.999th percentile (ONNX Runtime's three; "

@@ -113,6 +113,9 @@ def _run_eval(model_path: Path, options: EvalOptions) -> tuple[dict[str, Any], A
         strict=o.strict,
     )
     report["model"] = str(model_path)
+    conversion = predictor.metadata.extra.get("conversion")
+    if conversion:  # how an int8 or fp16 model was made: calibrator, images, their list's hash
+        report["conversion"] = conversion
     counts = getattr(predictor, "candidate_counts", None)  # PyTorch models only
     if counts and report.get("num_images"):  # the scored images come after the warm-up calls
         scored = counts[-int(report["num_images"]) :]
@@ -123,20 +126,28 @@ def _run_eval(model_path: Path, options: EvalOptions) -> tuple[dict[str, Any], A
     return report, predictor.metadata
 
 
+def scored_files(folder: Path, name: str) -> tuple[Path, Path]:
+    """report_{name}.json and detections_{name}.json of an engine scored in a run folder; a ':'
+    in the name (a calibration, onnx-int8:entropy) becomes '.' so the name is a file name
+    everywhere."""
+    tag = name.replace(":", ".")
+    return folder / f"report_{tag}.json", folder / f"detections_{tag}.json"
+
+
 def eval_in_run(name: str, model_path: Path, config: TrainConfig) -> dict[str, Any]:
     """Score a model of the run in `config.out` on its validation split, batch 1, as `run` and
     `compare` report it: report_{name}.json and detections_{name}.json beside the checkpoints;
     a .pt is timed on the device it trained on."""
     from train.distributed import resolve_device  # torch; `run` and `compare` have it loaded
 
-    out = Path(config.out)
+    report_path, detections_path = scored_files(Path(config.out), name)
     val = run_val_split(config)
     options = EvalOptions(
         split_files=(val.ann, val.images),
         device=resolve_device(config.device).type,
         max_images=config.max_val_images,
-        json_path=out / f"report_{name}.json",
-        results=out / f"detections_{name}.json",
+        json_path=report_path,
+        results=detections_path,
         strict=config.strict,
     )
     return run_eval(model_path, options)

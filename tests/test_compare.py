@@ -4,12 +4,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
 import pipeline.study.compare
-from deploy.evaluate import load_coco, score_coco
+from deploy.evaluate import environment_info, load_coco, score_coco
+from deploy.metadata import read_onnx_metadata
 from pipeline.cli import cli
 from pipeline.errors import PipelineError
 from pipeline.study.bootstrap import match_run, paired_bootstrap, weighted_ap
@@ -127,19 +129,50 @@ def test_asking_for_another_engine_scores_finished_runs_without_training(
         raise AssertionError(f"{config.out} trained again")
 
     monkeypatch.setattr(pipeline.study.compare, "run_training", no_training)
-    result = invoke(*compare_args(tiny_data, comparison, "--backend", "onnx,onnx-int8"))
+    engines = "onnx,onnx-int8,onnx-int8:percentile"  # the calibrator as an axis of the study
+    result = invoke(*compare_args(tiny_data, comparison, "--backend", engines))
     assert result.exit_code == 0, result.output
     assert {loss: path.stat().st_mtime_ns for loss, path in weights.items()} == before
     report = json.loads((comparison / "report.json").read_text())
-    assert report["backends"] == ["onnx", "onnx-int8"]
+    assert report["backends"] == ["onnx", "onnx-int8", "onnx-int8:percentile"]
     for loss in LOSSES:
         run = comparison / "runs" / f"{loss}-s0"
-        int8 = json.loads((run / "report_onnx-int8.json").read_text())
-        assert json.loads((run / "run.json").read_text())["metrics"]["onnx-int8"] == int8["metrics"]
-        assert report["per_loss"][loss]["engines"]["onnx-int8"]["metrics"]["AP"]["values"] == [
-            int8["metrics"]["AP"]
-        ]
-    assert "AP onnx-int8" in result.output  # the terminal summary
+        summary = json.loads((run / "run.json").read_text())
+        for engine, file in (
+            ("onnx-int8", "onnx-int8"),
+            ("onnx-int8:percentile", "onnx-int8.percentile"),
+        ):
+            int8 = json.loads((run / f"report_{file}.json").read_text())
+            assert summary["metrics"][engine] == int8["metrics"]
+            stats = report["per_loss"][loss]["engines"][engine]["metrics"]["AP"]
+            assert stats["values"] == [int8["metrics"]["AP"]]
+        # each calibration is its own model file, and says which calibrator made it
+        usual = read_onnx_metadata(run / "model.int8.onnx").extra["conversion"]
+        percentile = run / "calibration-percentile" / "model.int8.onnx"
+        chosen = read_onnx_metadata(percentile).extra["conversion"]
+        assert (usual["calibration_method"], chosen["calibration_method"]) == (
+            "minmax",
+            "percentile",
+        )
+        scored = json.loads((run / "report_onnx-int8.percentile.json").read_text())
+        assert scored["model"] == str(percentile) and scored["conversion"] == chosen
+        # the study row says which model file, engine, calibration and machine made its numbers
+        provenance = summary["provenance"]["onnx-int8:percentile"]
+        assert provenance["precision"] == "int8"
+        assert provenance["engine_version"] == f"onnxruntime {onnxruntime.__version__}"
+        assert provenance["calibration"] == {
+            k: chosen[k]
+            for k in ("calibration_method", "calibration_images", "calibration_split",
+                      "calibration_list_sha256")
+        }  # fmt: skip
+        assert provenance["cpu"] == environment_info()["cpu"]
+        assert summary["provenance"]["pytorch"]["calibration"] is None
+    assert "AP onnx-int8:percentile" in result.output  # the terminal summary
+    markdown = (comparison / "report.md").read_text()
+    assert "## Effect against focal on onnx-int8:percentile" in markdown
+    lines = [line for line in markdown.splitlines() if line.startswith("- onnx-int8:percentile: ")]
+    assert len(lines) == 1 and "int8, calibration percentile on" in lines[0]
+    assert lines[0].endswith("(2 runs)")
 
 
 def test_unknown_engine_in_the_list_is_one_clear_error(tmp_path):
@@ -160,6 +193,21 @@ def test_unavailable_backend_fails_before_training(tiny_data, tmp_path):
     assert "--backend tensorrt:" in result.output and "or use --backend onnx" in result.output
     assert "--trt" not in result.output
     assert not (out / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("backend", "says"),
+    [
+        ("onnx:entropy", "only an int8 backend is calibrated; onnx is fp32"),
+        ("onnx-int8:magic", "unknown calibration 'magic'; valid: minmax, entropy, percentile"),
+        ("tensorrt-int8:percentile", "TensorRT 10 has no percentile calibrator"),
+        ("onnx-int9:minmax", "unknown onnx-int9:minmax"),
+    ],
+)
+def test_a_calibration_the_backend_cannot_take_is_one_clear_error(tmp_path, backend, says):
+    result = CliRunner().invoke(cli, ["compare", "--out", str(tmp_path), "--backend", backend])
+    assert result.exit_code == 2 and says in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
 
 
 def test_unknown_loss_is_one_clear_error(tmp_path):

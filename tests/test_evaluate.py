@@ -575,6 +575,20 @@ def test_environment_info_values() -> None:
     assert env["cpu_count"] == os.cpu_count()
     assert env["cpu"] and env["onnxruntime_providers"]
     assert {"onnxruntime_distribution", "tensorrt", "nvidia_driver"} <= set(env)
+    import importlib.metadata
+
+    assert env["torch"] == importlib.metadata.version("torch")  # read, not imported
+    assert env["openvino"] == importlib.metadata.version("openvino")
+
+
+def test_gpu_names_come_from_the_driver_files(tmp_path: Path) -> None:
+    for bus, model in (("0000:65:00.0", "NVIDIA H100 80GB HBM3"), ("0000:17:00.0", "NVIDIA L4")):
+        (tmp_path / bus).mkdir()
+        (tmp_path / bus / "information").write_text(
+            f"Model: \t\t {model}\nIRQ:   \t\t 35\nGPU UUID: \t GPU-1234\n"
+        )
+    assert ev.nvidia_gpu_names(tmp_path) == ["NVIDIA L4", "NVIDIA H100 80GB HBM3"]  # bus order
+    assert ev.nvidia_gpu_names(tmp_path / "absent") == []
 
 
 def test_cpu_name_from_cpuinfo_else_platform(monkeypatch: pytest.MonkeyPatch) -> None:

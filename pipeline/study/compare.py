@@ -23,7 +23,7 @@ from typing import Any
 
 from deploy.report import write_json_atomic
 from pipeline.errors import PipelineError
-from pipeline.evaluation import eval_in_run
+from pipeline.evaluation import eval_in_run, scored_files
 from pipeline.options import config_from_options
 from pipeline.study.engines import (
     build_deployed_model,
@@ -32,6 +32,7 @@ from pipeline.study.engines import (
     parse_names,
 )
 from pipeline.study.launchers import launch_from_options, launch_runs
+from pipeline.study.provenance import engine_provenance
 from pipeline.study.reference import check_reference
 from pipeline.study.report import write_report
 from pipeline.study.spec import CompareSpec
@@ -222,8 +223,7 @@ def _train(config: TrainConfig, train: Callable[[TrainConfig], Any] | None = Non
 
 def _evaluate(name: str, model: Callable[[], Path], config: TrainConfig) -> dict[str, Any]:
     """Score the model `model()` builds, once: a report and detections on disk are reused."""
-    out = Path(config.out)
-    report_path, dets_path = out / f"report_{name}.json", out / f"detections_{name}.json"
+    report_path, dets_path = scored_files(Path(config.out), name)
     if report_path.is_file() and dets_path.is_file():
         return json.loads(report_path.read_text())
     return eval_in_run(name, model(), config)
@@ -261,6 +261,7 @@ def _add_scores(summary: dict[str, Any], reports: dict[str, dict[str, Any]]) -> 
     for name, report in reports.items():
         summary.setdefault("metrics", {})[name] = report["metrics"]
         summary.setdefault("latency_ms", {})[name] = report["latency"]["total_ms"]
+        summary.setdefault("provenance", {})[name] = engine_provenance(report)
         if "nms_candidates_per_image" in report:
             summary["nms_candidates_per_image"] = report["nms_candidates_per_image"]
 

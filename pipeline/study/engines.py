@@ -1,8 +1,13 @@
 """The deployed engines `pipeline compare` can score: checked before anything trains.
 
 Each backend is a `pipeline export` setting (plain ONNX, ONNX INT8, an OpenVINO IR or a
-TensorRT engine, at a precision); its model file is what the one evaluator scores. Availability is checked up front, so
-a comparison never trains for an hour and then fails at deployment.
+TensorRT engine, at a precision); its model file is what the one evaluator scores.
+Availability is checked up front, so a comparison never trains for an hour and then fails at
+deployment.
+
+An int8 backend may name its calibration, `onnx-int8:percentile`: the calibrator becomes an
+axis of the study (each such model is exported into its own folder of the run,
+calibration-<method>/, so the engine's usual int8 model stays beside it).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
+from common.contract import CALIBRATION_METHODS
 from export.errors import ExportError
 from pipeline.errors import PipelineError
 from train.errors import InputError
@@ -42,16 +48,54 @@ def parse_names(text: str, valid: Iterable[str], option: str) -> list[str]:
     return names
 
 
+def split_backend(backend: str) -> tuple[str, str | None]:
+    """'onnx-int8:percentile' -> ('onnx-int8', 'percentile'); 'onnx' -> ('onnx', None)."""
+    name, colon, method = backend.partition(":")
+    return name, (method if colon else None)
+
+
+def _check_calibration(backend: str) -> None:
+    name, method = split_backend(backend)
+    if method is None:
+        return
+    engine, precision = BACKENDS[name]
+    if precision != "int8":
+        raise PipelineError(
+            f"--backend {backend}: only an int8 backend is calibrated; {name} is {precision}"
+        )
+    if method not in CALIBRATION_METHODS:
+        raise PipelineError(
+            f"--backend {backend}: unknown calibration {method!r}; valid: "
+            f"{', '.join(CALIBRATION_METHODS)}"
+        )
+    if engine == "tensorrt" and method == "percentile":
+        raise PipelineError(
+            f"--backend {backend}: TensorRT 10 has no percentile calibrator; use "
+            f"{name}:minmax or {name}:entropy, or onnx-int8:percentile"
+        )
+
+
 def parse_backends(text: str) -> list[str]:
-    """--backend 'onnx, onnx-int8' -> ['onnx', 'onnx-int8']."""
-    return parse_names(text, BACKENDS, "--backend")
+    """--backend 'onnx, onnx-int8:entropy' -> ['onnx', 'onnx-int8:entropy'] (names checked)."""
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if split_backend(n)[0] not in BACKENDS]
+    if unknown or not names:
+        raise PipelineError(
+            f"--backend {text!r}: unknown {', '.join(unknown) or '(empty)'}; valid: "
+            f"{', '.join(BACKENDS)} (an int8 one may add :{'|'.join(CALIBRATION_METHODS)})"
+        )
+    for name in names:
+        _check_calibration(name)
+    return names
 
 
 def check_backend(backend: str) -> None:
     """Raise PipelineError when `backend` cannot run here (before any training starts)."""
-    if backend not in BACKENDS:
+    name, _ = split_backend(backend)
+    if name not in BACKENDS:
         raise PipelineError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
-    engine = BACKENDS[backend][0]
+    _check_calibration(backend)
+    engine = BACKENDS[name][0]
     if engine == "onnx":
         return
     if engine == "tensorrt":
@@ -65,9 +109,17 @@ def check_backend(backend: str) -> None:
         raise PipelineError(f"--backend {backend}: {reason}; or use --backend onnx") from exc
 
 
+def export_folder(backend: str, run_dir: Path) -> Path:
+    """Where `backend`'s model is exported: the run itself, or calibration-<method>/ in it."""
+    method = split_backend(backend)[1]
+    return run_dir if method is None else run_dir / f"calibration-{method}"
+
+
 def deployed_model_path(backend: str, run_dir: Path) -> Path:
     """The file `pipeline export` writes for `backend` (model.onnx, model.int8.onnx, ...)."""
-    engine, precision = BACKENDS[backend]
+    name, _ = split_backend(backend)
+    engine, precision = BACKENDS[name]
+    run_dir = export_folder(backend, run_dir)
     if engine == "tensorrt":
         return run_dir / f"model.{precision}.engine"
     if engine == "openvino":
@@ -81,10 +133,16 @@ def build_deployed_model(backend: str, weights: Path, run_dir: Path) -> Path:
     its checkpoint), so a carved --val-fraction split never calibrates int8."""
     from pipeline.exporting import ExportOptions, run_export  # torch: on export
 
-    engine, precision = BACKENDS[backend]
+    name, method = split_backend(backend)
+    engine, precision = BACKENDS[name]
     options = ExportOptions(
-        trt=engine == "tensorrt", openvino=engine == "openvino", precision=precision
+        trt=engine == "tensorrt",
+        openvino=engine == "openvino",
+        precision=precision,
+        calibration=method,
     )
-    summary = run_export(weights, run_dir / "model.onnx", None, True, options)
+    folder = export_folder(backend, run_dir)
+    folder.mkdir(exist_ok=True)
+    summary = run_export(weights, folder / "model.onnx", None, True, options)
     log.info("%s", summary)
     return deployed_model_path(backend, run_dir)

@@ -228,6 +228,18 @@ def _scores_section(report: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _provenance_section(report: dict[str, Any]) -> list[str]:
+    """Each engine's version, precision, calibration and hardware, with how many runs had it."""
+    provenance = report.get("provenance")
+    if not provenance:
+        return []
+    lines = ["## Provenance", ""]
+    for engine, counts in provenance.items():
+        for line, runs in counts.items():
+            lines.append(f"- {_engine_label(engine)}: {line} ({runs} run{'s' * (runs != 1)})")
+    return [*lines, ""]
+
+
 def _caveats(report: dict[str, Any]) -> list[str]:
     seeds = len(report["seeds"])
     training = report["training"]
@@ -300,6 +312,7 @@ def format_markdown(report: dict[str, Any]) -> str:
         f"Method: {report['method']} Resamples: {report['resamples']}.",
         "",
         *_scores_section(report),
+        *_provenance_section(report),
         "## Plots",
         "",
         *(f"![{name}]({file})" for name, file in report["plots"].items()),

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError
-from pipeline.evaluation import run_val_split
+from pipeline.evaluation import run_val_split, scored_files
 from pipeline.study.bootstrap import Matches, RunMatches, contrast_bootstrap, match_run
 from pipeline.study.spec import CompareSpec, run_dir
 from train.config import TrainConfig
@@ -89,7 +89,7 @@ def _reference_matches(
     found = {}
     for loss in spec.losses:
         for seed in spec.seeds:
-            path = run_dir(spec.reference, loss, seed) / f"detections_{engine}.json"
+            path = scored_files(run_dir(spec.reference, loss, seed), engine)[1]
             if path.is_file():
                 found[(loss, seed)] = match_run(coco_gt, json.loads(path.read_text()), image_ids)
     return found

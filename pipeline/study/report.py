@@ -17,7 +17,7 @@ from deploy.errors import DeployError
 from deploy.evaluate import environment_info, load_coco
 from deploy.preprocess import load_image
 from deploy.report import write_json_atomic
-from pipeline.evaluation import run_val_split
+from pipeline.evaluation import run_val_split, scored_files
 from pipeline.study.bootstrap import (
     METHOD,
     Matches,
@@ -33,6 +33,7 @@ from pipeline.study.plots import (
     plot_score_distributions,
     plot_training_curves,
 )
+from pipeline.study.provenance import describe, engine_provenance
 from pipeline.study.reference import versus_reference
 from pipeline.study.scores import score_report
 from pipeline.study.spec import CompareSpec, run_dir
@@ -99,7 +100,7 @@ def _loss_stats(runs: list[dict[str, Any]], engines: list[str]) -> dict[str, Any
 
 def _skipped_images(spec: CompareSpec, run: dict[str, Any], engine: str) -> int:
     """How many unreadable images the evaluator left out of a run's score on `engine`."""
-    path = run_dir(spec.out, run["loss"], run["seed"]) / f"report_{engine}.json"
+    path = scored_files(run_dir(spec.out, run["loss"], run["seed"]), engine)[0]
     if run.get("status") != "ok" or not path.is_file():
         return 0
     return int(json.loads(path.read_text()).get("skipped_images", 0))
@@ -132,7 +133,7 @@ def _matches(spec: CompareSpec, runs: list[dict[str, Any]]) -> tuple[Matches, An
         if run.get("status") != "ok":
             continue
         for engine in engines:
-            path = run_dir(spec.out, run["loss"], run["seed"]) / f"detections_{engine}.json"
+            path = scored_files(run_dir(spec.out, run["loss"], run["seed"]), engine)[1]
             if path.is_file():
                 detections = json.loads(path.read_text())
                 matches[engine][(run["loss"], run["seed"])] = match_run(
@@ -223,6 +224,31 @@ def _scores(spec: CompareSpec, matches: Matches) -> dict[str, dict[str, Any]]:
     }
 
 
+def _run_provenance(spec: CompareSpec, run: dict[str, Any], engine: str) -> str | None:
+    """A run's engine provenance line: from run.json, else from the run's eval report (runs
+    scored before run.json carried it)."""
+    stored = run.get("provenance", {}).get(engine)
+    if stored is not None:
+        return describe(stored)
+    path = scored_files(run_dir(spec.out, run["loss"], run["seed"]), engine)[0]
+    if run.get("status") != "ok" or not path.is_file():
+        return None
+    return describe(engine_provenance(json.loads(path.read_text())))
+
+
+def _provenance(spec: CompareSpec, runs: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per engine: each distinct provenance line and how many runs have it (one line when every
+    run was scored alike; more show a study that mixed machines, versions or calibrations)."""
+    found: dict[str, dict[str, int]] = {}
+    for engine in ["pytorch", *spec.backends]:
+        lines = [_run_provenance(spec, run, engine) for run in runs]
+        counts: dict[str, int] = {}
+        for line in filter(None, lines):
+            counts[line] = counts.get(line, 0) + 1
+        found[engine] = counts
+    return found
+
+
 def _histories(spec: CompareSpec, runs: list[dict[str, Any]]) -> dict[str, list[list[dict]]]:
     histories: dict[str, list[list[dict]]] = {loss: [] for loss in spec.losses}
     for run in runs:
@@ -268,6 +294,7 @@ def build_report(spec: CompareSpec, runs: list[dict[str, Any]]) -> dict[str, Any
         "resamples": spec.resamples,
         "pr_curves": _pr_curves(spec, matches[primary]),
         "scores": _scores(spec, matches),
+        "provenance": _provenance(spec, runs),
         "runs": [{k: v for k, v in run.items() if k != "train_config"} for run in runs],
         "plots": dict(PLOTS),
         "environment": environment_info(),
