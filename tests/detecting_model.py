@@ -8,14 +8,16 @@ images are wider or taller than square and of several sizes, so the letterbox an
 back to original pixels matter; and whose category ids (3, 8) are not the class indices (0, 1).
 A small resnet18 RetinaNet learns it to a high AP in under a minute on two CPU cores.
 
-The first test that asks trains the model into the session's base temp folder; the others find
-it there (a lock file keeps two processes of one session from training twice).
+The first test that asks trains the model into the session's temp folder (shared by the
+pytest-xdist workers); the others find it there, and a lock file keeps two workers from
+training it twice.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,10 +122,17 @@ def write_easy_dataset(root: Path, num_train: int = NUM_TRAIN, num_val: int = NU
     return root
 
 
+def shared_temp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's temp folder, the same for every pytest-xdist worker (each worker's own
+    base temp lies in it), so the workers train the model once between them."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 def detecting_run(tmp_path_factory: pytest.TempPathFactory) -> DetectingRun:
     """The session's trained easy-dataset model, made on first use by `pipeline run` (the main
     job: train, export model.onnx, evaluate both formats into report.json)."""
-    home = tmp_path_factory.getbasetemp() / "detecting-model"
+    home = shared_temp(tmp_path_factory) / "detecting-model"
     home.mkdir(exist_ok=True)
     found = DetectingRun(data=home / "data", run=home / "run")
     with open(home / "lock", "w") as lock:
