@@ -28,7 +28,9 @@ from tests.test_detecting_model import MIN_RECALL, _evaluate, recall_with_catego
 from train.data.layout import resolve_split
 
 METHODS = ("minmax", "entropy", "percentile")
-CALIBRATION_IMAGES = 16
+# Not a multiple of the calibration batch (8): entropy and percentile once failed on a short
+# last batch (export/quantize.py calibration_batch_size).
+CALIBRATION_IMAGES = 12
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +83,9 @@ def test_the_model_records_how_it_was_calibrated(model, int8_models):
     ann_file, _ = resolve_split(model.data, "train")
     names = json.loads(ann_file.read_text())["images"]
     expected_list = [e["file_name"] for e in sorted(names, key=lambda e: e["id"])]
-    expected_list = [expected_list[int(i)] for i in np.linspace(0, len(names) - 1, 16).round()]
+    expected_list = [
+        expected_list[int(i)] for i in np.linspace(0, len(names) - 1, CALIBRATION_IMAGES).round()
+    ]
     digest = hashlib.sha256("\n".join(expected_list).encode()).hexdigest()
     for method, path in int8_models.items():
         conversion = read_onnx_metadata(path).extra["conversion"]

@@ -58,8 +58,9 @@ COMPARE_OPTIONS: list[Callable] = [
         show_default=True,
         help="Deployed engines to score, comma-separated, from: "
         + ", ".join(BACKENDS)
-        + ". PyTorch is always scored too; the first engine is the one the losses are "
-        "ranked on.",
+        + ". An int8 engine may name its calibration (onnx-int8:percentile; minmax, entropy "
+        "or percentile), which makes the calibrator an axis. PyTorch is always scored too; the "
+        "first engine is the one the losses are ranked on.",
     ),
     click.option(
         "--baseline",
