@@ -21,7 +21,7 @@ def _engine_version(backend: str, environment: dict[str, Any]) -> str:
     """'onnxruntime-cpu' -> 'onnxruntime 1.32.0' (the engine's name before its device)."""
     engine = backend.split("-")[0]
     key = ENGINE_VERSION_KEYS.get(engine)
-    return f"{engine} {environment.get(key, '?')}" if key else backend
+    return f"{engine} {environment.get(key) or '(version not recorded)'}" if key else backend
 
 
 def engine_provenance(report: dict[str, Any]) -> dict[str, Any]:
@@ -52,7 +52,9 @@ def describe(provenance: dict[str, Any]) -> str:
             f"calibration {calibration.get('calibration_method', '?')} on "
             f"{calibration.get('calibration_images', '?')} images (list sha256 {digest})"
         )
-    hardware = f"{provenance.get('cpu') or '?'} [{' '.join(provenance.get('cpu_flags') or [])}]"
+    flags = provenance.get("cpu_flags")  # None: scored before reports recorded them
+    listed = "flags not recorded" if flags is None else " ".join(flags) or "none of the listed"
+    hardware = f"{provenance.get('cpu') or '?'} [{listed}]"
     if provenance.get("gpus"):
         hardware += f", {', '.join(provenance['gpus'])} (driver {provenance['nvidia_driver']})"
     parts.append(hardware)
