@@ -225,15 +225,13 @@ def _scores(spec: CompareSpec, matches: Matches) -> dict[str, dict[str, Any]]:
 
 
 def _run_provenance(spec: CompareSpec, run: dict[str, Any], engine: str) -> str | None:
-    """A run's engine provenance line: from run.json, else from the run's eval report (runs
-    scored before run.json carried it)."""
-    stored = run.get("provenance", {}).get(engine)
-    if stored is not None:
-        return describe(stored)
+    """A run's engine provenance line, from its eval report (the source of truth), else from
+    what run.json kept of it."""
     path = scored_files(run_dir(spec.out, run["loss"], run["seed"]), engine)[0]
-    if run.get("status") != "ok" or not path.is_file():
-        return None
-    return describe(engine_provenance(json.loads(path.read_text())))
+    if run.get("status") == "ok" and path.is_file():
+        return describe(engine_provenance(json.loads(path.read_text())))
+    stored = run.get("provenance", {}).get(engine)
+    return describe(stored) if stored is not None else None
 
 
 def _provenance(spec: CompareSpec, runs: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
