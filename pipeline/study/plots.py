@@ -176,7 +176,7 @@ def plot_score_distributions(scores: dict[str, dict[str, Any]], primary: str, pa
         if row == 0:
             left.set_title(f"detection scores on {primary} (IoU 0.5 match)", fontsize=10)
             right.set_title("AP keeping detections scored >= threshold", fontsize=10)
-            right.legend(fontsize=8, loc="lower left")
+            right.legend(fontsize=8, loc="upper right")  # curves fall to the right
         if not histogram_legend and left.get_legend_handles_labels()[0]:
             left.legend(fontsize=8, loc="upper center")  # on the first row with detections
             histogram_legend = True
