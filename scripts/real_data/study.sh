@@ -11,6 +11,7 @@
 #   4. raccoon: focal, GHM, GHM with the reference's options (ghm-ref: mmdetection's own
 #      setting) and GHM's two halves again under --recipe paper (the papers' SGD), 3 seeds, in
 #      two folders (one per stream), then one report
+#   5. raccoon scored again on two more int8 calibrators (entropy, percentile): nothing retrains
 # Two streams train side by side, one thread each (two 1-thread runs finish sooner than two
 # 2-thread runs back to back on a 2-core machine).
 set -euo pipefail
@@ -78,3 +79,6 @@ for run in "$OUT"/raccoon-paper-halves/runs/*/; do
     [[ -e "$OUT/raccoon-paper/runs/$(basename "$run")" ]] || cp -al "$run" "$OUT/raccoon-paper/runs/"
 done
 compare raccoon raccoon-paper focal,ghm,ghm-ref,ghm-c-alone,ghm-r-alone --recipe paper
+# The calibrator as an axis (README: int8 and score thresholds per loss): the finished runs are
+# only exported and scored on the two new engines (the last --backend wins).
+compare raccoon raccoon "$LOSSES" --backend onnx,onnx-int8,openvino-bf16,onnx-int8:entropy,onnx-int8:percentile
