@@ -13,7 +13,7 @@ calibration-<method>/, so the engine's usual int8 model stays beside it).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from common.contract import CALIBRATION_METHODS
@@ -36,14 +36,22 @@ BACKENDS: dict[str, tuple[str, str]] = {
 }
 
 
-def parse_names(text: str, valid: Iterable[str], option: str) -> list[str]:
-    """'a, b,a' -> ['a', 'b']: order kept, repeats dropped, every name checked against `valid`."""
+def parse_names(
+    text: str,
+    valid: Iterable[str],
+    option: str,
+    base: Callable[[str], str] = lambda name: name,
+    hint: str = "",
+) -> list[str]:
+    """'a, b,a' -> ['a', 'b']: order kept, repeats dropped, every name's `base` checked against
+    `valid` (`hint` ends the error line)."""
     valid = list(valid)
     names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-    unknown = [n for n in names if n not in valid]
+    unknown = [n for n in names if base(n) not in valid]
     if unknown or not names:
         raise PipelineError(
-            f"{option} {text!r}: unknown {', '.join(unknown) or '(empty)'}; valid: {', '.join(valid)}"
+            f"{option} {text!r}: unknown {', '.join(unknown) or '(empty)'}; valid: "
+            f"{', '.join(valid)}{hint}"
         )
     return names
 
@@ -77,13 +85,8 @@ def _check_calibration(backend: str) -> None:
 
 def parse_backends(text: str) -> list[str]:
     """--backend 'onnx, onnx-int8:entropy' -> ['onnx', 'onnx-int8:entropy'] (names checked)."""
-    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-    unknown = [n for n in names if split_backend(n)[0] not in BACKENDS]
-    if unknown or not names:
-        raise PipelineError(
-            f"--backend {text!r}: unknown {', '.join(unknown) or '(empty)'}; valid: "
-            f"{', '.join(BACKENDS)} (an int8 one may add :{'|'.join(CALIBRATION_METHODS)})"
-        )
+    hint = f" (an int8 one may add :{'|'.join(CALIBRATION_METHODS)})"
+    names = parse_names(text, BACKENDS, "--backend", lambda n: split_backend(n)[0], hint)
     for name in names:
         _check_calibration(name)
     return names
