@@ -165,9 +165,7 @@ def _ap_at(entry: dict[str, Any], threshold: float) -> str:
     if threshold not in curve["thresholds"] or not curve["mean"]:
         return "-"
     i = curve["thresholds"].index(threshold)
-    std = curve["std"][i]
-    mean = f"{100 * curve['mean'][i]:.1f}"
-    return mean + (f" ± {100 * std:.1f}" if std is not None else "")
+    return _pm({"mean": curve["mean"][i], "std": curve["std"][i]})
 
 
 def _fp_from(histogram: dict[str, Any], low: float) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -196,12 +197,17 @@ def _deployment(spec: CompareSpec, matches: Matches) -> dict[str, dict[str, dict
     return deployment
 
 
+def _runs_of(on_engine: dict[tuple[str, int], RunMatches], loss: str) -> list[RunMatches]:
+    """One loss's matched runs (every seed) on one engine."""
+    return [m for (name, _), m in on_engine.items() if name == loss]
+
+
 def _pr_curves(
     spec: CompareSpec, on_engine: dict[tuple[str, int], RunMatches]
 ) -> dict[str, dict[str, Any]]:
     curves: dict[str, dict[str, Any]] = {}
     for loss in spec.losses:
-        runs = [m for (name, _), m in on_engine.items() if name == loss]
+        runs = _runs_of(on_engine, loss)
         if not runs:
             continue
         curves[loss] = {}
@@ -214,12 +220,7 @@ def _pr_curves(
 def _scores(spec: CompareSpec, matches: Matches) -> dict[str, dict[str, Any]]:
     """Per engine (PyTorch first) and loss: score histograms, AP by threshold, best F1."""
     return {
-        engine: score_report(
-            {
-                loss: [m for (name, _), m in matches[engine].items() if name == loss]
-                for loss in spec.losses
-            }
-        )
+        engine: score_report({loss: _runs_of(matches[engine], loss) for loss in spec.losses})
         for engine in ["pytorch", *spec.backends]
     }
 
@@ -237,14 +238,10 @@ def _run_provenance(spec: CompareSpec, run: dict[str, Any], engine: str) -> str 
 def _provenance(spec: CompareSpec, runs: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     """Per engine: each distinct provenance line and how many runs have it (one line when every
     run was scored alike; more show a study that mixed machines, versions or calibrations)."""
-    found: dict[str, dict[str, int]] = {}
-    for engine in ["pytorch", *spec.backends]:
-        lines = [_run_provenance(spec, run, engine) for run in runs]
-        counts: dict[str, int] = {}
-        for line in filter(None, lines):
-            counts[line] = counts.get(line, 0) + 1
-        found[engine] = counts
-    return found
+    return {
+        engine: dict(Counter(filter(None, (_run_provenance(spec, run, engine) for run in runs))))
+        for engine in ["pytorch", *spec.backends]
+    }
 
 
 def _histories(spec: CompareSpec, runs: list[dict[str, Any]]) -> dict[str, list[list[dict]]]:

@@ -59,9 +59,9 @@ def score_histogram(runs: list[RunMatches], iou: float = MATCH_IOU) -> dict[str,
 
 def ap_by_threshold(runs: list[RunMatches]) -> dict[str, Any]:
     """COCO AP keeping detections scored >= t, per threshold: mean and std over runs."""
-    table = np.array([[weighted_ap(run, min_score=t) for t in THRESHOLDS] for run in runs])
     if not runs:
         return {"thresholds": list(THRESHOLDS), "mean": [], "std": []}
+    table = np.array([[weighted_ap(run, min_score=t) for t in THRESHOLDS] for run in runs])
     std = table.std(axis=0, ddof=1) if len(runs) > 1 else np.full(len(THRESHOLDS), np.nan)
     return {
         "thresholds": list(THRESHOLDS),
