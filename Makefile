@@ -19,10 +19,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/pipeline run --out runs/demo --overwrite --epochs 7
 
-# Two workers (pytest-xdist), one thread each (tests/conftest.py): 12 min against 16 in one
-# process on the 2-core AVX2-only EPYC.
+# Two workers (pytest-xdist), one thread each, whole modules handed out long ones first, the
+# detecting model trained in the background meanwhile (tests/conftest.py).
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder
 
 # mmdetection 3.3.0's loss code, for tests/test_reference_mmdet.py (a folder of its own, never
 # imported by the product; docs/reference-parity.md). Pure-Python wheels, no mmcv.

@@ -15,10 +15,10 @@ batch 1 and <= 0.35x at batch 8 with AP within 0.3 points; the best int8 engine 
     python bench/engines.py --weights runs/demo/best.pt [--rounds 5] [--iterations 20] [--loaded]
         [--nncf]
 
---nncf adds a sixth engine: the fp32 IR quantized by NNCF's post-training quantization
-(`nncf.quantize`, the same 128 calibration images from the training split as the QDQ export),
-to measure once which int8 route keeps AP better; NNCF is not a dependency of the product
-(`pip install nncf` into the environment first).
+--nncf adds a sixth engine: `pipeline export --openvino --precision int8 --int8-method nncf`,
+the fp32 IR quantized by NNCF's post-training quantization with the post-processing kept float
+(the same 128 calibration images from the training split as the QDQ export), to compare the two
+int8 routes (`pip install '.[nncf]'` first).
 """
 
 from __future__ import annotations
@@ -42,11 +42,8 @@ from deploy.backends.openvino import (
     RT_INFO_SECTION,
     OpenVinoPredictor,
     cpu_capabilities,
-    read_rt_info,
-    shared_core,
 )
 from deploy.evaluate import benchmark_latency, evaluate
-from deploy.metadata import PROP_PREFIX
 from export.onnx import read_metadata_props
 from export.openvino import convert_onnx_to_ir
 from pipeline.exporting import ExportOptions, run_export
@@ -100,25 +97,6 @@ def cpu_fp32_peak_gflops(fma_units: int) -> tuple[float, str]:
     return peak, f"{cores} cores x {ghz:.2f} GHz x 2 x {lanes} fp32 lanes x {fma_units} FMA units"
 
 
-def nncf_int8_ir(fp32_xml: Path, data: Path, out_xml: Path, calib_images: int) -> None:
-    """The fp32 IR quantized by NNCF (its default preset), calibrated like the QDQ export: the
-    same letterboxed training images. What to quantize, post-processing included, is left to
-    NNCF's own choice, as a user calling it plainly would get."""
-    import nncf
-    import numpy as np
-    import openvino as ov
-
-    from export.quantize import calibration_images
-
-    model = shared_core().read_model(str(fp32_xml))  # one Core per process: a second can crash it
-    size = int(read_rt_info(model)[PROP_PREFIX + "img_size"])
-    images = [img[None] for img in calibration_images(data, size, calib_images)]
-    quantized = nncf.quantize(model, nncf.Dataset(images, lambda x: np.ascontiguousarray(x)),
-                              subset_size=len(images))  # fmt: skip
-    quantized.set_rt_info("int8", [RT_INFO_SECTION, PRECISION_KEY])
-    ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
-
-
 def build_engines(weights: Path, data: Path, folder: Path, nncf: bool = False) -> dict[str, Any]:
     """The five engines (six with `nncf`) on the same weights, exported into `folder`."""
     run_export(weights, folder / "model.onnx", data, True, ExportOptions(precision="int8"))
@@ -135,9 +113,11 @@ def build_engines(weights: Path, data: Path, folder: Path, nncf: bool = False) -
         "OpenVINO bf16": OpenVinoPredictor(folder / "model.bf16.xml"),
         "OpenVINO int8 (QDQ)": OpenVinoPredictor(folder / "model.int8.xml"),
     }
-    if nncf:
-        nncf_int8_ir(folder / "model.fp32.xml", data, folder / "model.nncf.xml", 128)
-        engines["OpenVINO int8 (NNCF)"] = OpenVinoPredictor(folder / "model.nncf.xml")
+    if nncf:  # the product's route: pipeline export --openvino --precision int8 --int8-method nncf
+        (folder / "nncf").mkdir()
+        nncf_options = ExportOptions(openvino=True, precision="int8", int8_method="nncf")
+        run_export(weights, folder / "nncf" / "model.onnx", data, True, nncf_options)
+        engines["OpenVINO int8 (NNCF)"] = OpenVinoPredictor(folder / "nncf" / "model.int8.xml")
     return engines
 
 

@@ -31,8 +31,12 @@ def ir_paths(xml: Path) -> tuple[Path, Path]:
 def convert_onnx_to_ir(onnx_path: Path, xml: Path, rt_info: dict[str, str], section: str) -> None:
     """Write the IR pair for `onnx_path` with `rt_info` under `section`, atomically: the pair is
     written as .partial files and moved into place, weights first."""
+    save_ir(require_openvino().convert_model(str(onnx_path)), xml, rt_info, section)
+
+
+def save_ir(model: object, xml: Path, rt_info: dict[str, str], section: str) -> None:
+    """Save an OpenVINO model as the IR pair with `rt_info` under `section`, atomically."""
     ov = require_openvino()
-    model = ov.convert_model(str(onnx_path))
     for key, value in rt_info.items():
         model.set_rt_info(value, [section, key])
     partial = xml.with_name(xml.stem + ".partial.xml")

@@ -326,6 +326,15 @@ def train(out: Path | None, **options: object) -> None:
     "OpenVINO's int8 IR inherits it). Default: minmax; TensorRT 10's own: entropy.",
 )
 @click.option(
+    "--int8-method",
+    type=click.Choice(["qdq", "nncf"]),
+    default="qdq",
+    show_default=True,
+    help="OpenVINO int8: convert ONNX Runtime's QDQ model (the same quantization as onnx-int8, "
+    "with --calibration and --max-ap-drop), or quantize the fp32 IR with NNCF (pip install "
+    "'.[nncf]'; NNCF's own ranges and bias correction).",
+)
+@click.option(
     "--max-ap-drop",
     type=click.FloatRange(min=0),
     default=None,
@@ -359,6 +368,7 @@ def export_cmd(
     calib_images: int,
     calibration: str | None,
     max_ap_drop: float | None,
+    int8_method: str,
     img_size: int | None,
     conf: float | None,
     iou: float | None,
@@ -379,6 +389,7 @@ def export_cmd(
         calib_images=calib_images,
         calibration=calibration,
         max_ap_drop=max_ap_drop,
+        int8_method=int8_method,
         img_size=img_size,
         score_threshold=conf,
         nms_iou=iou,

@@ -54,6 +54,7 @@ class ExportOptions:
     calib_images: int = 128
     calibration: str | None = None  # int8 calibrator; None: each engine's usual (see CLI help)
     max_ap_drop: float | None = None  # int8 for ONNX Runtime / OpenVINO: pipeline/int8_budget.py
+    int8_method: str = "qdq"  # OpenVINO int8: "qdq" (ONNX Runtime's model) or "nncf"
     img_size: int | None = None  # None: the size the model trained at
     score_threshold: float | None = None  # None: the post-processing defaults (train.postprocess)
     nms_iou: float | None = None
@@ -84,15 +85,40 @@ def _outputs(out: Path, options: ExportOptions) -> list[Path]:
     paths = [out]
     if options.trt:
         paths.append(out.with_name(f"{out.stem}.{options.precision}.engine"))
-    elif options.precision in ("fp16", "int8"):
+    elif options.precision in ("fp16", "int8") and not _by_nncf(options):
         paths.append(out.with_name(f"{out.stem}.{options.precision}.onnx"))
     if options.openvino:
         paths.append(out.with_name(f"{out.stem}.{options.precision}.xml"))
     return paths
 
 
+def _by_nncf(options: ExportOptions) -> bool:
+    """OpenVINO int8 quantized by NNCF from the fp32 IR (no QDQ ONNX in between)."""
+    return options.int8_method == "nncf"
+
+
+def _check_nncf(options: ExportOptions) -> None:
+    if not (options.openvino and options.precision == "int8"):
+        raise PipelineError(
+            "--int8-method nncf: only --openvino --precision int8 is quantized by NNCF; it "
+            "would change nothing here"
+        )
+    if options.calibration is not None:
+        raise PipelineError(
+            f"--calibration {options.calibration}: NNCF sets its ranges itself; the calibrators "
+            "are ONNX Runtime's (--int8-method qdq)"
+        )
+    if options.max_ap_drop is not None:
+        raise PipelineError(
+            "--max-ap-drop: the budget search keeps layers of the QDQ model in float; use "
+            "--int8-method qdq (NNCF's own accuracy control is not wired in)"
+        )
+
+
 def _check_combination(options: ExportOptions) -> None:
     """The precisions each target knows, and one target at a time."""
+    if _by_nncf(options):
+        _check_nncf(options)
     if options.max_ap_drop is not None and (options.precision != "int8" or options.trt):
         raise PipelineError(
             "--max-ap-drop: only --precision int8 for ONNX Runtime (and the OpenVINO IR made "
@@ -284,6 +310,10 @@ def run_export(
         from export.openvino import require_openvino
 
         require_openvino()
+    if _by_nncf(options):
+        from export.openvino_nncf import require_nncf
+
+        require_nncf()
     payload = at_input_size(load_checkpoint(weights), options.img_size)
     model = model_from_checkpoint(payload, weights)
     out = out or weights.parent / "model.onnx"
@@ -317,12 +347,41 @@ def run_export(
     ]
     if options.trt:
         lines += _engine(out, paths[1], options, metadata, train, images)
+    elif _by_nncf(options):
+        return "\n".join(lines + _openvino_nncf(out, paths[-1], options, metadata, train, images))
     elif options.precision in ("fp16", "int8"):
         lines += _onnx_variant(out, paths[1], options, metadata, train, images, val)
     if options.openvino:
         lines += _openvino_ir(out, paths[1] if options.precision == "int8" else out, paths[-1],
                               options.precision, images)  # fmt: skip
     return "\n".join(lines)
+
+
+def _openvino_nncf(
+    out: Path,
+    xml: Path,
+    options: ExportOptions,
+    metadata: ModelMetadata,
+    train: tuple[Path, Path],
+    check: np.ndarray,
+) -> list[str]:
+    """model.int8.xml/.bin quantized by NNCF from the fp32 model, then IR vs ONNX Runtime."""
+    from deploy.backends.openvino import PRECISION_KEY, RT_INFO_SECTION, OpenVinoPredictor
+    from export.openvino import save_ir
+    from export.openvino_nncf import quantize_with_nncf
+    from export.quantize import calibration_fingerprint
+
+    model, detail = quantize_with_nncf(out, _calibration(train, metadata, options.calib_images))
+    detail |= calibration_fingerprint(train[0], options.calib_images)
+    props = read_metadata_props(out) | _with_precision(metadata, "int8", detail).to_props()
+    save_ir(model, xml, props | {PRECISION_KEY: "int8"}, RT_INFO_SECTION)
+    predictor = OpenVinoPredictor(xml)
+    return [
+        f"wrote {xml} and {xml.with_suffix('.bin').name} (OpenVINO IR, int8 by NNCF "
+        f"{detail['nncf_version']}: {detail['fake_quantize_ops']} FakeQuantize, "
+        f"{detail['float_tail_ops']} post-processing ops kept float)",
+        _compare_line("OpenVINO int8 (NNCF)", run_onnxruntime(out, check), predictor(check)),
+    ]
 
 
 def _openvino_ir(

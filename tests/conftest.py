@@ -47,7 +47,25 @@ HARDWARE_MARKERS: dict[str, Callable[[], str | None]] = {
 }
 
 
+def _long_ones_first(items: list[pytest.Item]) -> None:
+    """Order the modules: those with slow tests that do not need the detecting model, then those
+    that do, then the rest (stable within each). `make test` hands whole modules to the
+    pytest-xdist workers in this order (--dist loadscope --no-loadscope-reorder): the long ones
+    first, so no worker starts one when the other has nothing left, and those that wait for the
+    detecting model (trained meanwhile in the background) after those that do not."""
+    slow = {getattr(item, "module", None) for item in items if item.get_closest_marker("slow")}
+
+    def order(item: pytest.Item) -> int:
+        module = getattr(item, "module", None)
+        if module not in slow:
+            return 2
+        return 1 if "detecting_run" in vars(module) else 0
+
+    items.sort(key=order)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _long_ones_first(items)
     for marker, missing in HARDWARE_MARKERS.items():
         marked = [item for item in items if item.get_closest_marker(marker) is not None]
         reason = missing() if marked else None
@@ -67,3 +85,41 @@ def pytest_configure(config: pytest.Config) -> None:
         import torch
 
         torch.set_num_threads(1)
+
+
+# the background trainer of the detecting model, in the controller of a whole-suite xdist run
+_TRAINER = pytest.StashKey["subprocess.Popen"]()
+
+
+def _runs_the_whole_suite(config: pytest.Config) -> bool:
+    """True when pytest was started on the tests folder as a whole (`make test`), not on a part
+    of it: only then does every session need the detecting model."""
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    args = [Path(arg).resolve() for arg in config.args]
+    return all(arg in (here, here.parent) for arg in args)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """In the pytest-xdist controller of a whole-suite run, start training the detecting model
+    (tests/detecting_model.py) before the workers start: they collect meanwhile, and whichever
+    first needs the model waits for it with its core lent to the trainer."""
+    import os
+
+    config = session.config
+    workers = getattr(config.option, "numprocesses", None)
+    factory = getattr(config, "_tmp_path_factory", None)
+    if os.environ.get("PYTEST_XDIST_WORKER") or not workers or factory is None:
+        return
+    if _runs_the_whole_suite(config):
+        from tests.detecting_model import start_background_training
+
+        config.stash[_TRAINER] = start_background_training(factory.getbasetemp())
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    trainer = session.config.stash.get(_TRAINER, None)
+    if trainer is not None and trainer.poll() is None:  # the session ended first (-x, Ctrl-C)
+        trainer.kill()
+        trainer.wait()

@@ -18,6 +18,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,19 +131,49 @@ def shared_temp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
+def _train_unless_done(home: Path) -> DetectingRun:
+    """Train the model into `home` unless a finished one is there; the caller holds the lock."""
+    found = DetectingRun(data=home / "data", run=home / "run")
+    if not (home / "done").exists():
+        write_easy_dataset(found.data)
+        result = invoke("run", "--data", found.data, "--out", found.run, "--overwrite",
+                        *TRAIN_ARGS)  # fmt: skip
+        assert result.exit_code == 0, result.output
+        found.main_job_output.write_text(result.output)
+        (home / "done").touch()
+    return found
+
+
 def detecting_run(tmp_path_factory: pytest.TempPathFactory) -> DetectingRun:
     """The session's trained easy-dataset model, made on first use by `pipeline run` (the main
-    job: train, export model.onnx, evaluate both formats into report.json)."""
+    job: train, export model.onnx, evaluate both formats into report.json), unless the
+    background trainer (start_background_training) holds the lock: then it waits for that one."""
     home = shared_temp(tmp_path_factory) / "detecting-model"
     home.mkdir(exist_ok=True)
-    found = DetectingRun(data=home / "data", run=home / "run")
     with open(home / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (home / "done").exists():
-            write_easy_dataset(found.data)
-            result = invoke("run", "--data", found.data, "--out", found.run, "--overwrite",
-                            *TRAIN_ARGS)  # fmt: skip
-            assert result.exit_code == 0, result.output
-            found.main_job_output.write_text(result.output)
-            (home / "done").touch()
-    return found
+        return _train_unless_done(home)
+
+
+def start_background_training(session_temp: Path) -> subprocess.Popen:
+    """Train the session's model in a process of its own, started before the pytest-xdist
+    workers: it computes with every core, so a worker that waits for the model lends it its core
+    instead of leaving it idle (trained inside a worker, with the worker's one thread, the other
+    worker sat idle for two minutes whenever it reached a test that needs the model). The lock
+    is taken here and handed over, so no worker can start a second training meanwhile."""
+    home = session_temp / "detecting-model"
+    home.mkdir(exist_ok=True)
+    lock = os.open(home / "lock", os.O_WRONLY | os.O_CREAT)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        log = open(home / "background.log", "w")  # noqa: SIM115 - the child writes it
+        command = [sys.executable, "-m", "tests.detecting_model", str(home), str(lock)]
+        root = Path(__file__).resolve().parent.parent
+        return subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT,
+                                pass_fds=(lock,))  # fmt: skip
+    finally:
+        os.close(lock)  # the child's copy of the descriptor keeps the lock until it exits
+
+
+if __name__ == "__main__":  # python -m tests.detecting_model HOME LOCK_FD (the background trainer)
+    _train_unless_done(Path(sys.argv[1]))

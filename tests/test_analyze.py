@@ -45,6 +45,7 @@ def tiny_checkpoint(tmp_path_factory) -> tuple[Path, Path]:
     return weights, data
 
 
+@pytest.mark.slow
 def test_analyze_writes_json_and_figures(tiny_checkpoint, tmp_path):
     weights, data = tiny_checkpoint
     out = tmp_path / "analysis"

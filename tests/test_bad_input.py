@@ -363,6 +363,7 @@ def test_size_not_divisible_by_the_largest_stride(trained: Trained, tmp_path: Pa
         assert json.loads(report.read_text())["skipped_images"] == 1  # v3.png
 
 
+@pytest.mark.slow
 def test_real_process_prints_one_line(tmp_path: Path) -> None:
     """Outside CliRunner too: stdout + stderr together are the one error line, exit code 2."""
     make_dataset(tmp_path / "data")

@@ -80,6 +80,7 @@ def _kill_during_writes(data: Path, out: Path, delay: float | None) -> bool:
     return torn
 
 
+@pytest.mark.slow
 def test_kill_9_while_writing_checkpoints_keeps_them_loadable(tmp_path: Path) -> None:
     data, out = make_dataset(tmp_path / "data"), tmp_path / "run"
     first = invoke(*_train_args(data, out))

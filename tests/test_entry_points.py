@@ -216,6 +216,7 @@ def test_losses_unknown_name_is_one_line_listing_the_valid_ones() -> None:
     assert "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_python_m_pipeline_ignores_a_train_py_in_the_current_folder(tmp_path: Path) -> None:
     """`python -m` puts the current folder first on sys.path; the project's packages win."""
     from tests.test_distributed_train import shadowing_folder
@@ -261,6 +262,7 @@ def _recording_backend(graphs: list[Any], runs: list[int]) -> Callable[..., Any]
     return backend
 
 
+@pytest.mark.slow
 def test_train_compile_runs_the_training_step_through_torch_compile(
     tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -44,6 +44,7 @@ def _in_epoch_2(make_validator, action):
     return make
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_epoch_2_says_last_pt_holds_epoch_1_and_resume_finishes_the_run(
     tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -110,6 +111,7 @@ def test_ctrl_c_before_any_epoch_says_there_is_nothing_to_resume(
     assert "no epoch had finished" in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_without_out_each_run_gets_the_next_free_folder(
     tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -132,6 +134,7 @@ def test_training_on_a_busy_machine_says_how_to_share_it(caplog: pytest.LogCaptu
     assert "load 3.0 on 2 CPUs" in caplog.text and "give each --threads 1" in caplog.text
 
 
+@pytest.mark.slow
 def test_threads_sets_the_torch_threads_the_run_computes_with(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,10 +1,11 @@
 """`compare --launcher local|ray|slurm`: the same study wherever its runs execute.
 
-One two-run study (ce and focal on the easy colour-coded dataset, 3 epochs: the models detect,
-AP about 0.3) is run back to back with one thread, the reference. Then the same study runs two
-processes at once here (--parallel 2), as Ray tasks on a real local Ray cluster, and as jobs of
-submitit's local executor (the Slurm launcher's code path minus sbatch): each must write the
-same numbers, and the parallel ones must overlap in time. In the Ray study one task's process is
+One two-run study (ce and focal, 2 epochs on 48 images of the easy colour-coded dataset, starting
+from the session's detecting model with --init-from: the models detect, AP about 0.8, at a third
+of the training that reached AP 0.3 from scratch) is run back to back with one thread, the
+reference. Then the same study runs two processes at once here (--parallel 2), as Ray tasks on a
+real local Ray cluster, and as jobs of submitit's local executor (the Slurm launcher's code path
+minus sbatch): each must write the same numbers, and the parallel ones must overlap in time. In the Ray study one task's process is
 killed mid-training: Ray starts it again and it resumes from last.pt, exactly (the numbers still
 match the uninterrupted reference).
 
@@ -20,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +31,28 @@ from pipeline.errors import PipelineError
 from pipeline.study.launch_slurm import torchrun_command
 from pipeline.study.launchers import launch_from_options, threads_per_run
 from pipeline.study.spec import CompareSpec, LaunchSpec
-from tests.detecting_model import write_easy_dataset
+from tests.detecting_model import detecting_run, write_easy_dataset
 from train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 LOSSES = ("ce", "focal")
 STUDY = ["--losses", ",".join(LOSSES), "--seeds", "1", "--resamples", "20", "--img-size", "72",
-         "--epochs", "3", "--batch-size", "8", "--lr", "0.004", "--warmup-iters", "10",
+         "--epochs", "2", "--batch-size", "8", "--lr", "0.001", "--warmup-iters", "10",
          "--fpn-channels", "32", "--head-convs", "1", "--workers", "0", "--device", "cpu",
          "--threads", "1"]  # fmt: skip
 
 
-def compare(data: Path, out: Path, *extra: str) -> subprocess.Popen:
+@dataclass(frozen=True)
+class Study:
+    """The launcher studies' data and the detector their runs start from."""
+
+    data: Path
+    init_from: Path
+
+
+def compare(study: Study, out: Path, *extra: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "pipeline", "compare", "--out", str(out), "--data",
-               str(data), *STUDY, *extra]  # fmt: skip
+               str(study.data), "--init-from", str(study.init_from), *STUDY, *extra]  # fmt: skip
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)  # fmt: skip
 
@@ -77,28 +87,27 @@ def assert_overlap(out: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def easy_data(tmp_path_factory) -> Path:
-    return write_easy_dataset(tmp_path_factory.mktemp("launchers") / "easy")
+def study(tmp_path_factory) -> Study:
+    data = write_easy_dataset(tmp_path_factory.mktemp("launchers") / "easy", num_train=48)
+    return Study(data, detecting_run(tmp_path_factory).weights)
 
 
 @pytest.fixture(scope="module")
-def back_to_back(easy_data, tmp_path_factory) -> Path:
+def back_to_back(study, tmp_path_factory) -> Path:
     """The reference: the local launcher, one run at a time."""
     out = tmp_path_factory.mktemp("launchers") / "local"
-    finish(compare(easy_data, out))
+    finish(compare(study, out))
     report = json.loads((out / "report.json").read_text())
     assert report["did_not_learn"] == []  # the comparison below is between models that detect
     for loss in LOSSES:
-        assert report["per_loss"][loss]["engines"]["onnx"]["metrics"]["AP"]["mean"] > 0.1
+        assert report["per_loss"][loss]["engines"]["onnx"]["metrics"]["AP"]["mean"] > 0.5
     return out
 
 
 @pytest.mark.slow
-def test_two_local_processes_write_the_same_report_at_the_same_time(
-    easy_data, back_to_back, tmp_path
-):
+def test_two_local_processes_write_the_same_report_at_the_same_time(study, back_to_back, tmp_path):
     out = tmp_path / "parallel"
-    finish(compare(easy_data, out, "--parallel", "2"))
+    finish(compare(study, out, "--parallel", "2"))
     assert numbers(out) == numbers(back_to_back)
     assert_overlap(out)
     pids = {
@@ -108,10 +117,10 @@ def test_two_local_processes_write_the_same_report_at_the_same_time(
 
 
 @pytest.mark.slow
-def test_ray_tasks_overlap_and_a_killed_task_resumes_exactly(easy_data, back_to_back, tmp_path):
+def test_ray_tasks_overlap_and_a_killed_task_resumes_exactly(study, back_to_back, tmp_path):
     pytest.importorskip("ray")
     out = tmp_path / "ray"
-    process = compare(easy_data, out, "--launcher", "ray", "--parallel", "2")
+    process = compare(study, out, "--launcher", "ray", "--parallel", "2")
     record, last = out / "launcher" / "focal-s0.json", out / "runs" / "focal-s0" / "last.pt"
     deadline = time.monotonic() + 300
     while not (record.is_file() and last.is_file()):  # focal's first epoch is done
@@ -127,10 +136,10 @@ def test_ray_tasks_overlap_and_a_killed_task_resumes_exactly(easy_data, back_to_
 
 
 @pytest.mark.slow
-def test_submitit_local_executor_runs_the_study_end_to_end(easy_data, back_to_back, tmp_path):
+def test_submitit_local_executor_runs_the_study_end_to_end(study, back_to_back, tmp_path):
     pytest.importorskip("submitit")
     out = tmp_path / "slurm"
-    finish(compare(easy_data, out, "--launcher", "slurm", "--slurm-cluster", "local"))
+    finish(compare(study, out, "--launcher", "slurm", "--slurm-cluster", "local"))
     assert numbers(out) == numbers(back_to_back)
     jobs = json.loads((out / "slurm" / "jobs.json").read_text())
     assert sorted(jobs) == ["ce-s0", "focal-s0"] and len(set(jobs.values())) == 2

@@ -155,6 +155,7 @@ def toy_repo(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.mark.slow
 def test_a_whole_run_reports_the_expected_counts_and_survivors(toy_repo: Path, capsys) -> None:
     assert main(["--config", str(toy_repo / "mutation.toml")]) == 0
     report = (toy_repo / ".mutation" / "report.md").read_text()
@@ -172,6 +173,7 @@ def test_a_whole_run_reports_the_expected_counts_and_survivors(toy_repo: Path, c
     assert "Nothing ran" in rerun and "| toy.py | 9 | 5 | 0 | 1 | 2 | 1 | 0 | 62% |" in rerun
 
 
+@pytest.mark.slow
 def test_a_new_test_reruns_only_the_survivors_unless_kills_are_rechecked(
     toy_repo: Path, capsys
 ) -> None:
@@ -191,6 +193,7 @@ def test_a_new_test_reruns_only_the_survivors_unless_kills_are_rechecked(
     assert "[5/5]" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_mutant_that_renames_parametrized_cases_runs_every_case_of_their_function(
     tmp_path: Path, capsys
 ) -> None:

@@ -123,6 +123,7 @@ def test_max_dets_keeps_the_highest_scores(run, onnx_model, onnx_all, tmp_path):
         assert capped[name]["detections"] == best, name
 
 
+@pytest.mark.slow
 def test_a_pt_checkpoint_runs_nms_and_the_score_threshold_as_asked(run, tmp_path):
     """A .pt has no baked thresholds: --iou 0.3 leaves no same-class pair above 0.3, and a
     --conf below the exported default (0.05) returns the extra low-scoring detections."""

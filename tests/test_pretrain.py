@@ -105,6 +105,7 @@ def test_crops_are_the_annotated_objects_with_their_category_and_backgrounds(
             assert b > 200 and r < 60, "a blue-square crop must be blue in the middle"
 
 
+@pytest.mark.slow
 def test_pretrain_learns_and_writes_weights_the_detector_loads_in_full(
     squares: Path, tmp_path: Path
 ) -> None:

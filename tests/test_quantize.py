@@ -183,6 +183,7 @@ def test_calibration_set_and_errors(
         quantize_int8(exported, tmp_path / "x.onnx", _images(1, 0), QuantizeOptions("gpu"))
 
 
+@pytest.mark.slow
 def test_int8_export_and_eval_through_the_cli(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
     data, weights = tiny_run
     out = tmp_path / "model.onnx"

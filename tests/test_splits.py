@@ -25,6 +25,7 @@ def _history(out: Path) -> list[dict]:
     return json.loads((out / "history.json").read_text())
 
 
+@pytest.mark.slow
 def test_split_files_in_a_layout_of_their_own_train_and_validate(
     tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -80,6 +81,7 @@ def test_a_dataset_without_val_trains_with_validation_off_and_says_so(
     assert best["epoch"] == len(_history(out))  # the latest weights, not the first epoch's
 
 
+@pytest.mark.slow
 def test_val_fraction_carves_a_seeded_disjoint_val_split_and_validates_on_it(
     tiny_data: Path, tmp_path: Path
 ) -> None:
@@ -120,6 +122,7 @@ def test_val_fraction_carves_a_seeded_disjoint_val_split_and_validates_on_it(
     assert len(carved("half", val_fraction=0.5)) == 6
 
 
+@pytest.mark.slow
 def test_run_with_a_carved_split_of_a_dataset_without_val_exports_and_scores_on_it(
     tiny_data: Path, tmp_path: Path
 ) -> None:

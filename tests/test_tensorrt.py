@@ -542,14 +542,15 @@ def test_every_export_option_reaches_run_export(monkeypatch: pytest.MonkeyPatch)
         score_threshold=0.3, nms_iou=0.6, max_detections=20, calibration="entropy",
     )  # fmt: skip
     assert seen == [(Path("w.pt"), Path("m.onnx"), Path("d"), True, options)]
-    openvino = ["export", "--weights", "w.pt", "--openvino", "--precision", "bf16"]
+    openvino = ["export", "--weights", "w.pt", "--openvino", "--precision", "int8",
+                "--int8-method", "nncf"]  # fmt: skip
     assert invoke(*openvino).exit_code == 0
     assert seen[1] == (
         Path("w.pt"),
         None,
         None,
         False,
-        ExportOptions(openvino=True, precision="bf16"),
+        ExportOptions(openvino=True, precision="int8", int8_method="nncf"),
     )
     budget = ["export", "--weights", "w.pt", "--precision", "int8", "--max-ap-drop", "0.5"]
     assert invoke(*budget).exit_code == 0
