@@ -46,6 +46,13 @@ for precision in fp32 fp16 int8; do
         --batch 1 --overwrite  # tuned for the batch-1 latency measured below
 done
 
+for calibration in minmax entropy; do  # the calibrator as a choice (TensorRT 10's own, or the QDQ)
+    step "export TensorRT int8, --calibration $calibration"
+    mkdir -p "$RUN/calibration-$calibration"
+    $PY -m pipeline export --weights "$RUN/best.pt" --data "$DATA" --trt --precision int8 --batch 1 \
+        --calibration "$calibration" --out "$RUN/calibration-$calibration/model.onnx" --overwrite
+done
+
 evaluate() {  # name, model, extra eval options...
     local name=$1 model=$2
     shift 2
@@ -60,6 +67,9 @@ for precision in fp32 fp16 int8; do
     evaluate "tensorrt-$precision" "$RUN/model.$precision.engine"
 done
 evaluate tensorrt-fp16-graph "$RUN/model.fp16.engine" --cuda-graph
+for calibration in minmax entropy; do
+    evaluate "tensorrt-int8-$calibration" "$RUN/calibration-$calibration/model.int8.engine"
+done
 
 step "gpu tests (TensorRT) and cuda tests (torch on CUDA)"
 $PY -m pytest -q -rs -m gpu tests/test_tensorrt.py
@@ -73,7 +83,8 @@ from pathlib import Path
 
 reports = Path(sys.argv[1])
 names = ["pytorch", "onnxruntime-cuda", "onnxruntime-cpu-int8",
-         "tensorrt-fp32", "tensorrt-fp16", "tensorrt-int8", "tensorrt-fp16-graph"]
+         "tensorrt-fp32", "tensorrt-fp16", "tensorrt-int8", "tensorrt-fp16-graph",
+         "tensorrt-int8-minmax", "tensorrt-int8-entropy"]
 rows = {n: json.loads((reports / f"{n}.json").read_text()) for n in names}
 base = rows["pytorch"]
 base_ap, base_ms = base["metrics"]["AP"], base["latency"]["inference_ms"]["p50"]
@@ -105,6 +116,11 @@ checks = [
      gap("tensorrt-int8") <= 1.0),
     (f"fp16 engine with --cuda-graph AP within 0.3 pts (gap {gap('tensorrt-fp16-graph'):.2f})",
      gap("tensorrt-fp16-graph") <= 0.3),
+    *((f"int8 engine, --calibration {c}, AP within 1.0 pts (gap {gap(f'tensorrt-int8-{c}'):.2f}); "
+       f"recorded: {rows[f'tensorrt-int8-{c}'].get('conversion', {}).get('calibration_method')}",
+       gap(f"tensorrt-int8-{c}") <= 1.0
+       and rows[f"tensorrt-int8-{c}"].get("conversion", {}).get("calibration_method") == c)
+      for c in ("minmax", "entropy")),
     (f"--cuda-graph reports what ran: {graph!r}",
      graph == "replayed" or (graph.startswith("fallback: ") and len(graph) > 20)),
     (f"fp16 engine >= 3x faster than PyTorch eager ({speedup:.1f}x)", speedup >= 3.0),

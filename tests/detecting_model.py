@@ -157,10 +157,11 @@ def detecting_run(tmp_path_factory: pytest.TempPathFactory) -> DetectingRun:
 
 def start_background_training(session_temp: Path) -> subprocess.Popen:
     """Train the session's model in a process of its own, started before the pytest-xdist
-    workers: it computes with every core, so a worker that waits for the model lends it its core
-    instead of leaving it idle (trained inside a worker, with the worker's one thread, the other
-    worker sat idle for two minutes whenever it reached a test that needs the model). The lock
-    is taken here and handed over, so no worker can start a second training meanwhile."""
+    workers, which meanwhile run the tests that do not need it (trained inside a worker, the
+    other worker sat idle for two minutes whenever it reached a test that needs the model). One
+    thread, like the workers: with two, on two cores shared with both workers, its epochs took
+    5-10 times longer than alone (threads spinning for a core). The lock is taken here and
+    handed over, so no worker can start a second training meanwhile."""
     home = session_temp / "detecting-model"
     home.mkdir(exist_ok=True)
     lock = os.open(home / "lock", os.O_WRONLY | os.O_CREAT)
@@ -169,11 +170,15 @@ def start_background_training(session_temp: Path) -> subprocess.Popen:
         log = open(home / "background.log", "w")  # noqa: SIM115 - the child writes it
         command = [sys.executable, "-m", "tests.detecting_model", str(home), str(lock)]
         root = Path(__file__).resolve().parent.parent
-        return subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT,
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        return subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 pass_fds=(lock,))  # fmt: skip
     finally:
         os.close(lock)  # the child's copy of the descriptor keeps the lock until it exits
 
 
 if __name__ == "__main__":  # python -m tests.detecting_model HOME LOCK_FD (the background trainer)
+    import torch
+
+    torch.set_num_threads(1)
     _train_unless_done(Path(sys.argv[1]))
