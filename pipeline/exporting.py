@@ -188,11 +188,13 @@ def _compare_line(name: str, reference: Any, other: Any) -> str:
 
 def _budget_line(budget: dict[str, Any]) -> str:
     kept = budget["float_layers"]
+    slower = budget["p50_ms_int8"] >= budget["p50_ms_fp32"]
     return (
         f"int8 within --max-ap-drop {budget['max_ap_drop']:g}: AP {budget['ap_int8']:.2f} vs fp32 "
         f"{budget['ap_fp32']:.2f} on the {budget['slice']}, p50 {budget['p50_ms_int8']:.2f} ms "
         f"vs {budget['p50_ms_fp32']:.2f} ms; {len(kept)} layer(s) kept in float"
         + (f": {', '.join(kept)}" if kept else "")
+        + ("; no faster than fp32 here: ship fp32" if slower else "")
     )
 
 
