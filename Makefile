@@ -20,7 +20,8 @@ demo: $(STAMP)
 	$(VENV)/bin/pipeline run --out runs/demo --overwrite --epochs 7
 
 # Two workers (pytest-xdist), one thread each, whole modules handed out long ones first, the
-# detecting model trained in the background meanwhile (tests/conftest.py).
+# detecting model trained in the background meanwhile (tests/conftest.py): 5 min 46 s on the
+# idle 2-core AVX2-only EPYC (docs/testing.md).
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder
 
