@@ -6,8 +6,9 @@ and of the element-wise ops OpenVINO's CPU plugin runs in int8, with its own ran
 (min/max of the calibration activations, quantiles for some) and a fast bias correction of the
 quantized convolutions. As with the QDQ model, the decode + NMS tail stays float: every op that
 the head's raw outputs (`cls_logits`, `box_deltas`) do not depend on is in NNCF's ignored scope,
-so box arithmetic, sigmoid scores and NMS are never quantized. Weights are saved in float32
-(NNCF keeps them in float and OpenVINO folds the weight FakeQuantize at load time).
+so box arithmetic, sigmoid scores and NMS are never quantized. The quantized convolutions'
+weights are stored as int8 in the .bin (OpenVINO compresses a weight FakeQuantize when saving:
+11 MB against the fp32 model's 45 MB for the tests' model); everything else stays float32.
 """
 
 from __future__ import annotations

@@ -9,10 +9,10 @@ on a few val images, deploy/agreement.py) its inputs arrive with minus the SQNR 
 ranking by the output's SQNR alone picks layers late in the graph, where the error of
 everything before them has piled up (on the demo model that search kept 80 of 92 layers float
 before a 0.2-point budget held, and reached the layer that lost most, the first convolution,
-whose input is the exact image, only in its last round; this ranking needs 10 layers). The SQNR is measured afresh each round, since one layer kept in
-float changes the error of every layer after it. Ends within the budget (saying which layers
-stayed float, the AP and the latency), or with one line when every such layer is float and the
-budget is still not met.
+whose input is the exact image, only in its last round; this ranking needs 10 layers). The
+SQNR is measured afresh each round, since one layer kept in float changes the error of every
+layer after it. Ends within the budget (saying which layers stayed float, the AP and the
+latency), or with one line when every such layer is float and the budget is still not met.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def quantizable_layers(onnx_path: Path, op_types: tuple[str, ...]) -> dict[str, 
                 for name in node.input[: data.get(node.op_type, 1)]
                 if name and name not in weights and name not in constants
             ),
-        )  # fmt: skip
+        )
         for node in raw.graph.node
         if node.op_type in op_types
     }

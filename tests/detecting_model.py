@@ -8,9 +8,10 @@ images are wider or taller than square and of several sizes, so the letterbox an
 back to original pixels matter; and whose category ids (3, 8) are not the class indices (0, 1).
 A small resnet18 RetinaNet learns it to a high AP in under a minute on two CPU cores.
 
-The first test that asks trains the model into the session's temp folder (shared by the
-pytest-xdist workers); the others find it there, and a lock file keeps two workers from
-training it twice.
+In a whole-suite pytest-xdist run (`make test`) the controller starts training it in a process
+of its own before the workers start (start_background_training); otherwise the first test that
+asks trains it. Either way it lands in the session's temp folder (shared by the workers), and a
+lock file keeps anyone from training it twice: a test that needs it waits for the lock.
 """
 
 from __future__ import annotations
@@ -167,12 +168,12 @@ def start_background_training(session_temp: Path) -> subprocess.Popen:
     lock = os.open(home / "lock", os.O_WRONLY | os.O_CREAT)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        log = open(home / "background.log", "w")  # noqa: SIM115 - the child writes it
         command = [sys.executable, "-m", "tests.detecting_model", str(home), str(lock)]
         root = Path(__file__).resolve().parent.parent
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        return subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                pass_fds=(lock,))  # fmt: skip
+        with open(home / "background.log", "w") as log:  # the child keeps its own copy
+            return subprocess.Popen(command, cwd=root, env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, pass_fds=(lock,))  # fmt: skip
     finally:
         os.close(lock)  # the child's copy of the descriptor keeps the lock until it exits
 
