@@ -36,16 +36,11 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from deploy.backends.onnxruntime import OnnxRuntimePredictor
-from deploy.backends.openvino import (
-    PRECISION_KEY,
-    RT_INFO_SECTION,
-    OpenVinoPredictor,
-    cpu_capabilities,
-)
+from common.engines import BACKENDS
+from deploy.backends.base import RuntimeSettings
+from deploy.backends.openvino import cpu_capabilities
 from deploy.evaluate import benchmark_latency, evaluate
-from export.onnx import read_metadata_props
-from export.openvino import convert_onnx_to_ir
+from deploy.runtimes import open_deployed
 from pipeline.exporting import ExportOptions, run_export
 from train.checkpoint import load_checkpoint, model_from_checkpoint
 from train.data.layout import resolve_split
@@ -98,26 +93,22 @@ def cpu_fp32_peak_gflops(fma_units: int) -> tuple[float, str]:
 
 
 def build_engines(weights: Path, data: Path, folder: Path, nncf: bool = False) -> dict[str, Any]:
-    """The five engines (six with `nncf`) on the same weights, exported into `folder`."""
-    run_export(weights, folder / "model.onnx", data, True, ExportOptions(precision="int8"))
-    fp32, int8 = folder / "model.onnx", folder / "model.int8.onnx"
-    for name, source, precision in (("fp32", fp32, "fp32"), ("bf16", fp32, "bf16"),
-                                    ("int8", int8, "int8")):  # fmt: skip
-        props = read_metadata_props(source)
-        convert_onnx_to_ir(source, folder / f"model.{name}.xml", {**props, PRECISION_KEY: precision},
-                           RT_INFO_SECTION)  # fmt: skip
-    engines = {
-        "ONNX Runtime fp32": OnnxRuntimePredictor(fp32, provider="cpu"),
-        "ONNX Runtime int8 (QDQ)": OnnxRuntimePredictor(int8, provider="cpu"),
-        "OpenVINO fp32": OpenVinoPredictor(folder / "model.fp32.xml"),
-        "OpenVINO bf16": OpenVinoPredictor(folder / "model.bf16.xml"),
-        "OpenVINO int8 (QDQ)": OpenVinoPredictor(folder / "model.int8.xml"),
-    }
+    """Every CPU engine of the engine table at each precision compare scores (six with `nncf`),
+    exported into `folder` by `pipeline export`'s own route and opened as eval opens them."""
+    engines = {}
+    cpu = RuntimeSettings(provider="cpu")
+    for engine, precision in BACKENDS.values():
+        if engine.needs_gpu:
+            continue
+        options = ExportOptions(openvino=engine.export_flag == "--openvino", precision=precision)
+        run_export(weights, folder / "model.onnx", data, True, options)
+        label = f"{engine.runtime} {precision}" + (" (QDQ)" if precision == "int8" else "")
+        engines[label] = open_deployed(folder / engine.model_file(precision), cpu)
     if nncf:  # the product's route: pipeline export --openvino --precision int8 --int8-method nncf
         (folder / "nncf").mkdir()
         nncf_options = ExportOptions(openvino=True, precision="int8", int8_method="nncf")
         run_export(weights, folder / "nncf" / "model.onnx", data, True, nncf_options)
-        engines["OpenVINO int8 (NNCF)"] = OpenVinoPredictor(folder / "nncf" / "model.int8.xml")
+        engines["OpenVINO int8 (NNCF)"] = open_deployed(folder / "nncf" / "model.int8.xml", cpu)
     return engines
 
 

@@ -21,12 +21,12 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from tests.oracles.loss_loops import reference_carl, reference_ghmc, reference_ghmr, reference_isr_p
 from train.assign import AnchorAssignment, assign_anchors
 from train.losses import LOSSES, build_loss, carl_loss, isr_p_weights
 from train.losses.fused import SigmoidFamily, sigmoid_row_loss
 from train.losses.ghm import anchor_levels
 from train.losses.pisa import aligned_iou
-from train.losses.reference import reference_carl, reference_ghmc, reference_ghmr, reference_isr_p
 from train.model.anchors import AnchorSpec, generate_anchors
 from train.model.box_coder import decode_boxes, encode_boxes
 

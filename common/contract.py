@@ -1,5 +1,5 @@
-"""The contract between the stages: the exported graph's input and output names, the precision
-names each engine takes, and the detections every predictor returns.
+"""The contract between the stages: the exported graph's input and output names, the calibration
+methods, and the detections every predictor returns (each engine's precisions: common/engines.py).
 
 Written once here (torch-free) because export writes these names, deploy reads them and train's
 PyTorch predictor returns the same detections; each used to keep its own copy.
@@ -18,9 +18,11 @@ OUTPUT_NAMES = ("num_dets", "boxes", "scores", "labels")
 # The raw network's outputs before decoding (the graph without post-processing).
 RAW_OUTPUT_NAMES = ("cls_logits", "box_deltas")
 
-ONNX_PRECISIONS = ("fp32", "fp16", "int8")  # model.onnx, model.fp16.onnx, model.int8.onnx
-TENSORRT_PRECISIONS = ("fp32", "fp16", "int8")
-OPENVINO_PRECISIONS = ("fp32", "bf16", "int8")
+# The post-processing thresholds a model applies unless its export or training said otherwise
+# (decode, score threshold, NMS, cap), recorded in every model file.
+SCORE_THRESHOLD = 0.05
+NMS_IOU = 0.5
+MAX_DETECTIONS = 100
 # How an int8 model's activation ranges are calibrated: each tensor's min and max, the
 # entropy-minimizing threshold of its histogram, or a percentile of its magnitudes.
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")

@@ -30,10 +30,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from deploy.backends.base import RuntimeSettings
 from deploy.errors import DeployError
 from deploy.evaluate import checked_metadata, run_batch
 from deploy.metadata import Predictor
 from deploy.narrow import check_narrowing
+from deploy.runtimes import open_deployed
 
 ImageInput = Image.Image | np.ndarray
 
@@ -161,28 +163,10 @@ def _is_rgb_uint8_array(image: object) -> bool:
 
 
 def _load_deployed_predictor(path: Path, provider: str) -> Predictor:
-    """The runtime for an .onnx, .engine or .xml file; other file types are one clear error."""
-    if not path.is_file():
-        raise DeployError(f"{path}: model file not found")
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        from deploy.backends.onnxruntime import OnnxRuntimePredictor
-
-        return OnnxRuntimePredictor(path, provider=provider)
-    if suffix == ".engine":
-        from deploy.backends.tensorrt import TensorRTPredictor
-
-        return TensorRTPredictor(path)
-    if suffix == ".xml":
-        from deploy.backends.openvino import OpenVinoPredictor
-
-        return OpenVinoPredictor(path)
-    if suffix == ".pt":
+    """The runtime for an .onnx, .xml or .engine file; a .pt is one line saying why not here."""
+    if path.suffix.lower() == ".pt" and path.is_file():
         raise DeployError(
             f"{path}: a .pt checkpoint needs torch, which deploy/ never loads; use "
             "Detector(pipeline.models.load_predictor(path)) or export it with `pipeline export`"
         )
-    raise DeployError(
-        f"{path}: unsupported model file type {suffix or '(none)'!r}; expected .onnx, .engine "
-        "or .xml"
-    )
+    return open_deployed(path, RuntimeSettings(provider=provider))

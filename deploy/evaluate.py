@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from common.image import INPUT_FORMAT, PAD_VALUE, letterbox
 from deploy.errors import DeployError
 from deploy.latency import StageTimer
-from deploy.metadata import INPUT_FORMAT, ModelMetadata, Predictor
-from deploy.preprocess import letterbox, load_image, to_batch
+from deploy.metadata import ModelMetadata, Predictor
+from deploy.preprocess import load_image, to_batch
 from deploy.report import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -287,11 +288,11 @@ def postprocess_detections(
 
 
 def letterboxed_images(
-    ann_file: Path, img_dir: Path, img_size: int, count: int = 4, pad_value: int = 114
+    ann_file: Path, img_dir: Path, img_size: int, count: int = 4, pad_value: int = PAD_VALUE
 ) -> np.ndarray:
     """The first `count` readable images of a COCO file, letterboxed exactly as deployment will
     (export's parity check, eval --compare-to's per-layer comparison)."""
-    from deploy.preprocess import letterbox, load_image, to_batch
+    from deploy.preprocess import load_image, to_batch
 
     arrays = []
     for entry in load_coco(ann_file).dataset["images"]:

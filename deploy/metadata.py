@@ -20,13 +20,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from common.contract import Detections
+from common.contract import MAX_DETECTIONS, NMS_IOU, SCORE_THRESHOLD, Detections
+from common.image import INPUT_FORMAT, PAD_VALUE
 from deploy.errors import DeployError
 
 logger = logging.getLogger(__name__)
 
 PROP_PREFIX = "softsample."
-INPUT_FORMAT = "rgb-0-255-letterbox-topleft"
 
 
 class Predictor(Protocol):
@@ -47,12 +47,12 @@ class ModelMetadata:
     class_names: list[str]
     category_ids: list[int]
     img_size: int
-    pad_value: int = 114
+    pad_value: int = PAD_VALUE
     input_format: str = INPUT_FORMAT
     loss: str = "unknown"
-    max_detections: int = 100
-    score_threshold: float = 0.05
-    nms_iou: float = 0.5
+    max_detections: int = MAX_DETECTIONS
+    score_threshold: float = SCORE_THRESHOLD
+    nms_iou: float = NMS_IOU
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_props(self) -> dict[str, str]:
@@ -133,13 +133,3 @@ def read_onnx_metadata(path: str | Path) -> ModelMetadata:
         raise DeployError(f"{path}: not an ONNX model (no graph or IR version)")
     props = {p.key: p.value for p in model.metadata_props}
     return ModelMetadata.from_props(props, str(path))
-
-
-def write_onnx_metadata(model: Any, metadata: ModelMetadata) -> None:
-    """Replace this pipeline's props on an onnx.ModelProto in place (other props are kept)."""
-    kept = [(p.key, p.value) for p in model.metadata_props if not p.key.startswith(PROP_PREFIX)]
-    del model.metadata_props[:]
-    for key, value in [*kept, *metadata.to_props().items()]:
-        entry = model.metadata_props.add()
-        entry.key = key
-        entry.value = value

@@ -273,27 +273,3 @@ def append_postprocess(
     del model.graph.output[:]
     model.graph.output.extend(output_value_infos(batch, config))
     return model
-
-
-def build_postprocess_model(
-    anchors: torch.Tensor,
-    anchors_per_level: list[int],
-    num_classes: int,
-    img_size: int,
-    config: PostprocessConfig,
-    opset: int = MIN_OPSET,
-) -> onnx.ModelProto:
-    """A standalone model from inputs `cls_logits` (B, N, K), `box_deltas` (B, N, 4) to the
-    detections: lets tests feed hand-made head outputs to the graph half alone."""
-    n = int(anchors.shape[0])
-    inputs = [
-        helper.make_tensor_value_info("cls_logits", TensorProto.FLOAT, ["batch", n, num_classes]),
-        helper.make_tensor_value_info("box_deltas", TensorProto.FLOAT, ["batch", n, 4]),
-    ]
-    nodes, initializers = build_postprocess_nodes(
-        "cls_logits", "box_deltas", anchors, anchors_per_level, num_classes, img_size, config
-    )
-    graph = helper.make_graph(
-        nodes, "postprocess", inputs, output_value_infos("batch", config), initializers
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])

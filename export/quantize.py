@@ -30,6 +30,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from common.contract import INPUT_NAME
+from common.image import PAD_VALUE
 from export.entropy import entropy_threshold
 from export.onnx import _save_atomic
 from train.errors import InputError
@@ -377,7 +378,7 @@ def spread_indices(total: int, count: int) -> list[int]:
 
 
 def calibration_images(
-    data: Path, img_size: int, count: int, pad_value: int = 114, split: str = "train"
+    data: Path, img_size: int, count: int, pad_value: int = PAD_VALUE, split: str = "train"
 ) -> Iterator[np.ndarray]:
     """Up to `count` letterboxed (3, S, S) float32 images spread over a dataset split.
 
@@ -407,12 +408,12 @@ def calibration_fingerprint(ann_file: Path, count: int) -> dict[str, str]:
 
 
 def split_images(
-    ann_file: Path, img_dir: Path, img_size: int, count: int, pad_value: int = 114
+    ann_file: Path, img_dir: Path, img_size: int, count: int, pad_value: int = PAD_VALUE
 ) -> Iterator[np.ndarray]:
     """Up to `count` letterboxed (3, S, S) float32 images spread over one COCO file's images."""
     from PIL import Image
 
-    from train.data.transforms import letterbox
+    from common.image import letterbox
 
     for name in split_image_names(ann_file, count):
         with Image.open(Path(img_dir) / name) as image:

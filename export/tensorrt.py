@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from common.contract import INPUT_NAME, TENSORRT_PRECISIONS, EngineInfo
+from common.contract import INPUT_NAME, EngineInfo
+from common.engines import ENGINES_BY_NAME
 from common.files import write_bytes_atomic
 from export.compat import check_tensorrt_compat
 from export.errors import ExportError
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 TAIL_PREFIX = "post/"  # export/graph_postprocess.py names every tail node and constant so
 TIMING_CACHE_NAME = "trt_timing.cache"
+TENSORRT_PRECISIONS = ENGINES_BY_NAME["tensorrt"].precisions
 INSTALL_HINT = "pip install '.[gpu]', or use the Docker image"
 
 

@@ -7,6 +7,8 @@ import platform
 import shutil
 from typing import Any
 
+from common.engines import ENGINES
+
 
 def _version(module_name: str) -> str | None:
     try:
@@ -65,11 +67,26 @@ def machine_report() -> dict[str, Any]:
     }
 
 
+def engine_lines(torch_cuda: bool) -> dict[str, str]:
+    """One line per row of the engine table: its files and precisions, and whether it runs here."""
+    lines = {}
+    for engine in ENGINES:
+        installed = _version(engine.python_module) is not None
+        runs = installed and (torch_cuda or not engine.needs_gpu)
+        why = "" if runs else " (not installed)" if not installed else " (needs an NVIDIA GPU)"
+        lines[f"engine {engine.name}"] = (
+            f"{engine.runtime}, *{engine.suffix}, {' '.join(engine.precisions)}: "
+            f"{'yes' if runs else 'no'}{why}"
+        )
+    return lines
+
+
 def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"{key:24s} {value if value is not None else 'not available'}"
         for key, value in report.items()
     ]
+    lines += [f"{key:24s} {line}" for key, line in engine_lines(report["torch_cuda"]).items()]
     can_trt = report["tensorrt"] is not None and report["torch_cuda"]
     lines.append(
         f"{'can build TensorRT':24s} {'yes' if can_trt else 'no (needs an NVIDIA GPU and pip install .[gpu])'}"

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deploy.evaluate import environment_info, evaluate
-from deploy.narrow import NarrowedPredictor, check_narrowing
 from deploy.report import write_json_atomic
+from pipeline.command_options import EvalOptions
 from pipeline.datasets import model_split
 from pipeline.errors import PipelineError
 from pipeline.models import load_predictor
@@ -18,61 +17,6 @@ from train.config import TrainConfig
 
 if TYPE_CHECKING:
     from train.data.splits import Split
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Post-processing asked of `pipeline eval`; None keeps the model's own value."""
-
-    conf: float | None = None
-    iou: float | None = None
-    max_dets: int | None = None
-
-    def applied_to(self, predictor: Any, model_path: Path) -> Any:
-        """A .pt runs its NMS at exactly these values; a deployed model (NMS in its graph) is
-        narrowed after the fact where that is exact, and refuses the rest (deploy/narrow.py)."""
-        model = predictor.metadata
-        conf = model.score_threshold if self.conf is None else self.conf
-        iou = model.nms_iou if self.iou is None else self.iou
-        max_dets = model.max_detections if self.max_dets is None else self.max_dets
-        if (conf, iou, max_dets) == (model.score_threshold, model.nms_iou, model.max_detections):
-            return predictor
-        if Path(model_path).suffix.lower() == ".pt":
-            predictor.config = dataclasses.replace(
-                predictor.config, score_threshold=conf, nms_iou=iou, max_detections=max_dets
-            )
-            predictor.metadata = dataclasses.replace(
-                model, score_threshold=conf, nms_iou=iou, max_detections=max_dets
-            )
-            return predictor
-        check_narrowing(model, conf, iou, max_dets, str(model_path))
-        return NarrowedPredictor(predictor, conf, max_dets)
-
-
-@dataclass(frozen=True, kw_only=True)
-class EvalOptions:
-    """How `pipeline eval` scores a model: on what, through which runtime, and what it writes.
-
-    split_files: (annotation json, image folder) to score on instead of `data`'s `split`.
-    overwrite=False refuses to replace an existing report (json_path) or results file.
-    """
-
-    data: Path | None = None
-    split: str = "val"
-    split_files: tuple[Path, Path] | None = None
-    batch_size: int = 1
-    provider: str = "auto"
-    device: str = "auto"
-    max_images: int | None = None
-    warmup: int = 5
-    json_path: Path | None = None
-    results: Path | None = None
-    strict: bool = False
-    cuda_api: str = "auto"
-    cuda_graph: bool = False
-    openvino_hint: str = "latency"
-    thresholds: Thresholds | None = None
-    overwrite: bool = True
 
 
 def run_eval(model_path: Path, options: EvalOptions) -> dict[str, Any]:
@@ -149,6 +93,7 @@ def eval_in_run(name: str, model_path: Path, config: TrainConfig) -> dict[str, A
         json_path=report_path,
         results=detections_path,
         strict=config.strict,
+        overwrite=True,  # the run's own reports: a resumed or re-scored run replaces them
     )
     return run_eval(model_path, options)
 

@@ -1,23 +1,26 @@
 """`pipeline export`: checkpoint -> ONNX (decode + NMS in the graph) -> parity check, and on request
-a reduced-precision ONNX for ONNX Runtime (int8 QDQ, fp16) or a TensorRT engine (fp32/fp16/int8).
+a reduced-precision ONNX for ONNX Runtime (int8 QDQ, fp16), an OpenVINO IR (fp32, bf16, int8 from
+the QDQ model or by NNCF) or a TensorRT engine (fp32/fp16/int8).
 
-Files, beside the weights unless --out says otherwise (`model` is --out's stem):
-model.onnx (float32, always: the reference every other file is compared to),
-model.int8.onnx / model.fp16.onnx (without --trt), model.<precision>.engine + .engine.json
-(with --trt), and trt_timing.cache (reused by the next engine build in that folder).
+Files, beside the weights unless --out says otherwise (`model` is --out's stem; names from the
+engine table, common/engines.py): model.onnx (float32, always: the reference every other file is
+compared to), model.int8.onnx / model.fp16.onnx (without --trt), model.<precision>.xml + .bin
+(with --openvino), model.<precision>.engine + .engine.json (with --trt), and trt_timing.cache
+(reused by the next engine build in that folder).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from common.contract import ONNX_PRECISIONS, OPENVINO_PRECISIONS, Detections
+from common.contract import Detections
+from common.engines import ENGINES, ENGINES_BY_NAME, Engine
 from deploy.evaluate import letterboxed_images
 from deploy.metadata import ModelMetadata
 from export.compat import check_tensorrt_compat
@@ -29,45 +32,16 @@ from export.onnx import (
     run_onnxruntime,
     update_metadata,
 )
+from pipeline.command_options import ExportOptions
 from pipeline.datasets import model_split
 from pipeline.errors import PipelineError
 from pipeline.models import metadata_from_checkpoint
 from pipeline.outputs import check_output_file
 from train.checkpoint import load_checkpoint, model_from_checkpoint
 from train.errors import InputError
-from train.postprocess import PostprocessConfig
 
-DEFAULT_OPSET = 17  # the opset every export writes unless --opset says otherwise
+ONNX = ENGINES_BY_NAME["onnx"]
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    """The options of `pipeline export` (defaults: plain ONNX at DEFAULT_OPSET)."""
-
-    opset: int = DEFAULT_OPSET
-    trt: bool = False
-    openvino: bool = False
-    precision: str = "fp32"
-    batch: int = 1
-    workspace_gb: float = 4.0
-    calib_images: int = 128
-    calibration: str | None = None  # int8 calibrator; None: each engine's usual (see CLI help)
-    max_ap_drop: float | None = None  # int8 for ONNX Runtime / OpenVINO: pipeline/int8_budget.py
-    int8_method: str = "qdq"  # OpenVINO int8: "qdq" (ONNX Runtime's model) or "nncf"
-    img_size: int | None = None  # None: the size the model trained at
-    score_threshold: float | None = None  # None: the post-processing defaults (train.postprocess)
-    nms_iou: float | None = None
-    max_detections: int | None = None
-
-    def postprocess(self) -> PostprocessConfig:
-        """The thresholds baked into the graph: the defaults, less what was given."""
-        given = {
-            "score_threshold": self.score_threshold,
-            "nms_iou": self.nms_iou,
-            "max_detections": self.max_detections,
-        }
-        return replace(PostprocessConfig(), **{k: v for k, v in given.items() if v is not None})
 
 
 def split_parity_images(ann_file: Path, img_dir: Path, img_size: int, count: int = 4) -> np.ndarray:
@@ -80,15 +54,22 @@ def _refuse_overwrite(paths: list[Path], overwrite: bool) -> None:
         check_output_file(path, overwrite)
 
 
+def _engine_asked(options: ExportOptions) -> Engine:
+    """The engine this export builds besides the fp32 ONNX (ONNX itself without --trt/--openvino)."""
+    flags = {"--trt": options.trt, "--openvino": options.openvino}
+    return next((e for e in ENGINES if e.export_flag and flags[e.export_flag]), ONNX)
+
+
 def _outputs(out: Path, options: ExportOptions) -> list[Path]:
-    """Every file this export writes, the float32 ONNX first."""
+    """Every file this export writes, the float32 ONNX first (names from the engine table)."""
     paths = [out]
+    precision = options.precision
     if options.trt:
-        paths.append(out.with_name(f"{out.stem}.{options.precision}.engine"))
-    elif options.precision in ("fp16", "int8") and not _by_nncf(options):
-        paths.append(out.with_name(f"{out.stem}.{options.precision}.onnx"))
+        paths.append(out.with_name(ENGINES_BY_NAME["tensorrt"].model_file(precision, out.stem)))
+    elif precision != "fp32" and precision in ONNX.precisions and not _by_nncf(options):
+        paths.append(out.with_name(ONNX.model_file(precision, out.stem)))
     if options.openvino:
-        paths.append(out.with_name(f"{out.stem}.{options.precision}.xml"))
+        paths.append(out.with_name(ENGINES_BY_NAME["openvino"].model_file(precision, out.stem)))
     return paths
 
 
@@ -131,10 +112,14 @@ def _check_combination(options: ExportOptions) -> None:
         )
     if options.trt and options.openvino:
         raise PipelineError("--trt and --openvino: choose one engine per export")
-    known = OPENVINO_PRECISIONS if options.openvino else ONNX_PRECISIONS
-    if options.precision not in known:
-        target = "--openvino takes" if options.openvino else "ONNX Runtime and TensorRT take"
-        raise PipelineError(f"--precision {options.precision}: {target} {', '.join(known)}")
+    engine = _engine_asked(options)
+    if options.precision not in engine.precisions:
+        takers = [e.runtime for e in ENGINES if e.precisions == engine.precisions]
+        verb = "takes" if len(takers) == 1 else "take"
+        raise PipelineError(
+            f"--precision {options.precision}: {' and '.join(takers)} {verb} "
+            f"{', '.join(engine.precisions)}"
+        )
 
 
 def _calibration(train: tuple[Path, Path], metadata: ModelMetadata, count: int) -> Any:

@@ -1,15 +1,18 @@
-"""Turn a model file (.pt, .onnx, .engine) into a predictor the one evaluator can score."""
+"""Turn a model file (.pt, .onnx, .xml, .engine) into a predictor the one evaluator can score."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from deploy.errors import DeployError
+from common.engines import DEPLOYED_SUFFIXES, engine_for_file
+from common.image import INPUT_FORMAT, PAD_VALUE
+from deploy.backends.base import RuntimeSettings
 from deploy.metadata import ModelMetadata
+from deploy.runtimes import open_deployed, unsupported_file
 from pipeline.errors import PipelineError
 
-MODEL_SUFFIXES = (".pt", ".onnx", ".engine", ".xml")
+MODEL_SUFFIXES = (".pt", *DEPLOYED_SUFFIXES)
 
 
 def metadata_from_checkpoint(payload: dict[str, Any]) -> ModelMetadata:
@@ -19,8 +22,8 @@ def metadata_from_checkpoint(payload: dict[str, Any]) -> ModelMetadata:
         class_names=list(payload["class_names"]),
         category_ids=[int(c) for c in payload["category_ids"]],
         img_size=int(payload["img_size"]),
-        pad_value=int(payload.get("pad_value", 114)),
-        input_format=payload.get("input_format", "rgb-0-255-letterbox-topleft"),
+        pad_value=int(payload.get("pad_value", PAD_VALUE)),
+        input_format=payload.get("input_format", INPUT_FORMAT),
         loss=str(payload.get("loss", "unknown")),
         extra={
             "backbone": payload["model_config"].get("backbone", ""),
@@ -53,7 +56,8 @@ def load_predictor(
     cuda_graph: bool = False,
     openvino_hint: str = "latency",
 ) -> Any:
-    """Dispatch on the file suffix; a wrong type is one clear error.
+    """A .pt checkpoint through torch, any other model file through the engine table
+    (deploy.runtimes); a wrong type is one clear error.
 
     `provider` applies to .onnx, `device` to .pt, `cuda_api` ("auto", "cuda-python", "pycuda")
     and `cuda_graph` (replay batch-1 launches from a CUDA graph) to .engine files,
@@ -62,32 +66,9 @@ def load_predictor(
     path = Path(path)
     if not path.exists():
         raise PipelineError(f"{path}: model file not found")
-    suffix = path.suffix.lower()
-    if suffix == ".pt":
+    if path.suffix.lower() == ".pt":
         return load_torch_predictor(path, device)
-    if suffix == ".onnx":
-        from deploy.backends.onnxruntime import OnnxRuntimePredictor
-
-        return OnnxRuntimePredictor(path, provider=provider)
-    if suffix == ".engine":
-        return _load_engine(path, cuda_api, cuda_graph)
-    if suffix == ".xml":
-        from deploy.backends.openvino import OpenVinoPredictor
-
-        return OpenVinoPredictor(path, hint=openvino_hint)
-    raise PipelineError(
-        f"{path}: unsupported model file type {suffix or '(none)'!r}; expected one of "
-        + ", ".join(MODEL_SUFFIXES)
-    )
-
-
-def _load_engine(path: Path, cuda_api: str, cuda_graph: bool) -> Any:
-    """The module imports without TensorRT; the constructor says what is missing (DeployError)."""
-    from deploy.backends.tensorrt import TensorRTPredictor
-
-    try:
-        return TensorRTPredictor(path, cuda_api=cuda_api, cuda_graph=cuda_graph)
-    except DeployError as exc:  # every line names the file, even "TensorRT is not installed"
-        if str(path) in str(exc):
-            raise
-        raise DeployError(f"{path}: {exc}") from exc
+    if engine_for_file(path.suffix) is None:
+        raise PipelineError(unsupported_file(path, MODEL_SUFFIXES))
+    settings = RuntimeSettings(provider, cuda_api, cuda_graph, openvino_hint)
+    return open_deployed(path, settings)

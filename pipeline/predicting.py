@@ -18,6 +18,7 @@ from deploy.draw import draw_detections
 from deploy.errors import DeployError
 from deploy.preprocess import load_image
 from deploy.report import write_json_atomic
+from pipeline.command_options import PredictOptions
 from pipeline.errors import PipelineError
 from pipeline.image_sources import expand_image_sources
 from pipeline.models import load_predictor
@@ -26,18 +27,6 @@ from pipeline.outputs import check_output_file
 logger = logging.getLogger(__name__)
 
 JSON_NAME = "detections.json"
-
-
-@dataclass(frozen=True)
-class PredictOptions:
-    """The thresholds and runtime choices of `pipeline predict` (see its --help)."""
-
-    conf: float = 0.25
-    iou: float | None = None
-    max_dets: int | None = None
-    batch_size: int = 1
-    provider: str = "auto"
-    device: str = "cpu"
 
 
 @dataclass

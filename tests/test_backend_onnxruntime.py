@@ -17,7 +17,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import deploy.backends.onnxruntime as ob
 from deploy.errors import DeployError
-from deploy.metadata import ModelMetadata, write_onnx_metadata
+from deploy.metadata import ModelMetadata
+from tests.oracles.model_files import write_onnx_metadata
 
 SIZE = 8
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"

@@ -484,8 +484,8 @@ def test_close_frees_every_allocation_once(
         ("no-device", "no usable CUDA device 0 .CUDA cudaSetDevice failed: cudaErrorInvalidDevice"),
         ("other-plan", "TensorRT 10.16.1.11 cannot deserialize this engine"),
         ("no-context", "TensorRT could not create an execution context"),
-        ("two-inputs", r"expected one input 'images', got \['images', 'scale'\]"),
-        ("no-labels", r"missing outputs \['labels'\] .engine has \['images', 'num_dets'"),
+        ("two-inputs", r"expected one input named 'images', got \['images', 'scale'\]"),
+        ("no-labels", r"missing outputs \['labels'\] .the model has \['images', 'num_dets'"),
         ("profile-16", r"engine input \(4, 3, 16, 16\) does not match the metadata's image size 8"),
         ("address", "TensorRT rejected the address for 'images'"),
         (

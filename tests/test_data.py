@@ -11,11 +11,12 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
+from common.image import letterbox, letterbox_size, to_rgb
 from train.data import synthetic
 from train.data.coco import CocoDetection, collate_detections
 from train.data.layout import resolve_split
 from train.data.synthetic import CATEGORY_IDS, ensure_synthetic_dataset, generate_synthetic_dataset
-from train.data.transforms import hflip_boxes, letterbox, letterbox_size, to_rgb
+from train.data.transforms import hflip_boxes
 from train.errors import InputError
 
 

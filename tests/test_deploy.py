@@ -17,13 +17,15 @@ from PIL import Image
 from pycocotools.cocoeval import COCOeval
 
 from common.contract import Detections
+from common.image import letterbox
 from deploy.backends.onnxruntime import OnnxRuntimePredictor, resolve_providers
 from deploy.errors import DeployError
 from deploy.evaluate import benchmark_latency, evaluate, load_coco
 from deploy.latency import summarize_latency
-from deploy.metadata import ModelMetadata, read_onnx_metadata, write_onnx_metadata
-from deploy.preprocess import letterbox, load_image, to_batch
+from deploy.metadata import ModelMetadata, read_onnx_metadata
+from deploy.preprocess import load_image, to_batch
 from deploy.report import format_metrics_table, write_json_atomic
+from tests.oracles.model_files import write_onnx_metadata
 
 SIZE = 64
 MAX_DETS = 100

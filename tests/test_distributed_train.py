@@ -23,10 +23,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from common.contract import Detections
+from common.image import letterbox
 from deploy.errors import DeployError
 from deploy.evaluate import evaluate
 from deploy.metadata import ModelMetadata
-from deploy.preprocess import letterbox, load_image, to_batch
+from deploy.preprocess import load_image, to_batch
 from pipeline.sharded_eval import evaluate_sharded
 from tests.cli_support import free_port
 from train.builders import build_model, seed_everything

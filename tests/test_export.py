@@ -15,7 +15,6 @@ from onnx import TensorProto, helper
 
 from common.contract import Detections
 from export.compat import check_tensorrt_compat
-from export.graph_postprocess import build_postprocess_model
 from export.onnx import (
     check_parity,
     compare_detections,
@@ -23,6 +22,7 @@ from export.onnx import (
     read_postprocess_config,
     run_onnxruntime,
 )
+from tests.oracles.model_files import build_postprocess_model
 from train.errors import InputError
 from train.model.anchors import AnchorSpec, anchors_per_level, generate_anchors
 from train.model.box_coder import DELTA_CLAMP

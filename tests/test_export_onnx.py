@@ -18,7 +18,6 @@ from onnx import TensorProto, helper
 
 import export.onnx as export_module
 from common.contract import Detections
-from export.graph_postprocess import build_postprocess_model
 from export.onnx import (
     check_parity,
     compare_detections,
@@ -27,6 +26,7 @@ from export.onnx import (
     run_onnxruntime,
     update_metadata,
 )
+from tests.oracles.model_files import build_postprocess_model
 from train.model.detector import ModelConfig, RetinaDetector
 from train.postprocess import PostprocessConfig
 

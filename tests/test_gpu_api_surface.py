@@ -173,7 +173,7 @@ def test_derivation_finds_the_names_the_code_is_known_to_use() -> None:
 @pytest.mark.gpu
 def test_tensorrt_has_every_name_we_use() -> None:
     trt = pytest.importorskip("tensorrt")
-    from common.contract import TENSORRT_PRECISIONS as PRECISIONS
+    from export.tensorrt import TENSORRT_PRECISIONS as PRECISIONS
     from export.tensorrt import plan_build, tensorrt_major
 
     names = used_names(TENSORRT_SOURCES, TENSORRT_ALIASES, TENSORRT_RECEIVERS)

@@ -12,7 +12,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from export.graph_postprocess import append_postprocess, build_postprocess_model
+from export.graph_postprocess import append_postprocess
+from tests.oracles.model_files import build_postprocess_model
 from train.model.box_coder import DELTA_CLAMP
 from train.postprocess import PostprocessConfig
 

@@ -12,6 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.oracles.loss_loops import (
+    reference_carl,
+    reference_ghmc,
+    reference_ghmr,
+    reference_hlr_rank,
+    reference_isr_p,
+)
 from tests.test_losses_helpers import random_batch
 from train.losses import (
     GHMC,
@@ -33,13 +40,6 @@ from train.losses import (
 )
 from train.losses import pisa as pisa_module
 from train.losses.fused import SigmoidFamily, sigmoid_row_loss
-from train.losses.reference import (
-    reference_carl,
-    reference_ghmc,
-    reference_ghmr,
-    reference_hlr_rank,
-    reference_isr_p,
-)
 
 LN2 = math.log(2)
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.oracles.loss_loops import reference_ghmc, reference_ghmr
 from tests.test_losses_helpers import random_batch
 from train.losses import GHMC, GHMR, GhmDetectionLoss, anchor_levels, build_loss
-from train.losses.reference import reference_ghmc, reference_ghmr
 from train.model.anchors import AnchorSpec, anchors_per_level, generate_anchors
 
 

@@ -309,7 +309,7 @@ def test_without_openvino_asking_for_it_is_one_line(
         ),
         (
             ["--openvino", "--precision", "fp16"],
-            "--precision fp16: --openvino takes fp32, bf16, int8",
+            "--precision fp16: OpenVINO takes fp32, bf16, int8",
         ),
         (["--openvino", "--trt"], "choose one engine per export"),
     ],

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from deploy.preprocess import letterbox, to_rgb
+from common.image import letterbox, to_rgb
 
 
 def test_rgb_input_is_returned_as_is_without_a_copy() -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from common.files import replace_atomically, write_text_atomic
+from common.image import INPUT_FORMAT, PAD_VALUE
 from train.errors import InputError
 from train.model.detector import ModelConfig, RetinaDetector
 
@@ -42,8 +43,8 @@ def checkpoint_payload(
         "class_names": list(class_names),
         "category_ids": [int(c) for c in category_ids],
         "img_size": model.config.img_size,
-        "input_format": "rgb-0-255-letterbox-topleft",
-        "pad_value": 114,
+        "input_format": INPUT_FORMAT,
+        "pad_value": PAD_VALUE,
         "loss": loss,
         "loss_options": {
             k: v for k, v in loss_options.items() if isinstance(v, (int, float, str, bool))

@@ -8,58 +8,18 @@ options from this, and resume and compare read `runtime` from here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from dataclasses import Field, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from common.settings import DEVICES, setting
 from train.losses.names import LOSS_NAMES, REG_LOSS_NAMES
 from train.recipe import RECIPE_NAMES
 
 # The backbones train/model/backbone.py builds (a test keeps the two equal), named here so the
 # command line can list them without importing torch.
 BACKBONE_NAMES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_large")
-DEVICES = ("auto", "cpu", "cuda")
 OPTIMIZERS = ("adamw", "sgd")
-
-
-def setting(
-    default: Any = MISSING,
-    help: str = "",  # noqa: A002 - click's own word for it
-    *,
-    choices: tuple[str, ...] = (),
-    min: float | None = None,  # noqa: A002
-    max: float | None = None,  # noqa: A002
-    max_open: bool = False,
-    runtime: bool = False,
-    cli: bool = True,
-    negatable: bool = False,
-    path_kind: str = "",
-    essential: bool = False,
-    factory: Callable[[], Any] | None = None,
-) -> Any:
-    """A TrainConfig field with what the command line and resume need to know about it.
-
-    runtime: may differ when the run is resumed or compared (it changes how, not what, trains).
-    cli: offered as --name; negatable: a bool shown as --name/--no-name; path_kind: "file" or
-    "dir" when a path must be one of those; essential: explained by a plain --help (the others
-    are named there and explained by --help-all).
-    """
-    metadata = {
-        "help": help,
-        "choices": choices,
-        "min": min,
-        "max": max,
-        "max_open": max_open,
-        "runtime": runtime,
-        "cli": cli,
-        "negatable": negatable,
-        "path_kind": path_kind,
-        "essential": essential,
-    }
-    if factory is not None:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torchvision.ops import batched_nms
 
+from common.contract import MAX_DETECTIONS, NMS_IOU, SCORE_THRESHOLD
 from train.errors import InputError
 from train.model.box_coder import decode_boxes
 
@@ -30,10 +31,10 @@ from train.model.box_coder import decode_boxes
 class PostprocessConfig:
     """Thresholds shared by training-time validation, the PyTorch predictor and the ONNX graph."""
 
-    score_threshold: float = 0.05
-    nms_iou: float = 0.5
+    score_threshold: float = SCORE_THRESHOLD
+    nms_iou: float = NMS_IOU
     topk_per_level: int = 1000
-    max_detections: int = 100
+    max_detections: int = MAX_DETECTIONS
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.score_threshold < 1.0:

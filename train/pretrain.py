@@ -25,32 +25,18 @@ from PIL import Image
 from torch import nn
 
 from common.files import replace_atomically
+from common.image import to_rgb
 from train.data.coco import MIN_BOX_SIDE, load_coco_json
 from train.data.layout import resolve_split
-from train.data.transforms import to_rgb
 from train.errors import InputError
 from train.model.backbone import Backbone
 from train.model.detector import IMAGENET_MEAN, IMAGENET_STD
+from train.pretrain_config import PretrainConfig
 
 log = logging.getLogger(__name__)
 
 CONTEXT = 0.1  # each side of an object crop grows by this fraction of the box's size
 MAX_BACKGROUND_IOU = 0.1  # a background crop overlaps every object less than this
-
-
-@dataclass(frozen=True, kw_only=True)
-class PretrainConfig:
-    data: Path
-    out: Path
-    backbone: str = "resnet18"
-    crop_size: int = 64
-    backgrounds_per_image: int = 2
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
-    device: str = "cpu"
 
 
 @dataclass(frozen=True)

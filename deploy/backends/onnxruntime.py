@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from common.contract import INPUT_NAME, OUTPUT_NAMES, Detections
+from deploy.backends.base import EngineBackend, RuntimeSettings
 from deploy.errors import DeployError
 from deploy.metadata import ModelMetadata, read_onnx_metadata
 
@@ -171,7 +172,7 @@ def resolve_providers(provider: str, available: list[str] | None = None) -> list
     return chosen
 
 
-class OnnxRuntimePredictor:
+class OnnxRuntimePredictor(EngineBackend):
     """Runs an exported model with ONNX Runtime.
 
     Attributes: metadata (read from the file), provider (the execution provider that actually
@@ -258,23 +259,17 @@ class OnnxRuntimePredictor:
             ) from exc
         return session, _first_line(printed.getvalue())
 
+    @classmethod
+    def open(cls, path: Path, settings: RuntimeSettings) -> OnnxRuntimePredictor:
+        return cls(path, provider=settings.provider)
+
     def _check_io(self) -> None:
-        """The graph must expose the names the exporter writes, or outputs would be misread."""
         inputs = [i.name for i in self._session.get_inputs()]
-        outputs = [o.name for o in self._session.get_outputs()]
-        if inputs != [INPUT_NAME]:
-            raise DeployError(f"{self.path}: expected one input named {INPUT_NAME!r}, got {inputs}")
-        missing = [name for name in OUTPUT_NAMES if name not in outputs]
-        if missing:
-            raise DeployError(f"{self.path}: missing outputs {missing} (graph has {outputs})")
+        self.check_io(inputs, [o.name for o in self._session.get_outputs()])
 
     def __call__(self, images: np.ndarray) -> Detections:
         """images: float32 (B, 3, S, S) raw 0..255 letterboxed RGB -> padded Detections."""
-        size = self.metadata.img_size
-        if images.ndim != 4 or images.shape[1:] != (3, size, size):
-            raise DeployError(
-                f"{self.path}: expected input (B, 3, {size}, {size}), got {tuple(images.shape)}"
-            )
+        self.check_input(images)
         batch = np.ascontiguousarray(images, dtype=self._input_dtype)
         if self.io_binding:
             num_dets, boxes, scores, labels = self._run_bound(batch)

@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from common.contract import INPUT_NAME, OPENVINO_PRECISIONS, OUTPUT_NAMES, Detections
+from common.contract import INPUT_NAME, OUTPUT_NAMES, Detections
+from common.engines import ENGINES_BY_NAME
 from common.optional import import_or_explain
+from deploy.backends.base import EngineBackend, RuntimeSettings
 from deploy.errors import DeployError
 from deploy.metadata import ModelMetadata
 
@@ -62,7 +64,7 @@ def cpu_capabilities() -> dict[str, Any]:
     }
 
 
-class OpenVinoPredictor:
+class OpenVinoPredictor(EngineBackend):
     """Runs an OpenVINO IR on the CPU.
 
     Attributes: metadata (from the IR's rt_info), precision ("fp32", "bf16" or "int8", from the
@@ -99,10 +101,9 @@ class OpenVinoPredictor:
         props = read_rt_info(model)
         self.metadata: ModelMetadata = ModelMetadata.from_props(props, str(self.path))
         self.precision: str = precision or props.get(PRECISION_KEY, "fp32")
-        if self.precision not in OPENVINO_PRECISIONS:
-            raise DeployError(
-                f"{self.path}: precision {self.precision!r} is not one of {OPENVINO_PRECISIONS}"
-            )
+        known = ENGINES_BY_NAME["openvino"].precisions
+        if self.precision not in known:
+            raise DeployError(f"{self.path}: precision {self.precision!r} is not one of {known}")
         self.hint = hint
         self._check_io(model)
         config = {
@@ -122,23 +123,17 @@ class OpenVinoPredictor:
         logger.info("%s: OpenVINO %s on CPU (%s, %s)", self.path, ov.__version__.split("-")[0],
                     self.precision, hint)  # fmt: skip
 
+    @classmethod
+    def open(cls, path: Path, settings: RuntimeSettings) -> OpenVinoPredictor:
+        return cls(path, hint=settings.openvino_hint)
+
     def _check_io(self, model: Any) -> None:
-        """The graph must expose the exporter's names, or outputs would be misread."""
         inputs = [port.get_any_name() for port in model.inputs]
-        outputs = {name for port in model.outputs for name in port.get_names()}
-        if inputs != [INPUT_NAME]:
-            raise DeployError(f"{self.path}: expected one input named {INPUT_NAME!r}, got {inputs}")
-        missing = [name for name in OUTPUT_NAMES if name not in outputs]
-        if missing:
-            raise DeployError(f"{self.path}: missing outputs {missing}")
+        self.check_io(inputs, sorted({name for port in model.outputs for name in port.get_names()}))
 
     def __call__(self, images: np.ndarray) -> Detections:
         """images: float32 (B, 3, S, S) raw 0..255 letterboxed RGB -> padded Detections."""
-        size = self.metadata.img_size
-        if images.ndim != 4 or images.shape[1:] != (3, size, size):
-            raise DeployError(
-                f"{self.path}: expected input (B, 3, {size}, {size}), got {tuple(images.shape)}"
-            )
+        self.check_input(images)
         batch = np.ascontiguousarray(images, dtype=np.float32)
         compiled, request = self._for_batch(len(batch))
         results = request.infer({INPUT_NAME: batch})

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from common.contract import INPUT_NAME, OUTPUT_NAMES, Detections
+from deploy.backends.base import EngineBackend, RuntimeSettings
 from deploy.backends.cuda_memory import NO_DRIVER_HINT, one_line, open_cuda
 from deploy.engine_metadata import EngineInfo, check_engine_compat, read_engine_metadata
 from deploy.errors import DeployError
@@ -206,7 +207,7 @@ class GraphLauncher:
         return None
 
 
-class TensorRTPredictor:
+class TensorRTPredictor(EngineBackend):
     """Runs a serialized TensorRT engine; same call contract as the ONNX Runtime predictor.
 
     Attributes: metadata (from the sidecar), info (build info), precision, backend_name,
@@ -262,6 +263,10 @@ class TensorRTPredictor:
             ", CUDA graph for batch 1" if cuda_graph else "",
         )
 
+    @classmethod
+    def open(cls, path: Path, settings: RuntimeSettings) -> TensorRTPredictor:
+        return cls(path, cuda_api=settings.cuda_api, cuda_graph=settings.cuda_graph)
+
     def _deserialize(self) -> Any:
         engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if engine is None:
@@ -277,11 +282,7 @@ class TensorRTPredictor:
         engine, trt = self._engine, self._trt
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        if inputs != [INPUT_NAME]:
-            raise DeployError(f"{self.path}: expected one input {INPUT_NAME!r}, got {inputs}")
-        missing = [n for n in OUTPUT_NAMES if n not in names]
-        if missing:
-            raise DeployError(f"{self.path}: missing outputs {missing} (engine has {names})")
+        self.check_io(inputs, names)
         _, _, max_shape = engine.get_tensor_profile_shape(INPUT_NAME, 0)
         size = self.metadata.img_size
         if tuple(max_shape)[1:] != (3, size, size):
@@ -316,11 +317,7 @@ class TensorRTPredictor:
 
     def __call__(self, images: np.ndarray) -> Detections:
         """images: float32 (B, 3, S, S) raw 0..255 letterboxed RGB -> padded Detections."""
-        size = self.metadata.img_size
-        if images.ndim != 4 or images.shape[1:] != (3, size, size):
-            raise DeployError(
-                f"{self.path}: expected input (B, 3, {size}, {size}), got {tuple(images.shape)}"
-            )
+        self.check_input(images)
         batch = images.shape[0]
         if not 1 <= batch <= self.max_batch:
             raise DeployError(

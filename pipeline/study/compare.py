@@ -25,7 +25,7 @@ from deploy.report import write_json_atomic
 from pipeline.errors import PipelineError
 from pipeline.evaluation import eval_in_run, scored_files
 from pipeline.options import config_from_options
-from pipeline.study.engines import (
+from pipeline.study.backends import (
     build_deployed_model,
     check_backend,
     parse_backends,

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from pipeline.options import TRAIN_OPTIONS_BY_FIELD
-from pipeline.study.engines import BACKENDS
+from pipeline.study.backends import BACKENDS
 from pipeline.study.spec import LAUNCHER_ONLY, LAUNCHERS
 
 EXCLUDED_TRAIN_OPTIONS = ("loss", "overwrite", "resume")

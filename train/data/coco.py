@@ -21,7 +21,8 @@ from PIL import Image
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
-from train.data.transforms import hflip_boxes, hflip_content, letterbox, letterbox_size
+from common.image import letterbox, letterbox_size
+from train.data.transforms import hflip_boxes, hflip_content
 from train.errors import InputError
 
 logger = logging.getLogger(__name__)

@@ -12,28 +12,18 @@ calibration-<method>/, so the engine's usual int8 model stays beside it).
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from common.contract import CALIBRATION_METHODS
+from common.engines import BACKENDS
 from export.errors import ExportError
 from pipeline.errors import PipelineError
 from train.errors import InputError
 
 log = logging.getLogger(__name__)
-
-# backend -> (engine: onnx, tensorrt or openvino, precision)
-BACKENDS: dict[str, tuple[str, str]] = {
-    "onnx": ("onnx", "fp32"),
-    "onnx-int8": ("onnx", "int8"),
-    "openvino": ("openvino", "fp32"),
-    "openvino-bf16": ("openvino", "bf16"),
-    "openvino-int8": ("openvino", "int8"),
-    "tensorrt": ("tensorrt", "fp32"),
-    "tensorrt-fp16": ("tensorrt", "fp16"),
-    "tensorrt-int8": ("tensorrt", "int8"),
-}
 
 
 def parse_names(
@@ -76,7 +66,7 @@ def _check_calibration(backend: str) -> None:
             f"--backend {backend}: unknown calibration {method!r}; valid: "
             f"{', '.join(CALIBRATION_METHODS)}"
         )
-    if engine == "tensorrt" and method == "percentile":
+    if engine.name == "tensorrt" and method == "percentile":
         raise PipelineError(
             f"--backend {backend}: TensorRT 10 has no percentile calibrator; use "
             f"{name}:minmax or {name}:entropy, or onnx-int8:percentile"
@@ -99,16 +89,13 @@ def check_backend(backend: str) -> None:
         raise PipelineError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     _check_calibration(backend)
     engine = BACKENDS[name][0]
-    if engine == "onnx":
+    if engine.requirement is None:
         return
-    if engine == "tensorrt":
-        from export.tensorrt import require_tensorrt as require
-    else:
-        from export.openvino import require_openvino as require
+    module_name, _, function = engine.requirement.partition(":")
     try:
-        require()
+        getattr(importlib.import_module(module_name), function)()
     except (InputError, ExportError) as exc:
-        reason = str(exc).removeprefix("--trt: ").removeprefix("--openvino: ")
+        reason = str(exc).removeprefix(f"{engine.export_flag}: ")
         raise PipelineError(f"--backend {backend}: {reason}; or use --backend onnx") from exc
 
 
@@ -120,14 +107,8 @@ def export_folder(backend: str, run_dir: Path) -> Path:
 
 def deployed_model_path(backend: str, run_dir: Path) -> Path:
     """The file `pipeline export` writes for `backend` (model.onnx, model.int8.onnx, ...)."""
-    name, _ = split_backend(backend)
-    engine, precision = BACKENDS[name]
-    run_dir = export_folder(backend, run_dir)
-    if engine == "tensorrt":
-        return run_dir / f"model.{precision}.engine"
-    if engine == "openvino":
-        return run_dir / f"model.{precision}.xml"
-    return run_dir / ("model.onnx" if precision == "fp32" else f"model.{precision}.onnx")
+    engine, precision = BACKENDS[split_backend(backend)[0]]
+    return export_folder(backend, run_dir) / engine.model_file(precision)
 
 
 def build_deployed_model(backend: str, weights: Path, run_dir: Path) -> Path:
@@ -139,8 +120,8 @@ def build_deployed_model(backend: str, weights: Path, run_dir: Path) -> Path:
     name, method = split_backend(backend)
     engine, precision = BACKENDS[name]
     options = ExportOptions(
-        trt=engine == "tensorrt",
-        openvino=engine == "openvino",
+        trt=engine.export_flag == "--trt",
+        openvino=engine.export_flag == "--openvino",
         precision=precision,
         calibration=method,
     )

@@ -1,0 +1,122 @@
+"""The engine table (common/engines.py) drives every list of engines: export's --precision
+choices and output files, compare's --backend names and model files, the model loaders, doctor."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import click
+import pytest
+
+from common.engines import BACKENDS, ENGINES, EXPORT_PRECISIONS, engine_for_file
+from deploy.backends.base import EngineBackend, RuntimeSettings
+from deploy.errors import DeployError
+from deploy.runtimes import open_deployed
+
+# Written out by hand: what users type and what lands on disk today.
+EXPECTED_BACKENDS = {
+    "onnx": "model.onnx",
+    "onnx-int8": "model.int8.onnx",
+    "openvino": "model.fp32.xml",
+    "openvino-bf16": "model.bf16.xml",
+    "openvino-int8": "model.int8.xml",
+    "tensorrt": "model.fp32.engine",
+    "tensorrt-fp16": "model.fp16.engine",
+    "tensorrt-int8": "model.int8.engine",
+}
+
+
+def _choices(command: click.Command, name: str) -> list[str]:
+    param = next(p for p in command.params if p.name == name)
+    assert isinstance(param.type, click.Choice)
+    return list(param.type.choices)
+
+
+def test_export_precision_choices_are_the_table_s() -> None:
+    from pipeline.cli import cli
+
+    assert EXPORT_PRECISIONS == ("fp32", "fp16", "int8", "bf16")
+    assert _choices(cli.commands["export"], "precision") == list(EXPORT_PRECISIONS)
+
+
+def test_compare_backends_and_their_files_come_from_the_table(tmp_path: Path) -> None:
+    from pipeline.study.backends import deployed_model_path, parse_backends
+
+    assert list(BACKENDS) == list(EXPECTED_BACKENDS)
+    assert parse_backends(",".join(EXPECTED_BACKENDS)) == list(EXPECTED_BACKENDS)
+    for backend, file_name in EXPECTED_BACKENDS.items():
+        assert deployed_model_path(backend, tmp_path) == tmp_path / file_name
+
+
+@pytest.mark.parametrize("backend", list(EXPECTED_BACKENDS))
+def test_export_writes_the_file_compare_scores(backend: str, tmp_path: Path) -> None:
+    """The file export names for an engine and precision is the one compare opens."""
+    from pipeline.exporting import ExportOptions, _outputs
+    from pipeline.study.backends import deployed_model_path
+
+    engine, precision = BACKENDS[backend]
+    options = ExportOptions(
+        trt=engine.name == "tensorrt", openvino=engine.name == "openvino", precision=precision
+    )
+    written = _outputs(tmp_path / "model.onnx", options)
+    assert deployed_model_path(backend, tmp_path) == written[-1]
+
+
+def test_every_row_names_a_backend_class_that_opens_its_files() -> None:
+    for engine in ENGINES:
+        module_name, _, class_name = engine.backend.partition(":")
+        backend = getattr(importlib.import_module(module_name), class_name)
+        assert issubclass(backend, EngineBackend)
+        assert backend.open is not EngineBackend.open, engine.name
+        assert engine_for_file(engine.suffix.upper()) is engine
+    assert engine_for_file(".pt") is None
+
+
+def test_open_deployed_dispatches_on_the_suffix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each suffix reaches its row's class, with the settings; other suffixes are one line."""
+    opened = []
+    for engine in ENGINES:
+        module_name, _, class_name = engine.backend.partition(":")
+        module = importlib.import_module(module_name)
+
+        def fake_open(cls: type, path: Path, settings: RuntimeSettings, name: str = engine.name):
+            opened.append((name, path.name, settings.openvino_hint))
+            return name
+
+        monkeypatch.setattr(getattr(module, class_name), "open", classmethod(fake_open))
+    settings = RuntimeSettings(openvino_hint="throughput")
+    for engine in ENGINES:
+        path = tmp_path / f"m{engine.suffix}"
+        path.write_bytes(b"x")
+        assert open_deployed(path, settings) == engine.name
+    assert opened == [(e.name, f"m{e.suffix}", "throughput") for e in ENGINES]
+    other = tmp_path / "m.tflite"
+    other.write_bytes(b"x")
+    with pytest.raises(DeployError, match=r"m.tflite: unsupported model file type '.tflite'; "
+                       r"expected one of .onnx, .xml, .engine$"):  # fmt: skip
+        open_deployed(other)
+
+
+def test_eval_accepts_the_table_s_suffixes_and_a_checkpoint(tmp_path: Path) -> None:
+    from pipeline.errors import PipelineError
+    from pipeline.models import MODEL_SUFFIXES, load_predictor
+
+    assert MODEL_SUFFIXES == (".pt", ".onnx", ".xml", ".engine")
+    other = tmp_path / "m.tflite"
+    other.write_bytes(b"x")
+    with pytest.raises(PipelineError, match="expected one of .pt, .onnx, .xml, .engine"):
+        load_predictor(other)
+
+
+def test_doctor_has_one_line_per_engine() -> None:
+    from pipeline.doctor import engine_lines
+
+    lines = engine_lines(torch_cuda=False)
+    assert list(lines) == ["engine onnx", "engine openvino", "engine tensorrt"]
+    assert lines["engine onnx"] == "ONNX Runtime, *.onnx, fp32 fp16 int8: yes"
+    assert lines["engine tensorrt"].endswith(": no (not installed)") or lines[
+        "engine tensorrt"
+    ].endswith(": no (needs an NVIDIA GPU)")
