@@ -25,7 +25,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder
 
-# mmdetection 3.3.0's loss code, for tests/test_reference_mmdet.py (a folder of its own, never
+# mmdetection 3.3.0's loss code, for tests/train/test_reference_mmdet.py (a folder of its own, never
 # imported by the product; docs/reference-parity.md). Pure-Python wheels, no mmcv.
 REFERENCE := .reference
 $(REFERENCE)/.installed: $(STAMP)

@@ -5,7 +5,7 @@ with COCO-like sizes, real anchor assignment, regressed boxes near their targets
 forward + backward (median of --repeats after one warm-up) and, right before it on the same
 tensors, BCE-with-logits over all anchors x classes; the ratio is loss / BCE. Targets (issue 3):
 every loss <= 3x BCE; GHM and PISA >= 5x faster than straightforward loop implementations
-(train/losses/reference.py: per-bin loops with host syncs, per-class / per-object loops).
+(tests/oracles/loss_loops.py: per-bin loops with host syncs, per-class / per-object loops).
 
     python bench/losses.py [--repeats 3] [--threads N]
 """

@@ -1,2 +1,2 @@
 """What every stage shares and none owns: torch-free, importable by train, export, deploy and
-pipeline alike (tests/test_architecture.py keeps it free of them)."""
+pipeline alike (tests/common/test_architecture.py keeps it free of them)."""

@@ -9,7 +9,7 @@ bins for each of ~1,000 candidate windows: at TensorRT's 2048 bins it took 110 s
 merge and expansion with numpy reshapes and keeps every arithmetic step of the original
 (integer sums, the int64 truncation of the expanded counts, the float32 smoothing and KL
 divergence, the KL values cast to the edges' dtype before the argmin), so its thresholds are
-ONNX Runtime's to the bit (tests/test_calibration_entropy.py checks that on real histograms).
+ONNX Runtime's to the bit (tests/export/test_calibration_entropy.py checks that on real histograms).
 """
 
 from __future__ import annotations

@@ -72,8 +72,8 @@ for calibration in minmax entropy; do
 done
 
 step "gpu tests (TensorRT) and cuda tests (torch on CUDA)"
-$PY -m pytest -q -rs -m gpu tests/test_tensorrt.py
-$PY -m pytest -q -rs -m cuda tests/test_losses_gpu.py
+$PY -m pytest -q -rs -m gpu tests/export/test_tensorrt.py
+$PY -m pytest -q -rs -m cuda tests/train/test_losses_gpu.py
 
 step "table"
 $PY - "$REPORTS" "$RUN/model.fp16.engine.json" <<'EOF'

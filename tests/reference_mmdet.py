@@ -1,6 +1,6 @@
 """Load mmdetection 3.3.0's loss path (RetinaHead, PISARetinaHead, GHM/PISA losses) for parity tests.
 
-Not a test module: `tests/test_reference_mmdet.py` imports it. mmdetection is never a dependency of
+Not a test module: `tests/train/test_reference_mmdet.py` imports it. mmdetection is never a dependency of
 this project; it is installed into a separate folder (docs/reference-parity.md) and put on
 sys.path only here:
 

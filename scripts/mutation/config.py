@@ -91,7 +91,7 @@ def _group(entry: dict, root: Path, default_markers: str) -> ModuleGroup:
 
 
 def _expand_tests(root: Path, tests: list[str]) -> tuple[str, ...]:
-    """Globs (`tests/test_losses*.py`) become the files they match now, so new ones join."""
+    """Globs (`tests/train/test_losses*.py`) become the files they match now, so new ones join."""
     expanded: list[str] = []
     for test in tests:
         if "::" not in test and any(ch in test for ch in "*?["):

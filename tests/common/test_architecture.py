@@ -1,0 +1,86 @@
+"""The dependency rules of architecture.md, checked on the source: pipeline -> train, export,
+deploy; export -> train; deploy never imports torch (nor train/export); nothing imports pipeline;
+every stage may import common/, which imports none of them.
+
+Every import statement counts, including the lazy ones inside functions.
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+FORBIDDEN = {
+    # common/ is the bottom layer every stage may import: it imports none of them, nor torch
+    "common": {"pipeline", "train", "export", "deploy", "torch", "torchvision", "onnx"},
+    "train": {"pipeline", "export", "deploy"},
+    "export": {"pipeline", "deploy"},
+    "deploy": {"pipeline", "train", "export", "torch", "torchvision"},
+}
+
+
+def imported_top_level_names(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_package_imports_only_what_it_may(package):
+    violations = {
+        str(path.relative_to(ROOT)): sorted(imported_top_level_names(path) & FORBIDDEN[package])
+        for path in sorted((ROOT / package).rglob("*.py"))
+    }
+    assert {k: v for k, v in violations.items() if v} == {}
+
+
+def test_the_checker_sees_lazy_imports(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("def f():\n    import torch.nn\n    from pipeline.cli import cli\n")
+    assert imported_top_level_names(sample) == {"torch", "pipeline"}
+
+
+def test_the_cli_starts_without_importing_torch():
+    """`pipeline --help` and friends answer at once; torch loads only for the work that needs it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pipeline.cli; print(sorted(m for m in ('torch', 'onnx') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_cli_offers_exactly_the_registered_losses():
+    import torch
+
+    from train.assign import assign_anchors
+    from train.losses import LOSSES
+    from train.losses.names import LOSS_NAMES, REG_LOSS_NAMES
+    from train.losses.regression import regression_per_anchor
+
+    assert tuple(LOSSES) == LOSS_NAMES
+    # every regression loss the CLI offers is one the losses compute
+    anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    assignment = assign_anchors(anchors, [anchors.clone()], [torch.tensor([0])])
+    for kind in REG_LOSS_NAMES:
+        assert regression_per_anchor(kind, torch.zeros(1, 1, 4), assignment).shape == (1, 1)
+
+
+def test_every_user_facing_error_is_a_user_error() -> None:
+    """The command line's boundary catches one base (common.errors.UserError): one line, exit 2."""
+    from common.errors import UserError
+    from deploy.errors import DeployError
+    from pipeline.errors import PipelineError
+    from train.errors import InputError, LossSettingError, NonFiniteLossError, TrainingError
+
+    for error in (InputError, TrainingError, NonFiniteLossError, LossSettingError, DeployError,
+                  PipelineError):  # fmt: skip
+        assert issubclass(error, UserError), error
