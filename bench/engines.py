@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from common.datasets.layout import resolve_split
 from common.engines import BACKENDS
 from deploy.backends.base import RuntimeSettings
 from deploy.backends.openvino import cpu_capabilities
@@ -43,7 +44,6 @@ from deploy.evaluate import benchmark_latency, evaluate
 from deploy.runtimes import open_deployed
 from pipeline.exporting import ExportOptions, run_export
 from train.checkpoint import load_checkpoint, model_from_checkpoint
-from train.data.layout import resolve_split
 from train.data.synthetic import ensure_synthetic_dataset
 
 BATCHES = (1, 8)

@@ -18,12 +18,13 @@ import os
 import platform
 import re
 import sys
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from common.dataset_paths import image_file
 from common.image import INPUT_FORMAT, PAD_VALUE, letterbox
 from deploy.errors import DeployError
 from deploy.latency import StageTimer
@@ -106,12 +107,7 @@ def predict_images(
 
 def image_path(img_dir: Path, file_name: Any, ann_file: Path) -> Path:
     """img_dir / file_name, refusing anything but a relative path that stays inside img_dir."""
-    if not isinstance(file_name, str) or not file_name:
-        raise DeployError(f"{ann_file}: file_name {file_name!r} is not a non-empty string")
-    for pure in (PurePosixPath(file_name), PureWindowsPath(file_name)):
-        if pure.is_absolute() or pure.anchor or ".." in pure.parts:
-            raise DeployError(f"{ann_file}: file_name {file_name!r} escapes {img_dir}")
-    return Path(img_dir) / file_name
+    return image_file(img_dir, file_name, ann_file, DeployError)
 
 
 def _predict_all(

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from common.contract import INPUT_NAME, OUTPUT_NAMES, RAW_OUTPUT_NAMES, Detections
+from common.errors import InputError
 from common.files import replace_atomically
 from export.graph_postprocess import append_postprocess
-from train.errors import InputError
 from train.model.anchors import anchors_per_level
 from train.postprocess import PostprocessConfig
 from train.predict import TorchPredictor

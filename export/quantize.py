@@ -30,10 +30,10 @@ import onnx
 from onnx import helper, numpy_helper
 
 from common.contract import INPUT_NAME
+from common.errors import InputError
 from common.image import PAD_VALUE
 from export.entropy import entropy_threshold
 from export.onnx import _save_atomic
-from train.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -384,7 +384,7 @@ def calibration_images(
 
     The training split by default, so the images the model is scored on never set its ranges.
     """
-    from train.data.layout import resolve_split
+    from common.datasets.layout import resolve_split
 
     ann_file, img_dir = resolve_split(Path(data), split)
     return split_images(ann_file, img_dir, img_size, count, pad_value)

@@ -29,11 +29,11 @@ import onnx
 
 from common.contract import INPUT_NAME, EngineInfo
 from common.engines import ENGINES_BY_NAME
+from common.errors import InputError
 from common.files import write_bytes_atomic
 from export.compat import check_tensorrt_compat
 from export.errors import ExportError
 from export.trt_calibrator import attach_calibrator
-from train.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from common.contract import INPUT_NAME
-from train.errors import InputError
+from common.errors import InputError
 
 CALIBRATION_BATCH = 1  # any image count works, and the calibration profile stays fixed
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.contract import CALIBRATION_METHODS, MAX_DETECTIONS, NMS_IOU, SCORE_THRESHOLD
+from common.datasets.layout import SPLITS
 from common.engines import EXPORT_PRECISIONS
 from common.settings import device_setting, setting
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
 DEFAULT_OPSET = 17  # the opset every export writes unless --opset says otherwise
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
-SPLITS = ("train", "val")
+
 MODEL_FILE = "A .pt checkpoint, .onnx model, TensorRT .engine or OpenVINO .xml file."
 CHECKPOINT_DEVICE = "Device for .pt checkpoints (auto: CUDA when available, else CPU)."
 
@@ -189,12 +190,7 @@ class Thresholds:
         if (conf, iou, max_dets) == (model.score_threshold, model.nms_iou, model.max_detections):
             return predictor
         if Path(model_path).suffix.lower() == ".pt":
-            predictor.config = dataclasses.replace(
-                predictor.config, score_threshold=conf, nms_iou=iou, max_detections=max_dets
-            )
-            predictor.metadata = dataclasses.replace(
-                model, score_threshold=conf, nms_iou=iou, max_detections=max_dets
-            )
+            predictor.run_thresholds(conf, iou, max_dets)
             return predictor
         check_narrowing(model, conf, iou, max_dets, str(model_path))
         return NarrowedPredictor(predictor, conf, max_dets)

@@ -14,11 +14,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.datasets.converted import foreign_layout, to_coco
+from common.datasets.layout import SPLITS
+from common.errors import InputError
 from common.files import link_or_copy, write_json_atomic
 from pipeline.errors import PipelineError
-from train.data.converted import foreign_layout, to_coco
-from train.data.layout import SPLITS
-from train.errors import InputError
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,13 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from common.datasets.layout import resolve_split
 from deploy.draw import DrawStyle, LabelledBox, class_colour, draw_boxes, label_font
 from deploy.errors import DeployError
 from deploy.evaluate import image_path, load_coco
 from deploy.preprocess import load_image
 from pipeline.errors import PipelineError
 from pipeline.outputs import check_output_file
-from train.data.layout import resolve_split
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from train.data.layout import resolve_split
+from common.datasets.layout import resolve_split
 from train.data.synthetic import ensure_synthetic_dataset
 
 log = logging.getLogger(__name__)

@@ -21,6 +21,7 @@ import numpy as np
 
 from common.contract import Detections
 from common.engines import ENGINES, ENGINES_BY_NAME, Engine
+from common.errors import InputError
 from deploy.evaluate import letterboxed_images
 from deploy.metadata import ModelMetadata
 from export.compat import check_tensorrt_compat
@@ -38,7 +39,6 @@ from pipeline.errors import PipelineError
 from pipeline.models import metadata_from_checkpoint
 from pipeline.outputs import check_output_file
 from train.checkpoint import load_checkpoint, model_from_checkpoint
-from train.errors import InputError
 
 ONNX = ENGINES_BY_NAME["onnx"]
 log = logging.getLogger(__name__)

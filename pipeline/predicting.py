@@ -7,7 +7,6 @@ skipped with a warning and counted; when every image is unreadable, that is an e
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,21 +96,11 @@ def _run_torch_postprocess_at(predictor: Any, options: PredictOptions) -> None:
     """A checkpoint's post-processing runs in PyTorch, so unlike an exported graph it can use
     any threshold: the score threshold lowered to --conf when that is below the default, the IoU
     and the cap as asked. The metadata states the values run, for the Detector's checks."""
-    from train.postprocess import PostprocessConfig  # torch: only a .pt gets here
-
     default = predictor.config
-    config = PostprocessConfig(
+    predictor.run_thresholds(
         score_threshold=min(options.conf, default.score_threshold),
         nms_iou=default.nms_iou if options.iou is None else options.iou,
-        topk_per_level=default.topk_per_level,
         max_detections=max(options.max_dets or 0, default.max_detections),
-    )
-    predictor.config = config
-    predictor.metadata = dataclasses.replace(
-        predictor.metadata,
-        score_threshold=config.score_threshold,
-        nms_iou=config.nms_iou,
-        max_detections=config.max_detections,
     )
 
 

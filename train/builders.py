@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.errors import InputError
 from train.config import TrainConfig
 from train.data.cache import CachedCocoDetection
 from train.data.coco import CocoDetection
 from train.data.splits import training_splits
-from train.errors import InputError
 from train.fine_tune import init_from_checkpoint
 from train.losses import LOSSES, resolve_options
 from train.model.anchors import default_anchor_scale

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from train.errors import InputError
+from common.errors import InputError
 
 log = logging.getLogger(__name__)
 LAUNCH_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE")

@@ -1,14 +1,10 @@
-"""Errors caused by the user's input (data, checkpoints, options) rather than by a bug.
+"""Errors of training the user can act on, rather than bugs (bad input: common.errors.InputError).
 
 The CLI prints them as one line and exits with code 2; every message names the file or option and
 the problem.
 """
 
 from common.errors import UserError
-
-
-class InputError(UserError, ValueError):
-    """Bad input to the training side: dataset, checkpoint, option value."""
 
 
 class TrainingError(UserError, RuntimeError):

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from common.errors import InputError
 from train.checkpoint import load_checkpoint
-from train.errors import InputError
 
 log = logging.getLogger(__name__)
 

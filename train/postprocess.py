@@ -23,7 +23,7 @@ import torch
 from torchvision.ops import batched_nms
 
 from common.contract import MAX_DETECTIONS, NMS_IOU, SCORE_THRESHOLD
-from train.errors import InputError
+from common.errors import InputError
 from train.model.box_coder import decode_boxes
 
 

@@ -7,6 +7,7 @@ so `Detections` is redefined here with the same field names, dtypes and shapes.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from common.contract import Detections
-from train.errors import InputError
+from common.errors import InputError
 from train.model.anchors import anchors_per_level
 from train.postprocess import PostprocessConfig, count_nms_candidates, postprocess
 
@@ -53,6 +54,22 @@ class TorchPredictor:
         # NMS candidates per image called on (warm-up calls included), when asked: eval reports
         # them; a long-lived predictor (a server) would otherwise grow this list forever.
         self.candidate_counts: list[int] | None = [] if count_candidates else None
+
+    def run_thresholds(self, score_threshold: float, nms_iou: float, max_detections: int) -> None:
+        """Run NMS at these values from now on, and say so in `.metadata` (a checkpoint's
+        post-processing is PyTorch, so any value is exact; the evaluator reads the metadata)."""
+        self.config = dataclasses.replace(
+            self.config,
+            score_threshold=score_threshold,
+            nms_iou=nms_iou,
+            max_detections=max_detections,
+        )
+        self.metadata = dataclasses.replace(
+            self.metadata,
+            score_threshold=score_threshold,
+            nms_iou=nms_iou,
+            max_detections=max_detections,
+        )
 
     @property
     def precision(self) -> str:

@@ -24,11 +24,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from common.datasets.layout import resolve_split
+from common.errors import InputError
 from common.files import replace_atomically
 from common.image import to_rgb
 from train.data.coco import MIN_BOX_SIDE, load_coco_json
-from train.data.layout import resolve_split
-from train.errors import InputError
 from train.model.backbone import Backbone
 from train.model.detector import IMAGENET_MEAN, IMAGENET_STD
 from train.pretrain_config import PretrainConfig

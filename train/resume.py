@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.errors import InputError
 from train.builders import resolved_loss_options
 from train.checkpoint import load_checkpoint
 from train.config import RUNTIME_FIELDS, TrainConfig
 from train.distributed import all_gather_objects, current_rank_and_world
 from train.ema import ModelEma
-from train.errors import InputError
 from train.losses.base import load_loss_state_dict, loss_state_dict
 
 log = logging.getLogger(__name__)

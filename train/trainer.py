@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from common.errors import InputError
 from common.files import write_json_atomic
 from train.builders import (
     build_datasets,
@@ -47,7 +48,7 @@ from train.distributed import (
     init_distributed,
 )
 from train.ema import ModelEma
-from train.errors import InputError, NonFiniteLossError
+from train.errors import NonFiniteLossError
 from train.losses import build_loss, loss_state_dict
 from train.model.detector import RetinaDetector
 from train.resume import Resumable, load_resume_payload, to_cpu

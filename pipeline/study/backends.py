@@ -19,9 +19,9 @@ from pathlib import Path
 
 from common.contract import CALIBRATION_METHODS
 from common.engines import BACKENDS
+from common.errors import InputError
 from export.errors import ExportError
 from pipeline.errors import PipelineError
-from train.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from common.errors import InputError
 from deploy.report import write_json_atomic
 from pipeline.errors import PipelineError
 from pipeline.evaluation import eval_in_run, scored_files
@@ -39,7 +40,7 @@ from pipeline.study.spec import CompareSpec
 from pipeline.training import run_training
 from train.checkpoint import load_checkpoint
 from train.config import RUNTIME_FIELDS, TrainConfig
-from train.errors import InputError, NonFiniteLossError
+from train.errors import NonFiniteLossError
 from train.losses import LOSSES, resolve_options
 
 log = logging.getLogger(__name__)

@@ -39,6 +39,33 @@ def test_package_imports_only_what_it_may(package):
     assert {k: v for k, v in violations.items() if v} == {}
 
 
+def private_names_from_other_packages(path: Path, package: str) -> list[str]:
+    """`from other_package.module import _name`: another stage's private helper."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            top = node.module.split(".")[0]
+            if top != package and top in {*FORBIDDEN, "pipeline"}:
+                found += [f"{node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+    return found
+
+
+@pytest.mark.parametrize("package", sorted({*FORBIDDEN, "pipeline", "bench"}))
+def test_no_stage_reaches_for_another_stage_s_private_names(package):
+    """What a stage offers the others has a public name; its `_helpers` stay its own."""
+    violations = {
+        str(path.relative_to(ROOT)): private_names_from_other_packages(path, package)
+        for path in sorted((ROOT / package).rglob("*.py"))
+    }
+    assert {k: v for k, v in violations.items() if v} == {}
+
+
+def test_the_private_name_checker_sees_one(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("from export.onnx import _save_atomic, save\nfrom train.step import _x\n")
+    assert private_names_from_other_packages(sample, "export") == ["train.step._x"]
+
+
 def test_the_checker_sees_lazy_imports(tmp_path):
     sample = tmp_path / "sample.py"
     sample.write_text("def f():\n    import torch.nn\n    from pipeline.cli import cli\n")
@@ -76,10 +103,10 @@ def test_the_cli_offers_exactly_the_registered_losses():
 
 def test_every_user_facing_error_is_a_user_error() -> None:
     """The command line's boundary catches one base (common.errors.UserError): one line, exit 2."""
-    from common.errors import UserError
+    from common.errors import InputError, UserError
     from deploy.errors import DeployError
     from pipeline.errors import PipelineError
-    from train.errors import InputError, LossSettingError, NonFiniteLossError, TrainingError
+    from train.errors import LossSettingError, NonFiniteLossError, TrainingError
 
     for error in (InputError, TrainingError, NonFiniteLossError, LossSettingError, DeployError,
                   PipelineError):  # fmt: skip

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from common.datasets.layout import resolve_split
 from deploy.errors import DeployError
 from export.onnx import compare_detections, run_onnxruntime
 from pipeline.cli import cli
@@ -19,7 +20,6 @@ from pipeline.exporting import agreement, split_parity_images
 from tests.cli_support import invoke
 from tests.detecting_model import DetectingRun, detecting_run
 from tests.train.test_detecting_model import MIN_RECALL, _evaluate, recall_with_category
-from train.data.layout import resolve_split
 
 openvino = pytest.importorskip("openvino")
 from deploy.backends.openvino import (  # noqa: E402

@@ -20,12 +20,12 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from common.datasets.layout import resolve_split
 from deploy.metadata import read_onnx_metadata
 from export.quantize import split_image_names, split_images
 from tests.cli_support import invoke
 from tests.detecting_model import DetectingRun, detecting_run
 from tests.train.test_detecting_model import MIN_RECALL, _evaluate, recall_with_category
-from train.data.layout import resolve_split
 
 METHODS = ("minmax", "entropy", "percentile")
 # Not a multiple of the calibration batch (8): entropy and percentile once failed on a short

@@ -14,6 +14,7 @@ import torch
 from onnx import TensorProto, helper
 
 from common.contract import Detections
+from common.errors import InputError
 from export.compat import check_tensorrt_compat
 from export.onnx import (
     check_parity,
@@ -23,7 +24,6 @@ from export.onnx import (
     run_onnxruntime,
 )
 from tests.oracles.model_files import build_postprocess_model
-from train.errors import InputError
 from train.model.anchors import AnchorSpec, anchors_per_level, generate_anchors
 from train.model.box_coder import DELTA_CLAMP
 from train.model.detector import ModelConfig, RetinaDetector

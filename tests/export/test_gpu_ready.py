@@ -20,11 +20,11 @@ import tomllib
 
 import deploy.backends.onnxruntime as ort_backend
 import deploy.backends.tensorrt as trt_backend
+from common.errors import InputError
 from deploy import evaluate
 from deploy.backends import cuda_memory
 from deploy.errors import DeployError
 from export.errors import ExportError
-from train.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[2]
 TRT, CUDA, CPU = ort_backend.TENSORRT, ort_backend.CUDA, ort_backend.CPU

@@ -15,6 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from common.errors import InputError
 from deploy.metadata import read_onnx_metadata
 from export.compat import check_tensorrt_compat
 from export.onnx import export_onnx, run_onnxruntime
@@ -31,7 +32,6 @@ from pipeline.cli import cli
 from pipeline.exporting import agreement
 from train.checkpoint import checkpoint_payload, save_atomic
 from train.data.synthetic import generate_synthetic_dataset
-from train.errors import InputError
 from train.model.detector import ModelConfig, RetinaDetector
 
 IMG_SIZE = 64

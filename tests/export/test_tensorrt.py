@@ -23,6 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 from common.contract import Detections, EngineInfo
+from common.errors import InputError
 from deploy.engine_metadata import (
     check_engine_compat,
     read_engine_metadata,
@@ -44,7 +45,6 @@ from export.tensorrt import (
 from pipeline.cli import cli
 from pipeline.exporting import ExportOptions, agreement
 from tests.export.test_quantize import IMG_SIZE, make_tiny_run, tiny_detector
-from train.errors import InputError
 
 REPO = Path(__file__).parents[2]
 

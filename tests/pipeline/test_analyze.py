@@ -10,6 +10,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from common.datasets.layout import resolve_split
 from pipeline.cli import cli
 from train.analysis import (
     ValidationSamples,
@@ -21,7 +22,6 @@ from train.analysis import (
 )
 from train.checkpoint import checkpoint_payload, save_atomic
 from train.data.coco import CocoDetection
-from train.data.layout import resolve_split
 from train.model.detector import ModelConfig, RetinaDetector
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from common.datasets.layout import resolve_split
 from tests.cli_support import TINY, invoke, make_tiny_dataset
 from tests.detecting_model import MIN_VAL_AP, DetectingRun, detecting_run
 from tests.foreign_layouts import coco_to_voc, coco_to_yolo
-from train.data.layout import resolve_split
 
 pytestmark = pytest.mark.slow
 

@@ -20,9 +20,9 @@ import pytest
 import torch
 import torchvision
 
+from common.errors import InputError
 from tests.cli_support import TINY, invoke, make_tiny_dataset
 from train.checkpoint import load_checkpoint, model_from_checkpoint
-from train.errors import InputError
 from train.losses.focal import FocalDetectionLoss, FocalStarDetectionLoss
 from train.losses.ghm import GhmDetectionLoss
 from train.losses.names import LOSS_NAMES

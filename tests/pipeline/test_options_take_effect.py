@@ -55,12 +55,12 @@ import pipeline.validation
 import train.step
 import train.trainer
 from common.contract import Detections
+from common.errors import InputError
 from deploy.metadata import ModelMetadata, read_onnx_metadata
 from tests.cli_support import TINY, invoke, make_tiny_dataset
 from train.assign import AnchorAssignment
 from train.builders import resolved_loss_options
 from train.config import TrainConfig
-from train.errors import InputError
 from train.losses import (
     FocalDetectionLoss,
     FocalStarDetectionLoss,

@@ -11,13 +11,13 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
+from common.datasets.layout import resolve_split
+from common.errors import InputError
 from common.image import letterbox, letterbox_size, to_rgb
 from train.data import synthetic
 from train.data.coco import CocoDetection, collate_detections
-from train.data.layout import resolve_split
 from train.data.synthetic import CATEGORY_IDS, ensure_synthetic_dataset, generate_synthetic_dataset
 from train.data.transforms import hflip_boxes
-from train.errors import InputError
 
 
 def _tree_bytes(root: Path) -> dict[str, bytes]:

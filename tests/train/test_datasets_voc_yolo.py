@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from common.datasets.converted import to_coco
+from common.datasets.layout import resolve_split
+from common.errors import InputError
 from tests.cli_support import invoke
 from tests.corpus import LogRecorder, assert_one_line_error
 from tests.foreign_layouts import png, voc_xml
 from train.data.coco import CocoDetection
-from train.data.converted import to_coco
-from train.data.layout import resolve_split
-from train.errors import InputError
 
 
 @pytest.fixture(autouse=True)

@@ -17,11 +17,11 @@ import pytest
 import torch
 
 from common.contract import Detections
+from common.datasets.layout import resolve_split
 from export.onnx import compare_detections, run_onnxruntime
 from pipeline.exporting import split_parity_images
 from tests.cli_support import invoke
 from tests.detecting_model import MIN_VAL_AP, TRAIN_ARGS, DetectingRun, detecting_run
-from train.data.layout import resolve_split
 
 pytestmark = pytest.mark.slow
 # Of the validation objects, the share a deployed model must find with the right category id

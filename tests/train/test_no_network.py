@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import InputError
 from tests.corpus import TINY, invoke, write_malicious_pickle
 from train.checkpoint import load_checkpoint
-from train.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("pipeline", "train", "export", "deploy")

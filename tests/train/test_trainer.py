@@ -24,11 +24,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import train.trainer
+from common.errors import InputError
 from train.config import TrainConfig
 from train.data.synthetic import generate_synthetic_dataset
 from train.data.unreadable import UnreadableImage
 from train.distributed import DistContext
-from train.errors import InputError, NonFiniteLossError
+from train.errors import NonFiniteLossError
 from train.model.backbone import BACKBONES
 from train.trainer import Trainer
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import InputError
 from train.data.coco import CocoDetection, _ImageEntry
-from train.errors import InputError
 
 log = logging.getLogger(__name__)
 

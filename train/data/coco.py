@@ -13,7 +13,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,9 +21,10 @@ from PIL import Image
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
+from common.dataset_paths import image_file
+from common.errors import InputError
 from common.image import letterbox, letterbox_size
 from train.data.transforms import hflip_boxes, hflip_content
-from train.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -99,14 +100,6 @@ def _quiet_coco(data: dict) -> COCO:
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
-
-
-def _safe_relative(ann_file: Path, img_dir: Path, file_name: str) -> Path:
-    """file_name as a path inside img_dir; absolute paths and '..' are rejected."""
-    for pure in (PurePosixPath(file_name), PureWindowsPath(file_name)):
-        if pure.is_absolute() or pure.anchor or ".." in pure.parts:
-            raise InputError(f"{ann_file}: file_name {file_name!r} escapes {img_dir}")
-    return Path(file_name)
 
 
 @dataclass(frozen=True)
@@ -212,9 +205,10 @@ class CocoDetection(Dataset):
         return [self._entry(img, *per_image[img["id"]]) for img in data["images"]]
 
     def _entry(self, img: dict, boxes: list, labels: list, crowd: list) -> _ImageEntry:
+        image_file(self.img_dir, img["file_name"], self.ann_file, InputError)  # stays inside
         return _ImageEntry(
             image_id=img["id"],
-            file_name=_safe_relative(self.ann_file, self.img_dir, img["file_name"]),
+            file_name=Path(img["file_name"]),
             width=img["width"],
             height=img["height"],
             boxes=_as_boxes(boxes),

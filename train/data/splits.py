@@ -1,7 +1,7 @@
 """Which annotation file and image folder a run trains and validates on.
 
 In order: `--train-ann/--train-images` and `--val-ann/--val-images` when given (any COCO layout);
-else the split found under `--data` (train/data/layout.py). A dataset without a val split trains
+else the split found under `--data` (common/datasets/layout.py). A dataset without a val split trains
 with validation off (a warning says so), unless `--val-fraction F` carves a validation split out
 of the training images: a draw of that fraction of the images with a fixed seed (the split
 belongs to the dataset, not to the run: every run and every --seed of a comparison validates on
@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.datasets.layout import resolve_split
+from common.errors import InputError
 from common.files import write_json_atomic
 from train.config import TrainConfig
-from train.data.layout import resolve_split
 from train.data.synthetic import ensure_synthetic_dataset
-from train.errors import InputError
 
 log = logging.getLogger(__name__)
 

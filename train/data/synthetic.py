@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from common.datasets.converted import cache_root
+from common.errors import InputError
 from common.files import write_json_atomic
-from train.data.converted import cache_root
-from train.errors import InputError
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from train.errors import InputError
+from common.errors import InputError
 
 
 @dataclass(frozen=True)

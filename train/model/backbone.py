@@ -17,7 +17,7 @@ import torchvision
 from torch import nn
 from torchvision.models._utils import IntermediateLayerGetter
 
-from train.errors import InputError
+from common.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -3,15 +3,15 @@
 Two COCO layouts load as they are: the built-in one (`annotations/instances_{split}.json`, images
 in `{split}/`) and COCO 2017's own (`annotations/instances_{split}2017.json`, images in
 `{split}2017/`). A Pascal VOC or YOLO folder is converted to a cached COCO json first
-(train/data/converted.py); the images stay where they are.
+(common/datasets/converted.py); the images stay where they are.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from train.data.converted import converted_split, foreign_layout
-from train.errors import InputError
+from common.datasets.converted import converted_split, foreign_layout
+from common.errors import InputError
 
 SPLITS = ("train", "val")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from train.errors import InputError
+from common.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import json
 import os
 from pathlib import Path
 
+from common.datasets import voc, yolo
 from common.files import replace_atomically
-from train.data import voc, yolo
 
 CONVERTED_FOLDER = "converted"
 READERS = {"voc": voc.voc_split, "yolo": yolo.yolo_split}

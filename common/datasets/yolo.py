@@ -19,8 +19,8 @@ from pathlib import Path
 
 import yaml
 
-from train.data.foreign import CocoBuilder, find_images, image_size
-from train.errors import InputError
+from common.datasets.foreign import CocoBuilder, find_images, image_size
+from common.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from pathlib import Path
 import defusedxml.ElementTree as SafeET  # noqa: N812
 from defusedxml import DefusedXmlException
 
-from train.data.foreign import IMAGE_SUFFIXES, CocoBuilder, image_size
-from train.errors import InputError
+from common.datasets.foreign import IMAGE_SUFFIXES, CocoBuilder, image_size
+from common.errors import InputError
 
 CLASS_ORDER = "sorted"
 
