@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import io
-import json
 import logging
 import os
 import platform
@@ -25,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from common.dataset_paths import image_file
+from common.datasets.coco_json import read_coco_json
 from common.image import INPUT_FORMAT, PAD_VALUE, letterbox
 from deploy.errors import DeployError
 from deploy.latency import StageTimer
@@ -313,16 +313,7 @@ def load_coco(ann_file: Path) -> Any:
     from pycocotools.coco import COCO
 
     ann_file = Path(ann_file)
-    if not ann_file.is_file():
-        raise DeployError(f"{ann_file}: annotation file not found")
-    try:
-        dataset = json.loads(ann_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DeployError(f"{ann_file}: not valid JSON ({exc})") from exc
-    if not isinstance(dataset, dict) or not isinstance(dataset.get("images"), list):
-        raise DeployError(f"{ann_file}: not a COCO detection file (no 'images' list)")
-    if not isinstance(dataset.get("categories"), list):
-        raise DeployError(f"{ann_file}: not a COCO detection file (no 'categories' list)")
+    dataset = read_coco_json(ann_file, ("images", "categories"), DeployError)
     dataset.setdefault("annotations", [])
     try:
         for ann in dataset["annotations"]:

@@ -410,9 +410,10 @@ def test_load_coco_without_annotations_has_none(tmp_path: Path) -> None:
     ("content", "message"),
     [
         ("{not json", "not valid JSON"),
-        ([], "no 'images' list"),
-        ({"images": {}}, "no 'images' list"),
-        ({"images": []}, "no 'categories' list"),
+        ([], "top level is not an object"),
+        ({"images": {}}, "missing categories"),
+        ({"images": {}, "categories": []}, "'images' must be a list, got dict"),
+        ({"images": []}, "missing categories"),
         (
             {"images": [], "categories": [], "annotations": [{"id": 1}]},
             "malformed COCO entry \\(KeyError",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
 from common.dataset_paths import image_file
+from common.datasets.coco_json import read_coco_json
 from common.errors import InputError
 from common.image import letterbox, letterbox_size
 from train.data.transforms import hflip_boxes, hflip_content
@@ -70,22 +70,7 @@ def _check_fields(path: Path, data: dict) -> None:
 def load_coco_json(path: Path) -> dict:
     """Read and validate a COCO detection json, raising InputError with one line on any problem."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_bytes())
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not valid JSON (not UTF-8 text)") from exc
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: not a COCO detection file (top level is not an object)")
-    missing = [k for k in REQUIRED_KEYS if k not in data]
-    if missing:
-        raise InputError(f"{path}: not a COCO detection file (missing {', '.join(missing)})")
-    for key in REQUIRED_KEYS:
-        if not isinstance(data[key], list):
-            raise InputError(f"{path}: '{key}' must be a list, got {type(data[key]).__name__}")
+    data = read_coco_json(path, REQUIRED_KEYS, InputError)
     _check_items(path, data, "images", ("id", "file_name", "width", "height"))
     _check_items(path, data, "categories", ("id", "name"))
     _check_items(path, data, "annotations", ("id", "image_id", "category_id", "bbox"))
