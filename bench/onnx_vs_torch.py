@@ -21,7 +21,7 @@ from deploy.metadata import ModelMetadata
 from export.onnx import export_onnx
 from pipeline.models import metadata_from_checkpoint
 from train.checkpoint import load_checkpoint, model_from_checkpoint
-from train.model.detector import ModelConfig, RetinaDetector
+from train.model.retinanet import ModelConfig, RetinaDetector
 from train.predict import TorchPredictor
 
 

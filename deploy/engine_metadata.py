@@ -18,8 +18,8 @@ from typing import Any
 
 from common.contract import EngineInfo
 from deploy.errors import DeployError
+from deploy.eval_report import write_json_atomic
 from deploy.metadata import ModelMetadata
-from deploy.report import write_json_atomic
 
 logger = logging.getLogger(__name__)
 

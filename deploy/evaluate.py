@@ -27,10 +27,10 @@ from common.dataset_paths import image_file
 from common.datasets.coco_json import read_coco_json
 from common.image import INPUT_FORMAT, PAD_VALUE, letterbox
 from deploy.errors import DeployError
+from deploy.eval_report import write_json_atomic
 from deploy.latency import StageTimer
 from deploy.metadata import ModelMetadata, Predictor
 from deploy.preprocess import load_image, to_batch
-from deploy.report import write_json_atomic
 
 logger = logging.getLogger(__name__)
 

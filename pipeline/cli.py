@@ -129,7 +129,7 @@ def export_cmd(c: ExportCommand) -> None:
 @options_command(cli, "eval", EvalCommand)
 def eval_cmd(c: EvalCommand) -> None:
     """Score a model with COCO mAP and time it (one evaluator for every format)."""
-    from deploy.report import format_metrics_table
+    from deploy.eval_report import format_metrics_table
     from pipeline.evaluation import run_compare_to, run_eval
 
     model_path, compare_to, settings = c.model_path, c.compare_to, c.options
@@ -137,7 +137,7 @@ def eval_cmd(c: EvalCommand) -> None:
         report = run_eval(model_path, settings)
         click.echo(format_metrics_table([(model_path.name, report)]))
         return
-    from deploy.report import format_agreement
+    from deploy.eval_report import format_agreement
 
     if settings.results is not None:
         raise PipelineError("--results with --compare-to: give each model its own eval to keep "

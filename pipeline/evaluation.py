@@ -6,8 +6,8 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from deploy.eval_report import write_json_atomic
 from deploy.evaluate import environment_info, evaluate
-from deploy.report import write_json_atomic
 from pipeline.command_options import EvalOptions
 from pipeline.datasets import model_split
 from pipeline.errors import PipelineError

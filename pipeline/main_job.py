@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from deploy.report import format_metrics_table, write_json_atomic
+from deploy.eval_report import format_metrics_table, write_json_atomic
 from pipeline.evaluation import eval_in_run
 from pipeline.exporting import run_export
 from pipeline.training import run_training

@@ -15,8 +15,8 @@ from typing import Any
 from deploy.detector import Detector
 from deploy.draw import draw_detections
 from deploy.errors import DeployError
+from deploy.eval_report import write_json_atomic
 from deploy.preprocess import load_image
-from deploy.report import write_json_atomic
 from pipeline.command_options import PredictOptions
 from pipeline.errors import PipelineError
 from pipeline.image_sources import expand_image_sources

@@ -12,7 +12,7 @@ from deploy.evaluate import evaluate
 from deploy.metadata import ModelMetadata
 from pipeline.sharded_eval import evaluate_sharded
 from train.distributed import current_rank_and_world
-from train.model.detector import RetinaDetector
+from train.model.retinanet import RetinaDetector
 from train.predict import TorchPredictor
 from train.trainer import Validator
 

@@ -21,7 +21,7 @@ from train.data.splits import training_splits
 from train.fine_tune import init_from_checkpoint
 from train.losses import LOSSES, resolve_options
 from train.model.anchors import default_anchor_scale
-from train.model.detector import ModelConfig, RetinaDetector
+from train.model.retinanet import ModelConfig, RetinaDetector
 from train.recipe import RECIPES, lr_factor, recipe_lr
 
 log = logging.getLogger(__name__)

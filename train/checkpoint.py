@@ -15,7 +15,7 @@ import torch
 from common.errors import InputError
 from common.files import replace_atomically, write_text_atomic
 from common.image import INPUT_FORMAT, PAD_VALUE
-from train.model.detector import ModelConfig, RetinaDetector
+from train.model.retinanet import ModelConfig, RetinaDetector
 
 __all__ = ["write_text_atomic"]  # and the names below; trainer.py imports it from here
 FORMAT = "softsample-pipeline/1"

@@ -30,7 +30,7 @@ from common.files import replace_atomically
 from common.image import to_rgb
 from train.data.coco import MIN_BOX_SIDE, load_coco_json
 from train.model.backbone import Backbone
-from train.model.detector import IMAGENET_MEAN, IMAGENET_STD
+from train.model.retinanet import IMAGENET_MEAN, IMAGENET_STD
 from train.pretrain_config import PretrainConfig
 
 log = logging.getLogger(__name__)

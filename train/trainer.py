@@ -50,7 +50,7 @@ from train.distributed import (
 from train.ema import ModelEma
 from train.errors import NonFiniteLossError
 from train.losses import build_loss, loss_state_dict
-from train.model.detector import RetinaDetector
+from train.model.retinanet import RetinaDetector
 from train.resume import Resumable, load_resume_payload, to_cpu
 from train.run_log import RunLog, clear_run_log
 from train.step import TrainStep, freeze_batchnorm, set_train_mode

@@ -1,7 +1,7 @@
 """`pipeline analyze`: the papers' analyses of a trained model on the validation set.
 
 Writes analysis.json (every number behind the figures) and three PNGs: focal_loss_cdf.png,
-ghm_gradients.png and pisa_samples.png. The computations live in train/analysis.py.
+ghm_gradients.png and pisa_samples.png. The computations live in train/paper_analyses.py.
 """
 
 from __future__ import annotations
@@ -10,19 +10,19 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from deploy.report import write_json_atomic
+from deploy.eval_report import write_json_atomic
 from pipeline.analysis.plots import plot_focal_cdf, plot_ghm_gradients, plot_pisa_samples
 from pipeline.datasets import model_split
 from pipeline.models import metadata_from_checkpoint
-from train.analysis import (
+from train.checkpoint import load_checkpoint, model_from_checkpoint
+from train.data.coco import CocoDetection
+from train.paper_analyses import (
     collect_samples,
     focal_loss_cdfs,
     ghm_gradient_stats,
     ghm_r_gradient_stats,
     pisa_sample_groups,
 )
-from train.checkpoint import load_checkpoint, model_from_checkpoint
-from train.data.coco import CocoDetection
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import InputError
-from deploy.report import write_json_atomic
+from deploy.eval_report import write_json_atomic
 from pipeline.errors import PipelineError
 from pipeline.evaluation import eval_in_run, scored_files
 from pipeline.options import config_from_options
@@ -34,7 +34,7 @@ from pipeline.study.backends import (
 )
 from pipeline.study.launchers import launch_from_options, launch_runs
 from pipeline.study.provenance import engine_provenance
-from pipeline.study.reference import check_reference
+from pipeline.study.reference_study import check_reference
 from pipeline.study.report import write_report
 from pipeline.study.spec import CompareSpec
 from pipeline.training import run_training

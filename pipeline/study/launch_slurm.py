@@ -26,7 +26,7 @@ from typing import Any
 import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
 
-from deploy.report import write_json_atomic
+from deploy.eval_report import write_json_atomic
 from pipeline.errors import PipelineError
 from pipeline.launch import WorkerError
 from pipeline.study.launchers import Job, record_start, run_in_worker, unwrap

@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from deploy.report import write_json_atomic
+from deploy.eval_report import write_json_atomic
 from pipeline.errors import PipelineError
 from pipeline.launch import WorkerError, catch_user_errors
 from pipeline.study.spec import LAUNCHER_ONLY, CompareSpec, LaunchSpec

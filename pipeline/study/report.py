@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from deploy.errors import DeployError
+from deploy.eval_report import write_json_atomic
 from deploy.evaluate import environment_info, load_coco
 from deploy.preprocess import load_image
-from deploy.report import write_json_atomic
 from pipeline.evaluation import run_val_split, scored_files
 from pipeline.study.bootstrap import (
     METHOD,
@@ -35,7 +35,7 @@ from pipeline.study.plots import (
     plot_training_curves,
 )
 from pipeline.study.provenance import describe, engine_provenance
-from pipeline.study.reference import versus_reference
+from pipeline.study.reference_study import versus_reference
 from pipeline.study.scores import score_report
 from pipeline.study.spec import CompareSpec, run_dir
 

@@ -55,7 +55,7 @@ class CompareSpec:
     loss_options: dict[str, dict[str, str]] = field(default_factory=dict)
     # Study name -> registry loss, for --variant names (a loss's own name maps to itself).
     variants: dict[str, str] = field(default_factory=dict)
-    # An earlier study to pair each loss's runs with (pipeline/study/reference.py).
+    # An earlier study to pair each loss's runs with (pipeline/study/reference_study.py).
     reference: Path | None = None
     launch: LaunchSpec = field(default_factory=LaunchSpec)
 

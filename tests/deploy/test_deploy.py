@@ -20,11 +20,11 @@ from common.contract import Detections
 from common.image import letterbox
 from deploy.backends.onnxruntime import OnnxRuntimePredictor, resolve_providers
 from deploy.errors import DeployError
+from deploy.eval_report import format_metrics_table, write_json_atomic
 from deploy.evaluate import benchmark_latency, evaluate, load_coco
 from deploy.latency import summarize_latency
 from deploy.metadata import ModelMetadata, read_onnx_metadata
 from deploy.preprocess import load_image, to_batch
-from deploy.report import format_metrics_table, write_json_atomic
 from tests.oracles.model_files import write_onnx_metadata
 
 SIZE = 64
@@ -366,7 +366,7 @@ def test_asking_for_cuda_on_a_cpu_only_machine(tmp_path: Path) -> None:
 def test_deploy_never_imports_torch() -> None:
     code = (
         "import deploy, deploy.evaluate, deploy.backends.onnxruntime, deploy.preprocess, "
-        "deploy.metadata, deploy.latency, deploy.report; import sys; "
+        "deploy.metadata, deploy.latency, deploy.eval_report; import sys; "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])

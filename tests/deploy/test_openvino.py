@@ -33,7 +33,7 @@ from deploy.backends.openvino import (  # noqa: E402
 from deploy.metadata import ModelMetadata  # noqa: E402
 from export.onnx import export_onnx  # noqa: E402
 from export.openvino import convert_onnx_to_ir  # noqa: E402
-from train.model.detector import ModelConfig, RetinaDetector  # noqa: E402
+from train.model.retinanet import ModelConfig, RetinaDetector  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16", "int8")
 

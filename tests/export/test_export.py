@@ -26,7 +26,7 @@ from export.onnx import (
 from tests.oracles.model_files import build_postprocess_model
 from train.model.anchors import AnchorSpec, anchors_per_level, generate_anchors
 from train.model.box_coder import DELTA_CLAMP
-from train.model.detector import ModelConfig, RetinaDetector
+from train.model.retinanet import ModelConfig, RetinaDetector
 from train.postprocess import PostprocessConfig, postprocess
 from train.predict import TorchPredictor
 

@@ -27,7 +27,7 @@ from export.onnx import (
     update_metadata,
 )
 from tests.oracles.model_files import build_postprocess_model
-from train.model.detector import ModelConfig, RetinaDetector
+from train.model.retinanet import ModelConfig, RetinaDetector
 from train.postprocess import PostprocessConfig
 
 Row = tuple[int, float, list[float]]  # label, score, box

@@ -32,7 +32,7 @@ from pipeline.cli import cli
 from pipeline.exporting import agreement
 from train.checkpoint import checkpoint_payload, save_atomic
 from train.data.synthetic import generate_synthetic_dataset
-from train.model.detector import ModelConfig, RetinaDetector
+from train.model.retinanet import ModelConfig, RetinaDetector
 
 IMG_SIZE = 64
 LEVELS = 5  # P3..P7

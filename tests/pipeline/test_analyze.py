@@ -12,7 +12,10 @@ from PIL import Image
 
 from common.datasets.layout import resolve_split
 from pipeline.cli import cli
-from train.analysis import (
+from train.checkpoint import checkpoint_payload, save_atomic
+from train.data.coco import CocoDetection
+from train.model.retinanet import ModelConfig, RetinaDetector
+from train.paper_analyses import (
     ValidationSamples,
     focal_loss_cdfs,
     ghm_gradient_stats,
@@ -20,9 +23,6 @@ from train.analysis import (
     loss_cdf,
     pisa_sample_groups,
 )
-from train.checkpoint import checkpoint_payload, save_atomic
-from train.data.coco import CocoDetection
-from train.model.detector import ModelConfig, RetinaDetector
 
 
 @pytest.fixture(scope="module")
@@ -173,11 +173,11 @@ def test_analyze_runs_where_device_says(tiny_checkpoint, tmp_path, monkeypatch):
     """--device reaches the model's forward: cuda without a GPU is one line, exit 2."""
     import torch
 
-    import train.analysis
+    import train.paper_analyses
 
     weights, data = tiny_checkpoint
     seen = []
-    real = train.analysis.collect_samples
+    real = train.paper_analyses.collect_samples
     monkeypatch.setattr(
         "pipeline.analysis.analyze.collect_samples",
         lambda *args: seen.append(args[-1]) or real(*args),

@@ -29,7 +29,7 @@ from train.losses.names import LOSS_NAMES
 from train.losses.pisa import PisaCenterDetectionLoss, PisaDetectionLoss
 from train.losses.sampling import OhemLoss, RandomSamplingLoss
 from train.model.backbone import Backbone
-from train.model.detector import RetinaDetector
+from train.model.retinanet import RetinaDetector
 
 
 @pytest.fixture(scope="module")

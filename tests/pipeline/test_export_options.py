@@ -17,7 +17,7 @@ from deploy.metadata import read_onnx_metadata
 from export.onnx import run_onnxruntime
 from tests.cli_support import invoke, make_tiny_dataset
 from train.checkpoint import checkpoint_payload, save_atomic
-from train.model.detector import ModelConfig, RetinaDetector
+from train.model.retinanet import ModelConfig, RetinaDetector
 
 
 @pytest.fixture(scope="module")

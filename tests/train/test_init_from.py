@@ -13,7 +13,7 @@ import torch
 from tests.cli_support import TINY, invoke, make_tiny_dataset
 from train.checkpoint import checkpoint_payload, save_atomic
 from train.config import TrainConfig
-from train.model.detector import ModelConfig, RetinaDetector
+from train.model.retinanet import ModelConfig, RetinaDetector
 from train.trainer import Trainer
 
 SHAPE = {"img_size": 64, "fpn_channels": 16, "head_convs": 1}

@@ -14,7 +14,7 @@ from train.model.anchors import (
     generate_anchors,
 )
 from train.model.box_coder import decode_boxes, encode_boxes
-from train.model.detector import ModelConfig, RetinaDetector
+from train.model.retinanet import ModelConfig, RetinaDetector
 
 
 def test_encode_hand_worked():

@@ -33,7 +33,7 @@ def test_a_predictor_counts_candidates_only_when_asked() -> None:
     """Counting is for eval's report; a long-lived predictor (a server) keeps no growing list."""
     import numpy as np
 
-    from train.model.detector import ModelConfig, RetinaDetector
+    from train.model.retinanet import ModelConfig, RetinaDetector
     from train.predict import TorchPredictor
 
     torch.manual_seed(0)

@@ -29,7 +29,7 @@ from train.data.coco import collate_detections
 from train.losses import GHMC, iou_hlr_rank, sigmoid_focal_loss
 from train.losses.pisa import aligned_iou
 from train.model.box_coder import decode_boxes, encode_boxes
-from train.model.detector import RetinaDetector
+from train.model.retinanet import RetinaDetector
 
 FL_GAMMAS = (0.0, 0.5, 1.0, 2.0)
 CDF_POINTS = 101
