@@ -63,6 +63,14 @@ def test_export_writes_the_file_compare_scores(backend: str, tmp_path: Path) -> 
     assert deployed_model_path(backend, tmp_path) == written[-1]
 
 
+def test_the_table_cannot_be_changed_in_place() -> None:
+    """Every stage reads the same rows: one stage must not be able to edit them for the others."""
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ENGINES[0].suffix = ".onnx2"  # type: ignore[misc]
+
+
 def test_every_row_names_a_backend_class_that_opens_its_files() -> None:
     for engine in ENGINES:
         module_name, _, class_name = engine.backend.partition(":")

@@ -1,4 +1,4 @@
-"""deploy/preprocess.py: mode conversion edge cases and the letterbox of degenerate shapes."""
+"""common/image.py: mode conversion edge cases, the letterbox of degenerate shapes, the contract."""
 
 from __future__ import annotations
 
@@ -49,3 +49,11 @@ def test_one_pixel_wide_image_keeps_one_column() -> None:
     assert scale == 0.064
     assert (canvas[:, 0] == [9, 8, 7]).all()
     assert (canvas[:, 1:] == 114).all()
+
+
+def test_the_input_format_and_pad_value_are_those_model_files_carry() -> None:
+    """Every exported model records these two values and eval refuses a model whose input format
+    differs: changing either silently orphans every model already exported."""
+    from common.image import INPUT_FORMAT, PAD_VALUE
+
+    assert (INPUT_FORMAT, PAD_VALUE) == ("rgb-0-255-letterbox-topleft", 114)
