@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -96,10 +96,30 @@ def _check_nncf(options: ExportOptions) -> None:
         )
 
 
+def _option_flag(f: Any) -> str:
+    return (f.metadata["flags"] or ("--" + f.name.replace("_", "-"),))[0]
+
+
+def _check_options_apply(options: ExportOptions) -> None:
+    """An engine's option set away from its default for no file this export writes would change
+    nothing: one line naming the engines that take it (the engine table's export_options)."""
+    written = {ONNX.name, _engine_asked(options).name}
+    defaults = ExportOptions()
+    for f in fields(ExportOptions):
+        flag = _option_flag(f)
+        takers = [e for e in ENGINES if flag in e.export_options]
+        if not takers or getattr(options, f.name) == getattr(defaults, f.name):
+            continue
+        if not any(e.name in written for e in takers):
+            names = " and ".join(f"{e.runtime} ({e.export_flag})" for e in takers)
+            raise PipelineError(f"{flag}: only {names} takes it; it would change nothing here")
+
+
 def _check_combination(options: ExportOptions) -> None:
-    """The precisions each target knows, and one target at a time."""
+    """The precisions each target knows, one target at a time, and no option left unused."""
     if _by_nncf(options):
         _check_nncf(options)
+    _check_options_apply(options)
     if options.max_ap_drop is not None and (options.precision != "int8" or options.trt):
         raise PipelineError(
             "--max-ap-drop: only --precision int8 for ONNX Runtime (and the OpenVINO IR made "

@@ -119,12 +119,51 @@ def test_eval_accepts_the_table_s_suffixes_and_a_checkpoint(tmp_path: Path) -> N
         load_predictor(other)
 
 
-def test_doctor_has_one_line_per_engine() -> None:
+def _importable(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except Exception:  # a broken GPU install counts as missing, as doctor says
+        return False
+    return True
+
+
+@pytest.mark.parametrize("torch_cuda", [False, True])
+def test_doctor_has_one_line_per_engine(torch_cuda: bool) -> None:
     from pipeline.doctor import engine_lines
 
-    lines = engine_lines(torch_cuda=False)
-    assert list(lines) == ["engine onnx", "engine openvino", "engine tensorrt"]
-    assert lines["engine onnx"] == "ONNX Runtime, *.onnx, fp32 fp16 int8: yes"
-    assert lines["engine tensorrt"].endswith(": no (not installed)") or lines[
-        "engine tensorrt"
-    ].endswith(": no (needs an NVIDIA GPU)")
+    def runs_here(module: str, needs_gpu: bool) -> str:
+        if not _importable(module):
+            return "no (not installed)"
+        return "no (needs an NVIDIA GPU)" if needs_gpu and not torch_cuda else "yes"
+
+    assert engine_lines(torch_cuda) == {
+        "engine onnx": f"ONNX Runtime, *.onnx, fp32 fp16 int8: {runs_here('onnxruntime', False)}",
+        "engine openvino": f"OpenVINO, *.xml, fp32 bf16 int8: {runs_here('openvino', False)}",
+        "engine tensorrt": f"TensorRT, *.engine, fp32 fp16 int8: {runs_here('tensorrt', True)}",
+    }
+
+
+@pytest.mark.parametrize("backend", ["openvino-int8", "tensorrt-fp16"])
+def test_compare_checks_each_engine_s_own_requirement(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The row's `requirement` is the check compare runs before training; its one line is
+    re-worded for --backend."""
+    from export.errors import ExportError
+    from pipeline.errors import PipelineError
+    from pipeline.study.backends import check_backend
+
+    engine, _ = BACKENDS[backend]
+    module_name, _, function = engine.requirement.partition(":")
+
+    def missing() -> None:
+        raise ExportError(f"{engine.export_flag}: {engine.runtime} is not installed here")
+
+    monkeypatch.setattr(importlib.import_module(module_name), function, missing)
+    with pytest.raises(PipelineError) as info:
+        check_backend(backend)
+    assert str(info.value) == (
+        f"--backend {backend}: {engine.runtime} is not installed here; or use --backend onnx"
+    )
+    monkeypatch.setattr(importlib.import_module(module_name), function, lambda: None)
+    check_backend(backend)  # available: nothing to say

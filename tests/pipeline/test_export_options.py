@@ -164,3 +164,30 @@ def test_eval_of_a_checkpoint_runs_nms_at_the_asked_iou(exported, tmp_path: Path
     assert worst_overlap(default) > 0.3  # at the default 0.5, pairs above 0.3 survive
     _, strict = _eval(checkpoint, data, tmp_path, "--iou", 0.3)
     assert worst_overlap(strict) <= 0.3 + 1e-3
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--batch-size", "4"], "--batch-size: only TensorRT (--trt) takes it"),
+        (["--workspace", "2", "--openvino"], "--workspace: only TensorRT (--trt) takes it"),
+    ],
+)
+def test_an_engine_option_for_an_engine_not_written_changes_nothing_and_says_so(
+    detecting_checkpoint: Path, tmp_path: Path, flags: list[str], message: str
+) -> None:
+    """The engine table lists each engine's export options: one set for an engine this export
+    does not write is refused before anything is written."""
+    out = tmp_path / "model.onnx"
+    result = invoke("export", "--weights", detecting_checkpoint, "--out", out, *flags)
+    assert result.exit_code == 2 and message in result.output
+    assert result.output.count("\n") == 1 and not out.exists()
+
+
+def test_the_options_of_the_engine_asked_for_are_taken() -> None:
+    """The same options pass the check when the export writes the engine that takes them."""
+    from pipeline.exporting import ExportOptions, _check_combination
+
+    _check_combination(ExportOptions(trt=True, batch=4, workspace_gb=2.0))
+    _check_combination(ExportOptions(openvino=True, precision="int8", calibration="entropy"))
+    _check_combination(ExportOptions(precision="int8", calib_images=8, opset=18))
