@@ -167,3 +167,24 @@ def test_compare_checks_each_engine_s_own_requirement(
     )
     monkeypatch.setattr(importlib.import_module(module_name), function, lambda: None)
     check_backend(backend)  # available: nothing to say
+
+
+def test_every_error_opening_a_model_names_the_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import deploy.backends.onnxruntime as backend
+
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"x")
+    for raised, said in (
+        ("ONNX Runtime is not installed", f"{path}: ONNX Runtime is not installed"),
+        (f"{path}: not an ONNX model", f"{path}: not an ONNX model"),
+    ):
+
+        def fail(cls: type, path: Path, settings: RuntimeSettings, raised: str = raised) -> None:
+            raise DeployError(raised)
+
+        monkeypatch.setattr(backend.OnnxRuntimePredictor, "open", classmethod(fail))
+        with pytest.raises(DeployError) as info:
+            open_deployed(path)
+        assert str(info.value) == said
