@@ -918,3 +918,15 @@ def test_the_defaults_open_cuda_python_on_device_0(cudart: FakeCudart) -> None:
     assert cm.open_cuda().name == "cuda-python"
     cm.CudaPython()
     assert cudart.calls("cudaSetDevice") == [(0,), (0,)]
+
+
+def test_a_model_opened_with_no_settings_runs_cuda_python_without_a_graph(
+    engine: FakeEngine, tmp_path: Path
+) -> None:
+    """Detector.load and a bare open_deployed run an engine as `pipeline eval` does by default:
+    the CUDA bindings found (cuda-python here), plain launches (no CUDA graph)."""
+    from deploy.runtimes import open_deployed
+
+    predictor = open_deployed(_engine_file(tmp_path))
+    assert predictor.cuda_api == "cuda-python"
+    assert predictor.cuda_graph_status == "off"

@@ -233,6 +233,19 @@ def test_the_throughput_hint_reaches_openvino(built: dict[str, Path]) -> None:
         OpenVinoPredictor(built["fp32"], hint="fast")
 
 
+def test_a_model_opened_with_no_settings_runs_as_eval_runs_it(built: dict[str, Path]) -> None:
+    """A bare open_deployed (Detector.load's path) picks ONNX Runtime's provider itself and
+    OpenVINO's latency hint, `pipeline eval`'s defaults."""
+    from deploy.runtimes import open_deployed
+
+    import onnxruntime
+
+    onnx_predictor = open_deployed(built["onnx"])
+    assert onnx_predictor.provider in onnxruntime.get_available_providers()
+    ir_predictor = open_deployed(built["fp32"])
+    assert str(ir_predictor._compiled.get_property("PERFORMANCE_HINT")) == "LATENCY"
+
+
 def test_a_wrong_input_shape_is_one_line(built: dict[str, Path]) -> None:
     with pytest.raises(DeployError, match=r"expected input \(B, 3, 64, 64\), got \(1, 3, 32, 32\)"):
         OpenVinoPredictor(built["fp32"])(np.zeros((1, 3, 32, 32), np.float32))
