@@ -236,9 +236,9 @@ def test_the_throughput_hint_reaches_openvino(built: dict[str, Path]) -> None:
 def test_a_model_opened_with_no_settings_runs_as_eval_runs_it(built: dict[str, Path]) -> None:
     """A bare open_deployed (Detector.load's path) picks ONNX Runtime's provider itself and
     OpenVINO's latency hint, `pipeline eval`'s defaults."""
-    from deploy.runtimes import open_deployed
-
     import onnxruntime
+
+    from deploy.runtimes import open_deployed
 
     onnx_predictor = open_deployed(built["onnx"])
     assert onnx_predictor.provider in onnxruntime.get_available_providers()
