@@ -69,6 +69,8 @@ def test_the_table_cannot_be_changed_in_place() -> None:
 
     with pytest.raises(dataclasses.FrozenInstanceError):
         ENGINES[0].suffix = ".onnx2"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):  # one settings object serves many opens
+        RuntimeSettings().provider = "cpu"  # type: ignore[misc]
 
 
 def test_every_row_names_a_backend_class_that_opens_its_files() -> None:
