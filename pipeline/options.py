@@ -102,16 +102,16 @@ def option_for(f: Field, annotation: Any) -> Callable:
                 negated, name, default=f.default, show_default=True, help=meta["help"]
             )
         return click.option(*flags, name, is_flag=True, help=meta["help"])
-    default = None if f.default is MISSING else f.default
+    # a required option gets no default at all: click 8.3 takes an explicit None as a value
+    default = {} if _required(f) else {"default": f.default, "show_default": f.default is not None}
     return click.option(
         *flags,
         name,
         type=_click_type(f, base),
         required=_required(f),
-        default=default,
-        show_default=default is not None,
         metavar=meta["metavar"],
         help=meta["help"],
+        **default,
     )
 
 

@@ -216,3 +216,24 @@ def test_export_precisions_come_from_the_engine_table() -> None:
 
     precision = next(p for p in _command(("export",)).params if p.name == "precision")
     assert tuple(precision.type.choices) == EXPORT_PRECISIONS
+
+
+# Written out by hand: what each command cannot run without.
+REQUIRED = {
+    ("export",): {"--model"},
+    ("eval",): {"--model"},
+    ("predict",): {"--model", "--out"},
+    ("data", "convert"): {"--from", "--data", "--out"},
+    ("data", "synth"): {"--out"},
+    ("analyze",): {"--model"},
+}
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=" ".join)
+def test_exactly_the_settings_without_a_default_are_required(path: tuple[str, ...]) -> None:
+    command = _command(path)
+    required = {p.opts[0] for p in command.params if isinstance(p, click.Option) and p.required}
+    assert required == REQUIRED.get(path, set())
+    if required:  # left out: a usage error naming one of them, before anything runs
+        result = CliRunner().invoke(cli, [*path, *(["a.png"] if path == ("predict",) else [])])
+        assert result.exit_code == 2 and "Missing option" in result.output
