@@ -40,6 +40,27 @@ def test_export_precision_choices_are_the_table_s() -> None:
     assert _choices(cli.commands["export"], "precision") == list(EXPORT_PRECISIONS)
 
 
+# Written out by hand: which engine's file each export option shapes.
+EXPECTED_EXPORT_OPTIONS = {
+    "--opset": {"onnx"},
+    "--calibration": {"onnx", "openvino", "tensorrt"},
+    "--calib-images": {"onnx", "openvino", "tensorrt"},
+    "--max-ap-drop": {"onnx", "openvino"},
+    "--int8-method": {"openvino"},
+    "--batch-size": {"tensorrt"},
+    "--workspace": {"tensorrt"},
+}
+
+
+def test_each_engine_lists_the_export_options_that_shape_its_file() -> None:
+    listed: dict[str, set[str]] = {}
+    for engine in ENGINES:
+        for flag in engine.export_options:
+            listed.setdefault(flag, set()).add(engine.name)
+    assert listed == EXPECTED_EXPORT_OPTIONS
+    assert [e.needs_gpu for e in ENGINES] == [False, False, True]
+
+
 def test_compare_backends_and_their_files_come_from_the_table(tmp_path: Path) -> None:
     from pipeline.study.backends import deployed_model_path, parse_backends
 
