@@ -120,7 +120,7 @@ def train(out: Path | None, **options: object) -> None:
 @options_command(cli, "export", ExportCommand)
 def export_cmd(c: ExportCommand) -> None:
     """Export a checkpoint to ONNX with decoding and NMS in the graph, and check parity;
-    optionally quantize it for ONNX Runtime or build a TensorRT engine."""
+    optionally quantize it for ONNX Runtime, write an OpenVINO IR or build a TensorRT engine."""
     from pipeline.exporting import run_export
 
     click.echo(run_export(c.weights, c.out, c.data, c.overwrite, c.options))
