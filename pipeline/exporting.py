@@ -130,6 +130,11 @@ def _check_combination(options: ExportOptions) -> None:
             f"--calibration {options.calibration}: only --precision int8 calibrates; it would "
             "change nothing"
         )
+    if options.calib_images != ExportOptions().calib_images and options.precision != "int8":
+        raise PipelineError(
+            f"--calib-images {options.calib_images}: only --precision int8 calibrates; it "
+            "would change nothing"
+        )
     if options.trt and options.openvino:
         raise PipelineError("--trt and --openvino: choose one engine per export")
     engine = _engine_asked(options)

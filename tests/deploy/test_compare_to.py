@@ -31,10 +31,11 @@ def exports(model: DetectingRun, tmp_path_factory: pytest.TempPathFactory) -> di
     """The default export (model.onnx of the run), one at --conf 0.3, and an int8 one."""
     root = tmp_path_factory.mktemp("compare-to")
     found = {"default": model.run / "model.onnx"}
-    for name, extra in (("conf", ["--conf", "0.3"]), ("int8", ["--precision", "int8"])):
+    int8 = ["--precision", "int8", "--calib-images", 16]
+    for name, extra in (("conf", ["--conf", "0.3"]), ("int8", int8)):
         out = root / name / "model.onnx"
         result = invoke("export", "--weights", model.weights, "--out", out, "--data", model.data,
-                        "--calib-images", 16, *extra)  # fmt: skip
+                        *extra)  # fmt: skip
         assert result.exit_code == 0, result.output
         found[name] = out.with_name("model.int8.onnx") if name == "int8" else out
     return found

@@ -171,6 +171,7 @@ def test_eval_of_a_checkpoint_runs_nms_at_the_asked_iou(exported, tmp_path: Path
     [
         (["--batch-size", "4"], "--batch-size: only TensorRT (--trt) takes it"),
         (["--workspace", "2", "--openvino"], "--workspace: only TensorRT (--trt) takes it"),
+        (["--calib-images", "8"], "--calib-images 8: only --precision int8 calibrates"),
     ],
 )
 def test_an_engine_option_for_an_engine_not_written_changes_nothing_and_says_so(
