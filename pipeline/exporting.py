@@ -37,6 +37,7 @@ from pipeline.command_options import ExportOptions
 from pipeline.datasets import model_split
 from pipeline.errors import PipelineError
 from pipeline.models import metadata_from_checkpoint
+from pipeline.options import option_flags
 from pipeline.outputs import check_output_file
 from train.checkpoint import load_checkpoint, model_from_checkpoint
 
@@ -96,17 +97,13 @@ def _check_nncf(options: ExportOptions) -> None:
         )
 
 
-def _option_flag(f: Any) -> str:
-    return (f.metadata["flags"] or ("--" + f.name.replace("_", "-"),))[0]
-
-
 def _check_options_apply(options: ExportOptions) -> None:
     """An engine's option set away from its default for no file this export writes would change
     nothing: one line naming the engines that take it (the engine table's export_options)."""
     written = {ONNX.name, _engine_asked(options).name}
     defaults = ExportOptions()
     for f in fields(ExportOptions):
-        flag = _option_flag(f)
+        flag = option_flags(f)[0]
         takers = [e for e in ENGINES if flag in e.export_options]
         if not takers or getattr(options, f.name) == getattr(defaults, f.name):
             continue

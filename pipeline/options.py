@@ -85,11 +85,16 @@ def _required(f: Field) -> bool:
     return f.default is MISSING and f.default_factory is MISSING
 
 
+def option_flags(f: Field) -> tuple[str, ...]:
+    """The option names of a field: its `flags`, else --field-name."""
+    return f.metadata["flags"] or ("--" + param_name(f).replace("_", "-"),)
+
+
 def option_for(f: Field, annotation: Any) -> Callable:
     """The click option (or argument) of one field: everything from the field itself."""
     meta = f.metadata
     name = param_name(f)
-    flags = meta["flags"] or ("--" + name.replace("_", "-"),)
+    flags = option_flags(f)
     base = _base_type(annotation)
     if meta["argument"]:
         return click.argument(name, nargs=-1, required=_required(f))
