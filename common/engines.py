@@ -9,7 +9,9 @@ Torch-free: deploy and the CLI import it.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
+from typing import Any
 
 FP32 = "fp32"
 
@@ -112,3 +114,10 @@ BACKENDS: dict[str, tuple[Engine, str]] = {
 def engine_for_file(suffix: str) -> Engine | None:
     """The engine whose model files end in `suffix` (case-insensitive), or None."""
     return next((e for e in ENGINES if e.suffix == suffix.lower()), None)
+
+
+def named_object(reference: str) -> Any:
+    """`module:attribute` (a row's backend or requirement) -> the object, imported now: the
+    table names other stages' code without importing it."""
+    module_name, _, attribute = reference.partition(":")
+    return getattr(importlib.import_module(module_name), attribute)

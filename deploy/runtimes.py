@@ -3,10 +3,9 @@ so this is the one place a deployed model is opened (Detector, eval, predict, ex
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
-from common.engines import DEPLOYED_SUFFIXES, engine_for_file
+from common.engines import DEPLOYED_SUFFIXES, engine_for_file, named_object
 from deploy.backends.base import EngineBackend, RuntimeSettings
 from deploy.errors import DeployError
 
@@ -25,8 +24,7 @@ def open_deployed(path: Path, settings: RuntimeSettings | None = None) -> Engine
     engine = engine_for_file(path.suffix)
     if engine is None:
         raise DeployError(unsupported_file(path))
-    module_name, _, class_name = engine.backend.partition(":")
-    backend = getattr(importlib.import_module(module_name), class_name)
+    backend = named_object(engine.backend)
     try:
         return backend.open(path, settings or RuntimeSettings())
     except DeployError as exc:  # "TensorRT is not installed" too names the file

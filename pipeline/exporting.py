@@ -62,15 +62,15 @@ def _engine_asked(options: ExportOptions) -> Engine:
 
 
 def _outputs(out: Path, options: ExportOptions) -> list[Path]:
-    """Every file this export writes, the float32 ONNX first (names from the engine table)."""
+    """Every file this export writes, the float32 ONNX first and the asked engine's file last
+    (names from the engine table); int8 for OpenVINO goes through model.int8.onnx unless NNCF."""
     paths = [out]
-    precision = options.precision
-    if options.trt:
-        paths.append(out.with_name(ENGINES_BY_NAME["tensorrt"].model_file(precision, out.stem)))
-    elif precision != "fp32" and precision in ONNX.precisions and not _by_nncf(options):
+    precision, engine = options.precision, _engine_asked(options)
+    onnx_variant = precision != "fp32" and precision in ONNX.precisions
+    if onnx_variant and not options.trt and not _by_nncf(options):
         paths.append(out.with_name(ONNX.model_file(precision, out.stem)))
-    if options.openvino:
-        paths.append(out.with_name(ENGINES_BY_NAME["openvino"].model_file(precision, out.stem)))
+    if engine is not ONNX:
+        paths.append(out.with_name(engine.model_file(precision, out.stem)))
     return paths
 
 
@@ -114,6 +114,8 @@ def _check_options_apply(options: ExportOptions) -> None:
 
 def _check_combination(options: ExportOptions) -> None:
     """The precisions each target knows, one target at a time, and no option left unused."""
+    if options.trt and options.openvino:
+        raise PipelineError("--trt and --openvino: choose one engine per export")
     if _by_nncf(options):
         _check_nncf(options)
     _check_options_apply(options)
@@ -122,18 +124,16 @@ def _check_combination(options: ExportOptions) -> None:
             "--max-ap-drop: only --precision int8 for ONNX Runtime (and the OpenVINO IR made "
             "from it) is quantized within a budget; it would change nothing here"
         )
-    if options.calibration is not None and options.precision != "int8":
-        raise PipelineError(
-            f"--calibration {options.calibration}: only --precision int8 calibrates; it would "
-            "change nothing"
-        )
-    if options.calib_images != ExportOptions().calib_images and options.precision != "int8":
-        raise PipelineError(
-            f"--calib-images {options.calib_images}: only --precision int8 calibrates; it "
-            "would change nothing"
-        )
-    if options.trt and options.openvino:
-        raise PipelineError("--trt and --openvino: choose one engine per export")
+    calib_images = options.calib_images
+    calibrating = {  # the calibration options given, with their values
+        "--calibration": options.calibration,
+        "--calib-images": calib_images if calib_images != ExportOptions().calib_images else None,
+    }
+    for flag, value in calibrating.items():
+        if value is not None and options.precision != "int8":
+            raise PipelineError(
+                f"{flag} {value}: only --precision int8 calibrates; it would change nothing"
+            )
     engine = _engine_asked(options)
     if options.precision not in engine.precisions:
         takers = [e.runtime for e in ENGINES if e.precisions == engine.precisions]

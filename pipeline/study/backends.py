@@ -12,13 +12,12 @@ calibration-<method>/, so the engine's usual int8 model stays beside it).
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from common.contract import CALIBRATION_METHODS
-from common.engines import BACKENDS
+from common.engines import BACKENDS, named_object
 from common.errors import InputError
 from export.errors import ExportError
 from pipeline.errors import PipelineError
@@ -91,9 +90,8 @@ def check_backend(backend: str) -> None:
     engine = BACKENDS[name][0]
     if engine.requirement is None:
         return
-    module_name, _, function = engine.requirement.partition(":")
     try:
-        getattr(importlib.import_module(module_name), function)()
+        named_object(engine.requirement)()
     except (InputError, ExportError) as exc:
         reason = str(exc).removeprefix(f"{engine.export_flag}: ")
         raise PipelineError(f"--backend {backend}: {reason}; or use --backend onnx") from exc
