@@ -42,7 +42,8 @@ from deploy.backends.base import RuntimeSettings
 from deploy.backends.openvino import cpu_capabilities
 from deploy.evaluate import benchmark_latency, evaluate
 from deploy.runtimes import open_deployed
-from pipeline.exporting import ExportOptions, run_export
+from export.options import ExportOptions
+from pipeline.exporting import run_export
 from train.checkpoint import load_checkpoint, model_from_checkpoint
 from train.data.synthetic import ensure_synthetic_dataset
 

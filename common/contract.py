@@ -7,10 +7,13 @@ PyTorch predictor returns the same detections; each used to keep its own copy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+
+from common.errors import InputError
 
 INPUT_NAME = "images"
 # The exported graph's outputs (decode and NMS inside), in this order.
@@ -23,9 +26,49 @@ RAW_OUTPUT_NAMES = ("cls_logits", "box_deltas")
 SCORE_THRESHOLD = 0.05
 NMS_IOU = 0.5
 MAX_DETECTIONS = 100
+# Every model file's metadata: one JSON value per key, each key under this prefix; the
+# post-processing thresholds are one key (`softsample.postprocess`, PostprocessConfig's JSON).
+METADATA_PREFIX = "softsample."
+POSTPROCESS_PROP = METADATA_PREFIX + "postprocess"
 # How an int8 model's activation ranges are calibrated: each tensor's min and max, the
 # entropy-minimizing threshold of its histogram, or a percentile of its magnitudes.
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """The one thresholds type: what training-time validation, the PyTorch predictor and the
+    exported graph apply (train/postprocess.py defines the steps), stored in every model file."""
+
+    score_threshold: float = SCORE_THRESHOLD
+    nms_iou: float = NMS_IOU
+    topk_per_level: int = 1000
+    max_detections: int = MAX_DETECTIONS
+
+    def __post_init__(self) -> None:
+        numbers = (self.score_threshold, self.nms_iou, self.topk_per_level, self.max_detections)
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in numbers):
+            raise InputError(f"thresholds must be numbers, got {numbers}")
+        if not 0.0 <= self.score_threshold < 1.0:
+            raise InputError(f"score_threshold must be in [0, 1), got {self.score_threshold}")
+        if not 0.0 <= self.nms_iou <= 1.0:
+            raise InputError(f"nms_iou must be in [0, 1], got {self.nms_iou}")
+        if not isinstance(self.topk_per_level, int) or self.topk_per_level < 1:
+            raise InputError(f"topk_per_level must be an integer >= 1, got {self.topk_per_level}")
+        if not isinstance(self.max_detections, int) or self.max_detections < 1:
+            raise InputError(f"max_detections must be an integer >= 1, got {self.max_detections}")
+
+    def to_json(self) -> str:
+        """Compact JSON, the form a model file stores under POSTPROCESS_PROP."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> PostprocessConfig:
+        try:
+            values = json.loads(text)
+            return cls(**values)
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"bad post-processing config {text!r}: {exc}") from exc
 
 
 @dataclass

@@ -22,10 +22,14 @@ class Engine:
 
     `precisions` are what `pipeline export` writes for it; `study_precisions` those `pipeline
     compare` scores as backends (fp32 is named after the engine, the others `<name>-<precision>`).
-    `export_flag` is the export option that asks for it (None: always written). `backend` is the
-    deploy class that opens its files, `module:Class`, imported only when a file is opened;
-    `python_module` the package whose presence makes it available, `requirement` the export check
-    that says in one line why it cannot be built here (None: always can).
+    `export_flag` is the export option that asks for it (None: always written), `export_help`
+    what that option writes, `exporter` the export function that writes its file from the fp32
+    ONNX, `module:function` taking an `export.engine_job.EngineJob` (None: the ONNX files, which
+    every export writes itself); `int8_from_qdq` whether its int8 file is converted from the
+    static QDQ ONNX (then written too, and handed to the exporter). `backend` is the deploy class that opens its files,
+    `module:Class`, imported only when a file is opened; `python_module` the package whose
+    presence makes it available, `requirement` the export check that says in one line why it
+    cannot be built here (None: always can).
     """
 
     name: str
@@ -35,10 +39,18 @@ class Engine:
     study_precisions: tuple[str, ...]
     needs_gpu: bool
     export_flag: str | None
+    export_help: str
+    exporter: str | None
+    int8_from_qdq: bool
     export_options: tuple[str, ...]
     backend: str
     python_module: str
     requirement: str | None  # `module:function` raising one line when its exporter cannot run
+
+    @property
+    def flag_field(self) -> str:
+        """The export options' field of its flag: `--trt` -> `trt`."""
+        return (self.export_flag or "").removeprefix("--").replace("-", "_")
 
     def model_file(self, precision: str, stem: str = "model") -> str:
         """The file name export writes at `precision` (the fp32 ONNX keeps the bare stem)."""
@@ -56,6 +68,9 @@ ENGINES: tuple[Engine, ...] = (
         study_precisions=("fp32", "int8"),
         needs_gpu=False,
         export_flag=None,
+        export_help="the float32 ONNX (always), and model.<precision>.onnx for fp16 or int8",
+        exporter=None,
+        int8_from_qdq=True,
         export_options=("--opset", "--calibration", "--calib-images", "--max-ap-drop"),
         backend="deploy.backends.onnxruntime:OnnxRuntimePredictor",
         python_module="onnxruntime",
@@ -69,6 +84,9 @@ ENGINES: tuple[Engine, ...] = (
         study_precisions=("fp32", "bf16", "int8"),
         needs_gpu=False,
         export_flag="--openvino",
+        export_help="an OpenVINO IR (model.<precision>.xml + .bin) for CPU inference",
+        exporter="export.openvino:export_openvino",
+        int8_from_qdq=True,
         export_options=("--calibration", "--calib-images", "--max-ap-drop", "--int8-method"),
         backend="deploy.backends.openvino:OpenVinoPredictor",
         python_module="openvino",
@@ -82,6 +100,9 @@ ENGINES: tuple[Engine, ...] = (
         study_precisions=("fp32", "fp16", "int8"),
         needs_gpu=True,
         export_flag="--trt",
+        export_help="a TensorRT engine (model.<precision>.engine); needs an NVIDIA GPU",
+        exporter="export.tensorrt:export_tensorrt",
+        int8_from_qdq=False,  # TensorRT 10 calibrates itself; 11 quantizes inside build_engine
         export_options=("--calibration", "--calib-images", "--batch-size", "--workspace"),
         backend="deploy.backends.tensorrt:TensorRTPredictor",
         python_module="tensorrt",

@@ -71,3 +71,16 @@ def setting(
 def device_setting(help: str) -> Any:  # noqa: A002
     """--device auto|cpu|cuda, the same choices and default in every command that runs a model."""
     return setting("auto", help, choices=DEVICES)
+
+
+# The post-processing thresholds, as export, eval and predict name them.
+def conf_setting(help: str, default: float | None = None) -> Any:  # noqa: A002
+    return setting(default, help, min=0, max=1, flags=("--conf",))
+
+
+def iou_setting(help: str) -> Any:  # noqa: A002
+    return setting(None, help, min=0, max=1, flags=("--iou",))
+
+
+def max_dets_setting(help: str) -> Any:  # noqa: A002
+    return setting(None, help, min=1, flags=("--max-dets",))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +30,19 @@ MATCH_IOU = 0.99
 NEAR_IOU = 0.5  # a second, loose pairing: the same object, its box moved
 # COCO's object sizes by box area in original pixels: small < 32^2 <= medium < 96^2 <= large.
 SIZE_LIMITS = ((32**2, "small"), (96**2, "medium"), (float("inf"), "large"))
-COMPARED_FIELDS = ("img_size", "pad_value", "input_format", "score_threshold", "nms_iou",
-                   "max_detections", "class_names", "category_ids")  # fmt: skip
+COMPARED_FIELDS = ("img_size", "pad_value", "input_format", "class_names", "category_ids")
+
+
+def _compared(metadata: ModelMetadata) -> dict[str, Any]:
+    """The values two files must share to be compared, the thresholds one by one."""
+    values = {name: getattr(metadata, name) for name in COMPARED_FIELDS}
+    return values | asdict(metadata.postprocess)
 
 
 def metadata_differences(a: ModelMetadata, b: ModelMetadata) -> dict[str, list[Any]]:
     """{field: [A's value, B's value]} for what the two files say differently."""
-    found = {
-        f: [getattr(a, f), getattr(b, f)] for f in COMPARED_FIELDS if getattr(a, f) != getattr(b, f)
-    }
+    values_a, values_b = _compared(a), _compared(b)
+    found = {k: [values_a[k], values_b[k]] for k in values_a if values_a[k] != values_b[k]}
     precisions = [m.extra.get("precision", "fp32") for m in (a, b)]
     if precisions[0] != precisions[1]:
         found["precision"] = precisions
@@ -159,7 +163,8 @@ def diagnosis(found: dict[str, Any], differences: dict[str, list[Any]]) -> list[
     """What the evidence says, in words: the first lines a user reads."""
     lines = []
     names = {"score_threshold": "score threshold", "nms_iou": "NMS IoU", "img_size": "input size",
-             "max_detections": "detections per image", "pad_value": "letterbox pad value",
+             "max_detections": "detections per image", "topk_per_level": "top-k per level",
+             "pad_value": "letterbox pad value",
              "input_format": "input format", "class_names": "class names",
              "category_ids": "category ids", "precision": "precision"}  # fmt: skip
     for key, (value_a, value_b) in differences.items():

@@ -84,8 +84,9 @@ class Detector:
         self.metadata = checked_metadata(predictor)
         self.source = str(getattr(predictor, "path", getattr(predictor, "backend_name", "model")))
         self.conf = float(conf)
-        self.iou = self.metadata.nms_iou if iou is None else float(iou)
-        self.max_dets = self.metadata.max_detections if max_dets is None else int(max_dets)
+        own = self.metadata.postprocess
+        self.iou = own.nms_iou if iou is None else float(iou)
+        self.max_dets = own.max_detections if max_dets is None else int(max_dets)
         self.batch_size = int(batch_size)
         self._check_settings()
         self._names = dict(zip(self.metadata.category_ids, self.metadata.class_names, strict=True))

@@ -5,40 +5,23 @@ image size, thresholds...) travels next to it as `<engine>.json`, together with 
 tied to: the TensorRT version and the GPU (name, compute capability) it was built on. The runtime
 compares those before deserializing, so a plan from another TensorRT or GPU fails with one line
 that says which, instead of TensorRT's own error (or a crash) deep inside deserialization.
-JSON only, like the ONNX metadata: reading it can never run code.
+JSON only, like the ONNX metadata: reading it can never run code. export/tensorrt.py writes it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from common.contract import EngineInfo
+from common.engine_files import SIDECAR_FORMAT, sidecar_path
 from deploy.errors import DeployError
-from deploy.eval_report import write_json_atomic
 from deploy.metadata import ModelMetadata
 
 logger = logging.getLogger(__name__)
-
-FORMAT = "softsample-engine/1"
-
-
-def sidecar_path(engine_path: str | Path) -> Path:
-    """`model.engine` -> `model.engine.json`."""
-    engine_path = Path(engine_path)
-    return engine_path.with_name(engine_path.name + ".json")
-
-
-def write_engine_metadata(
-    engine_path: str | Path, onnx_props: dict[str, str], info: EngineInfo
-) -> Path:
-    """Write the sidecar (atomically): the source ONNX's metadata_props plus `info`."""
-    path = sidecar_path(engine_path)
-    write_json_atomic(path, {"format": FORMAT, "engine": asdict(info), "onnx_props": onnx_props})
-    return path
 
 
 def read_engine_metadata(engine_path: str | Path) -> tuple[ModelMetadata, EngineInfo]:
@@ -53,7 +36,7 @@ def read_engine_metadata(engine_path: str | Path) -> tuple[ModelMetadata, Engine
         payload = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DeployError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") != SIDECAR_FORMAT:
         raise DeployError(f"{path}: not an engine sidecar written by this pipeline")
     props = payload.get("onnx_props")
     if not isinstance(props, dict) or not all(isinstance(v, str) for v in props.values()):

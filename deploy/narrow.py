@@ -25,21 +25,22 @@ def check_narrowing(
     """Refuse what the model's own post-processing makes impossible to honour exactly."""
     if not 0.0 <= conf <= 1.0:
         raise DeployError(f"score threshold (--conf) must be in [0, 1], got {conf}")
-    if conf < model.score_threshold:
+    own = model.postprocess
+    if conf < own.score_threshold:
         raise DeployError(
             f"{source}: score threshold (--conf) {conf} is below the "
-            f"{model.score_threshold} this model applies itself; it can only be raised"
+            f"{own.score_threshold} this model applies itself; it can only be raised"
         )
-    if not math.isclose(iou, model.nms_iou, abs_tol=1e-9):
+    if not math.isclose(iou, own.nms_iou, abs_tol=1e-9):
         raise DeployError(
-            f"{source}: NMS runs inside this model at IoU {model.nms_iou}; IoU (--iou) "
+            f"{source}: NMS runs inside this model at IoU {own.nms_iou}; IoU (--iou) "
             f"{iou} cannot be applied to its output exactly (a second NMS pass is not "
             "NMS at that IoU); leave --iou out, or use the .pt checkpoint"
         )
-    if not 1 <= max_dets <= model.max_detections:
+    if not 1 <= max_dets <= own.max_detections:
         raise DeployError(
             f"{source}: detections per image (--max-dets) must be in "
-            f"[1, {model.max_detections}] for this model, got {max_dets}"
+            f"[1, {own.max_detections}] for this model, got {max_dets}"
         )
 
 
@@ -49,9 +50,9 @@ class NarrowedPredictor:
     def __init__(self, predictor: Any, conf: float, max_dets: int) -> None:
         self.predictor = predictor
         self.conf, self.max_dets = conf, max_dets
-        self.metadata = dataclasses.replace(
-            predictor.metadata, score_threshold=conf, max_detections=max_dets
-        )
+        own = predictor.metadata.postprocess
+        narrowed = dataclasses.replace(own, score_threshold=conf, max_detections=max_dets)
+        self.metadata = dataclasses.replace(predictor.metadata, postprocess=narrowed)
         self.backend_name = getattr(predictor, "backend_name", type(predictor).__name__)
         self.precision = getattr(predictor, "precision", "fp32")
 

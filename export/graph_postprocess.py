@@ -28,9 +28,9 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from common.contract import OUTPUT_NAMES
+from common.contract import OUTPUT_NAMES, PostprocessConfig
 from train.model.box_coder import DELTA_CLAMP
-from train.postprocess import PostprocessConfig, candidates_per_level
+from train.postprocess import candidates_per_level
 
 MIN_OPSET = 17
 

@@ -21,17 +21,24 @@ import onnx
 import torch
 from torch import nn
 
-from common.contract import INPUT_NAME, OUTPUT_NAMES, RAW_OUTPUT_NAMES, Detections
+from common.contract import (
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    POSTPROCESS_PROP,
+    RAW_OUTPUT_NAMES,
+    Detections,
+    PostprocessConfig,
+)
 from common.errors import InputError
 from common.files import replace_atomically
 from export.graph_postprocess import append_postprocess
 from train.model.anchors import anchors_per_level
-from train.postprocess import PostprocessConfig
 from train.predict import TorchPredictor
 
 log = logging.getLogger(__name__)
 
-POSTPROCESS_KEY = "postprocess"  # metadata key holding PostprocessConfig.to_json()
+# Where files exported before the one thresholds key kept the graph's thresholds.
+LEGACY_POSTPROCESS_KEY = "postprocess"
 BOX_RTOL, BOX_ATOL = 1e-3, 1e-2  # relative, pixels
 SCORE_ATOL = 1e-3
 
@@ -92,7 +99,7 @@ def export_onnx(
     The file has one input `images` (B, 3, S, S) float32 raw 0..255 letterboxed pixels and the
     outputs num_dets (B,) int64, boxes (B, D, 4) float32, scores (B, D) float32, labels (B, D)
     int64. `metadata_props` are stored as given, plus the post-processing thresholds under
-    "postprocess" (the graph's own values win over a different value passed in). The caller's
+    POSTPROCESS_PROP (the graph's own values win over a different value passed in). The caller's
     model is not modified: a float32 CPU copy is exported.
     """
     config = postprocess or PostprocessConfig()
@@ -111,9 +118,9 @@ def export_onnx(
         *RAW_OUTPUT_NAMES,
     )
     props = dict(metadata_props)
-    if props.get(POSTPROCESS_KEY, config.to_json()) != config.to_json():
-        log.warning("metadata %r replaced by the graph's own thresholds", POSTPROCESS_KEY)
-    props[POSTPROCESS_KEY] = config.to_json()
+    if props.get(POSTPROCESS_PROP, config.to_json()) != config.to_json():
+        log.warning("metadata %r replaced by the graph's own thresholds", POSTPROCESS_PROP)
+    props[POSTPROCESS_PROP] = config.to_json()
     _set_metadata(onnx_model, props)
     onnx_model.producer_name = "softsample-pipeline export"
     onnx.checker.check_model(onnx_model, full_check=True)
@@ -138,11 +145,12 @@ def read_metadata_props(onnx_path: str | Path) -> dict[str, str]:
 
 
 def read_postprocess_config(onnx_path: str | Path) -> PostprocessConfig:
-    """The thresholds baked into an exported file (defaults if the key is absent)."""
+    """The thresholds baked into an exported file (an older file's own key, else defaults)."""
     props = read_metadata_props(onnx_path)
-    if POSTPROCESS_KEY not in props:
-        return PostprocessConfig()
-    return PostprocessConfig.from_json(props[POSTPROCESS_KEY])
+    for key in (POSTPROCESS_PROP, LEGACY_POSTPROCESS_KEY):
+        if key in props:
+            return PostprocessConfig.from_json(props[key])
+    return PostprocessConfig()
 
 
 def run_onnxruntime(onnx_path: str | Path, images: np.ndarray) -> Detections:

@@ -12,7 +12,9 @@ import os
 from pathlib import Path
 from types import ModuleType
 
+from common.engine_files import IR_PRECISION_KEY, IR_RT_INFO_SECTION
 from common.optional import import_or_explain
+from export.engine_job import EngineJob
 from export.errors import ExportError
 
 NO_OPENVINO = "--openvino: OpenVINO is not installed: pip install '.[openvino]'"
@@ -43,3 +45,30 @@ def save_ir(model: object, xml: Path, rt_info: dict[str, str], section: str) -> 
     ov.save_model(model, str(partial), compress_to_fp16=False)
     os.replace(ir_paths(partial)[1], ir_paths(xml)[1])
     os.replace(partial, xml)
+
+
+def export_openvino(job: EngineJob) -> str:
+    """model.<precision>.xml/.bin: converted from the fp32 ONNX (fp32, bf16: the same weights,
+    bf16 a run-time hint) or from the QDQ ONNX (int8), or quantized by NNCF from the fp32 IR
+    (--int8-method nncf). Returns the "wrote ..." line."""
+    from export.onnx import read_metadata_props
+
+    xml, weights = ir_paths(job.target)
+    if job.options.int8_method == "nncf":
+        from export.openvino_nncf import quantize_with_nncf
+
+        model, detail = quantize_with_nncf(job.onnx, job.calibration())
+        detail |= job.fingerprint()
+        props = read_metadata_props(job.onnx) | job.stamp("int8", detail)
+        save_ir(model, xml, props | {IR_PRECISION_KEY: "int8"}, IR_RT_INFO_SECTION)
+        return (
+            f"wrote {xml} and {weights.name} (OpenVINO IR, int8 by NNCF "
+            f"{detail['nncf_version']}: {detail['fake_quantize_ops']} FakeQuantize, "
+            f"{detail['float_tail_ops']} post-processing ops kept float)"
+        )
+    source = job.quantized if job.precision == "int8" else job.onnx
+    if source is None:
+        raise ExportError("--openvino --precision int8: the QDQ ONNX it converts was not written")
+    props = read_metadata_props(source) | {IR_PRECISION_KEY: job.precision}
+    convert_onnx_to_ir(source, xml, props, IR_RT_INFO_SECTION)
+    return f"wrote {xml} and {weights.name} (OpenVINO IR, {job.precision})"

@@ -28,10 +28,12 @@ import numpy as np
 import onnx
 
 from common.contract import INPUT_NAME, EngineInfo
+from common.engine_files import SIDECAR_FORMAT, sidecar_path
 from common.engines import ENGINES_BY_NAME
 from common.errors import InputError
-from common.files import write_bytes_atomic
+from common.files import write_bytes_atomic, write_json_atomic
 from export.compat import check_tensorrt_compat
+from export.engine_job import EngineJob
 from export.errors import ExportError
 from export.trt_calibrator import attach_calibrator
 
@@ -380,4 +382,40 @@ def build_engine(
             "calibration_images": quantized + calibrated,
             "timing_cache": str(cache_path),
         },
+    )
+
+
+def write_engine_metadata(
+    engine_path: str | Path, onnx_props: dict[str, str], info: EngineInfo
+) -> Path:
+    """Write the engine's sidecar (atomically): the source ONNX's metadata_props plus what the
+    plan is tied to, for deploy/engine_metadata.py to check before deserializing."""
+    path = sidecar_path(engine_path)
+    payload = {"format": SIDECAR_FORMAT, "engine": asdict(info), "onnx_props": onnx_props}
+    write_json_atomic(path, payload)
+    return path
+
+
+def export_tensorrt(job: EngineJob) -> str:
+    """model.<precision>.engine and its sidecar from the fp32 ONNX; returns the "wrote" line."""
+    from export.onnx import read_metadata_props
+
+    options, int8 = job.options, job.precision == "int8"
+    engine_options = EngineOptions(job.precision, options.batch, None, options.workspace_gb,
+                                   calibration=options.calibration)  # fmt: skip
+    build = build_engine(job.onnx, job.target, engine_options, job.calibration() if int8 else None)
+    detail = {
+        "tensorrt_plan": build.build["plan"],
+        "calibration_images": build.build["calibration_images"],
+    }
+    if int8:  # only int8 calibrates
+        usual = "entropy" if build.tensorrt_version.startswith("10.") else "minmax"
+        detail["calibration_method"] = options.calibration or usual
+        detail |= job.fingerprint()
+    props = read_metadata_props(job.onnx) | job.stamp(job.precision, detail)
+    sidecar = write_engine_metadata(job.target, props, build)
+    return (
+        f"wrote {job.target} and {sidecar.name} (TensorRT {build.tensorrt_version}, "
+        f"{build.gpu_name}, {build.precision}, batch 1..{build.max_batch}, "
+        f"{build.build['build_seconds']:.0f} s)"
     )

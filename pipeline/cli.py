@@ -71,7 +71,7 @@ def data_convert(o: ConvertOptions) -> None:
 
 
 def _loss_epilog() -> str:
-    from train.losses.registry import describe_losses
+    from train.losses import describe_losses
 
     blocks = "\n\n".join("\b\n" + format_loss_listing([entry]) for entry in describe_losses())
     return "Loss options (--loss-opt KEY=VALUE) with their defaults:\n\n" + blocks
@@ -231,7 +231,7 @@ def analyze(o: AnalyzeOptions) -> None:
 @user_errors_exit_2
 def losses(names: tuple[str, ...], as_json: bool) -> None:
     """List the losses (or only NAMES) with their options and defaults."""
-    from train.losses.registry import describe_losses
+    from train.losses import describe_losses
 
     described = describe_losses()
     unknown = [n for n in names if n not in {entry["name"] for entry in described}]

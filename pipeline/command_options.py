@@ -2,10 +2,11 @@
 theirs), each described once: by a field of an option dataclass (common.settings.setting).
 
 pipeline/options.py generates the click options of a command from its dataclass and fills the
-dataclass from the parsed command line. ExportOptions, EvalOptions and PredictOptions are also
-what export/eval/predict run with (pipeline/exporting.py, evaluation.py and predicting.py import
-them from here); the `...Command` classes add what a command takes beside them (the model file,
-the output folder, ...). Torch-free: importing the CLI must not load torch.
+dataclass from the parsed command line. EvalOptions and PredictOptions are also what eval and
+predict run with (pipeline/evaluation.py and predicting.py import them from here), ExportOptions
+lives with the export stage (export/options.py); the `...Command` classes add what a command takes
+beside them (the model file, the output folder, ...). Torch-free: importing the CLI must not load
+torch.
 """
 
 from __future__ import annotations
@@ -13,17 +14,23 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from common.contract import CALIBRATION_METHODS, MAX_DETECTIONS, NMS_IOU, SCORE_THRESHOLD
+from common.contract import (
+    MAX_DETECTIONS,
+    NMS_IOU,
+    SCORE_THRESHOLD,
+)
 from common.datasets.layout import SPLITS
-from common.engines import EXPORT_PRECISIONS
-from common.settings import device_setting, setting
+from common.settings import (
+    conf_setting,
+    device_setting,
+    iou_setting,
+    max_dets_setting,
+    setting,
+)
+from export.options import ExportOptions
 
-if TYPE_CHECKING:
-    from train.postprocess import PostprocessConfig
-
-DEFAULT_OPSET = 17  # the opset every export writes unless --opset says otherwise
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 
 MODEL_FILE = "A .pt checkpoint, .onnx model, TensorRT .engine or OpenVINO .xml file."
@@ -40,112 +47,11 @@ def provider_setting() -> Any:
     return setting("auto", "ONNX Runtime execution provider.", choices=PROVIDERS)
 
 
-def conf_setting(help: str, default: float | None = None) -> Any:  # noqa: A002
-    return setting(default, help, min=0, max=1, flags=("--conf",))
-
-
-def iou_setting(help: str) -> Any:  # noqa: A002
-    return setting(None, help, min=0, max=1, flags=("--iou",))
-
-
-def max_dets_setting(help: str) -> Any:  # noqa: A002
-    return setting(None, help, min=1, flags=("--max-dets",))
-
-
 def split_setting(default: str, help: str) -> Any:  # noqa: A002
     return setting(default, help, choices=SPLITS)
 
 
 # ---------------------------------------------------------------------------- pipeline export
-@dataclass(frozen=True, kw_only=True)
-class ExportOptions:
-    """The options of `pipeline export` (defaults: plain ONNX at DEFAULT_OPSET)."""
-
-    opset: int = setting(
-        DEFAULT_OPSET, "ONNX opset of the exported graph (17 or later).", min=DEFAULT_OPSET
-    )
-    trt: bool = setting(
-        False,
-        "Also build a TensorRT engine (model.<precision>.engine); needs an NVIDIA GPU.",
-    )
-    openvino: bool = setting(
-        False, "Also write an OpenVINO IR (model.<precision>.xml + .bin) for CPU inference."
-    )
-    precision: str = setting(
-        "fp32",
-        "Engine precision with --trt (fp32, fp16, int8) or --openvino (fp32, bf16, int8); "
-        "otherwise fp16/int8 write model.<precision>.onnx (int8: static QDQ quantization for ONNX "
-        "Runtime, post-processing kept in float; OpenVINO's int8 IR is converted from it).",
-        choices=EXPORT_PRECISIONS,
-    )
-    batch: int = setting(
-        1,
-        "Largest batch the TensorRT engine accepts (its optimization profile is 1 / N / N).",
-        min=1,
-        flags=("--batch-size", "--batch"),
-    )
-    workspace_gb: float = setting(
-        4.0,
-        "TensorRT builder workspace limit in GiB.",
-        min=0,
-        min_open=True,
-        flags=("--workspace",),
-    )
-    calib_images: int = setting(
-        128,
-        "Training images used to calibrate int8 (spread over the split; their list's hash is "
-        "recorded in the model).",
-        min=1,
-        flags=("--calib-images", "--calibration-images"),
-    )
-    # int8 calibrator; None: each engine's usual
-    calibration: str | None = setting(
-        None,
-        "int8 calibrator: each activation's range from its min/max, from the histogram's "
-        "entropy-minimizing threshold, or from its 99.999th percentile (ONNX Runtime's three; "
-        "OpenVINO's int8 IR inherits it). Default: minmax; TensorRT 10's own: entropy.",
-        choices=CALIBRATION_METHODS,
-    )
-    int8_method: str = setting(
-        "qdq",
-        "OpenVINO int8: convert ONNX Runtime's QDQ model (the same quantization as onnx-int8, "
-        "with --calibration and --max-ap-drop), or quantize the fp32 IR with NNCF (pip install "
-        "'.[nncf]'; NNCF's own ranges and bias correction).",
-        choices=("qdq", "nncf"),
-    )
-    # int8 for ONNX Runtime / OpenVINO: pipeline/int8_budget.py
-    max_ap_drop: float | None = setting(
-        None,
-        "int8: keep the layers that lose the most (lowest SQNR) in float until the int8 AP "
-        "is within POINTS of fp32 on the first half of the val split; prints which stayed float.",
-        min=0,
-        metavar="POINTS",
-    )
-    img_size: int | None = setting(
-        None, "Input size of the exported model (default: the size it trained at).", min=32
-    )
-    # None: the post-processing defaults (train.postprocess)
-    score_threshold: float | None = conf_setting(
-        f"Score threshold baked into the graph (default {SCORE_THRESHOLD:g})."
-    )
-    nms_iou: float | None = iou_setting(f"NMS IoU baked into the graph (default {NMS_IOU:g}).")
-    max_detections: int | None = max_dets_setting(
-        f"Detections per image the graph returns at most (default {MAX_DETECTIONS})."
-    )
-
-    def postprocess(self) -> PostprocessConfig:
-        """The thresholds baked into the graph: the defaults, less what was given."""
-        from train.postprocess import PostprocessConfig  # torch: only an export gets here
-
-        given = {
-            "score_threshold": self.score_threshold,
-            "nms_iou": self.nms_iou,
-            "max_detections": self.max_detections,
-        }
-        given = {k: v for k, v in given.items() if v is not None}
-        return dataclasses.replace(PostprocessConfig(), **given)
-
-
 @dataclass(frozen=True, kw_only=True)
 class ExportCommand:
     weights: Path = model_setting("The .pt checkpoint to export (best.pt or last.pt of a run).")
@@ -184,13 +90,15 @@ class Thresholds:
         from deploy.narrow import NarrowedPredictor, check_narrowing
 
         model = predictor.metadata
-        conf = model.score_threshold if self.conf is None else self.conf
-        iou = model.nms_iou if self.iou is None else self.iou
-        max_dets = model.max_detections if self.max_dets is None else self.max_dets
-        if (conf, iou, max_dets) == (model.score_threshold, model.nms_iou, model.max_detections):
+        own = model.postprocess
+        conf = own.score_threshold if self.conf is None else self.conf
+        iou = own.nms_iou if self.iou is None else self.iou
+        max_dets = own.max_detections if self.max_dets is None else self.max_dets
+        if (conf, iou, max_dets) == (own.score_threshold, own.nms_iou, own.max_detections):
             return predictor
         if Path(model_path).suffix.lower() == ".pt":
-            predictor.run_thresholds(conf, iou, max_dets)
+            asked = {"score_threshold": conf, "nms_iou": iou, "max_detections": max_dets}
+            predictor.run_thresholds(dataclasses.replace(own, **asked))
             return predictor
         check_narrowing(model, conf, iou, max_dets, str(model_path))
         return NarrowedPredictor(predictor, conf, max_dets)

@@ -1,39 +1,41 @@
 """`pipeline export`: checkpoint -> ONNX (decode + NMS in the graph) -> parity check, and on request
-a reduced-precision ONNX for ONNX Runtime (int8 QDQ, fp16), an OpenVINO IR (fp32, bf16, int8 from
-the QDQ model or by NNCF) or a TensorRT engine (fp32/fp16/int8).
+a reduced-precision ONNX for ONNX Runtime (int8 QDQ, fp16) and one engine's file (the engine
+table's rows with an export flag: an OpenVINO IR, a TensorRT engine), written by that row's
+exporter (export/<engine>.py) and then opened with deploy's loader and compared with ONNX Runtime.
 
 Files, beside the weights unless --out says otherwise (`model` is --out's stem; names from the
 engine table, common/engines.py): model.onnx (float32, always: the reference every other file is
-compared to), model.int8.onnx / model.fp16.onnx (without --trt), model.<precision>.xml + .bin
-(with --openvino), model.<precision>.engine + .engine.json (with --trt), and trt_timing.cache
-(reused by the next engine build in that folder).
+compared to), model.int8.onnx / model.fp16.onnx (without an engine flag, and as the source of
+OpenVINO's int8 IR), model.<precision>.xml + .bin (--openvino), model.<precision>.engine +
+.engine.json (--trt), and trt_timing.cache (reused by the next engine build in that folder).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from common.contract import Detections
-from common.engines import ENGINES, ENGINES_BY_NAME, Engine
+from common.engines import ENGINES, FP32, Engine, named_object
 from common.errors import InputError
 from deploy.evaluate import letterboxed_images
 from deploy.metadata import ModelMetadata
+from deploy.runtimes import open_deployed
 from export.compat import check_tensorrt_compat
+from export.engine_job import EngineJob
 from export.onnx import (
     check_parity,
     compare_detections,
     export_onnx,
-    read_metadata_props,
     run_onnxruntime,
     update_metadata,
 )
-from pipeline.command_options import ExportOptions
+from export.options import ONNX, ExportOptions, engine_asked, engines_asked
 from pipeline.datasets import model_split
 from pipeline.errors import PipelineError
 from pipeline.models import metadata_from_checkpoint
@@ -41,7 +43,6 @@ from pipeline.options import option_flags
 from pipeline.outputs import check_output_file
 from train.checkpoint import load_checkpoint, model_from_checkpoint
 
-ONNX = ENGINES_BY_NAME["onnx"]
 log = logging.getLogger(__name__)
 
 
@@ -55,23 +56,27 @@ def _refuse_overwrite(paths: list[Path], overwrite: bool) -> None:
         check_output_file(path, overwrite)
 
 
-def _engine_asked(options: ExportOptions) -> Engine:
-    """The engine this export builds besides the fp32 ONNX (ONNX itself without --trt/--openvino)."""
-    flags = {"--trt": options.trt, "--openvino": options.openvino}
-    return next((e for e in ENGINES if e.export_flag and flags[e.export_flag]), ONNX)
-
-
 def _outputs(out: Path, options: ExportOptions) -> list[Path]:
     """Every file this export writes, the float32 ONNX first and the asked engine's file last
     (names from the engine table); int8 for OpenVINO goes through model.int8.onnx unless NNCF."""
     paths = [out]
-    precision, engine = options.precision, _engine_asked(options)
-    onnx_variant = precision != "fp32" and precision in ONNX.precisions
-    if onnx_variant and not options.trt and not _by_nncf(options):
+    precision, engine = options.precision, engine_asked(options)
+    if _writes_onnx_variant(options):
         paths.append(out.with_name(ONNX.model_file(precision, out.stem)))
     if engine is not ONNX:
         paths.append(out.with_name(engine.model_file(precision, out.stem)))
     return paths
+
+
+def _writes_onnx_variant(options: ExportOptions) -> bool:
+    """model.<precision>.onnx: fp16 or int8 for ONNX Runtime, and the QDQ model an engine's int8
+    file is converted from (the table's int8_from_qdq: OpenVINO unless NNCF quantizes)."""
+    precision, engine = options.precision, engine_asked(options)
+    if precision == FP32 or precision not in ONNX.precisions:
+        return False
+    return engine is ONNX or (
+        precision == "int8" and engine.int8_from_qdq and not _by_nncf(options)
+    )
 
 
 def _by_nncf(options: ExportOptions) -> bool:
@@ -100,7 +105,7 @@ def _check_nncf(options: ExportOptions) -> None:
 def _check_options_apply(options: ExportOptions) -> None:
     """An engine's option set away from its default for no file this export writes would change
     nothing: one line naming the engines that take it (the engine table's export_options)."""
-    written = {ONNX.name, _engine_asked(options).name}
+    written = {ONNX.name, engine_asked(options).name}
     defaults = ExportOptions()
     for f in fields(ExportOptions):
         flag = option_flags(f)[0]
@@ -114,12 +119,16 @@ def _check_options_apply(options: ExportOptions) -> None:
 
 def _check_combination(options: ExportOptions) -> None:
     """The precisions each target knows, one target at a time, and no option left unused."""
-    if options.trt and options.openvino:
-        raise PipelineError("--trt and --openvino: choose one engine per export")
+    asked = engines_asked(options)
+    if len(asked) > 1:
+        flags = " and ".join(str(e.export_flag) for e in asked)
+        raise PipelineError(f"{flags}: choose one engine per export")
     if _by_nncf(options):
         _check_nncf(options)
     _check_options_apply(options)
-    if options.max_ap_drop is not None and (options.precision != "int8" or options.trt):
+    if options.max_ap_drop is not None and not (
+        options.precision == "int8" and _writes_onnx_variant(options)
+    ):
         raise PipelineError(
             "--max-ap-drop: only --precision int8 for ONNX Runtime (and the OpenVINO IR made "
             "from it) is quantized within a budget; it would change nothing here"
@@ -134,7 +143,7 @@ def _check_combination(options: ExportOptions) -> None:
             raise PipelineError(
                 f"{flag} {value}: only --precision int8 calibrates; it would change nothing"
             )
-    engine = _engine_asked(options)
+    engine = engine_asked(options)
     if options.precision not in engine.precisions:
         takers = [e.runtime for e in ENGINES if e.precisions == engine.precisions]
         verb = "takes" if len(takers) == 1 else "take"
@@ -152,7 +161,7 @@ def _calibration(train: tuple[Path, Path], metadata: ModelMetadata, count: int) 
 
 def _with_precision(metadata: ModelMetadata, precision: str, detail: dict) -> ModelMetadata:
     extra = {**metadata.extra, "precision": precision, "conversion": detail}
-    return ModelMetadata(**{**asdict(metadata), "extra": extra})
+    return replace(metadata, extra=extra)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -218,7 +227,7 @@ def _onnx_variant(
     from export.quantize import convert_fp16, quantize_int8
 
     if options.precision == "int8":
-        from export.quantize import QuantizeOptions, calibration_fingerprint
+        from export.quantize import QuantizeOptions
 
         method = QuantizeOptions(method=options.calibration or "minmax")
         if options.max_ap_drop is None:
@@ -231,7 +240,7 @@ def _onnx_variant(
                 out, target, lambda: _calibration(train, metadata, options.calib_images), val,
                 check, options.max_ap_drop, method,
             )  # fmt: skip
-        detail |= calibration_fingerprint(train[0], options.calib_images)
+        detail |= _fingerprint(train, options.calib_images)
     else:
         detail = convert_fp16(out, target)
     update_metadata(target, _with_precision(metadata, options.precision, detail).to_props())
@@ -242,54 +251,6 @@ def _onnx_variant(
         reference = run_onnxruntime(out, check)
         lines.append(_compare_line("int8", reference, run_onnxruntime(target, check)))
     return lines
-
-
-def _engine(
-    out: Path,
-    target: Path,
-    options: ExportOptions,
-    metadata: ModelMetadata,
-    train: tuple[Path, Path] | None,
-    check: np.ndarray,
-) -> list[str]:
-    """model.<precision>.engine and its metadata sidecar, then engine vs ONNX Runtime."""
-    from deploy.backends.tensorrt import TensorRTPredictor
-    from deploy.engine_metadata import write_engine_metadata
-    from export.tensorrt import EngineOptions, build_engine
-
-    engine_options = EngineOptions(options.precision, options.batch, None, options.workspace_gb,
-                                   calibration=options.calibration)  # fmt: skip
-    int8 = options.precision == "int8"  # only int8 calibrates: read train images just then
-    images = _calibration(train, metadata, options.calib_images) if int8 else None
-    build = build_engine(out, target, engine_options, images)
-    props = read_metadata_props(out)
-    detail = {
-        "tensorrt_plan": build.build["plan"],
-        "calibration_images": build.build["calibration_images"],
-    }
-    if int8:
-        from export.quantize import calibration_fingerprint
-
-        usual = "entropy" if build.tensorrt_version.startswith("10.") else "minmax"
-        detail["calibration_method"] = options.calibration or usual
-        detail |= calibration_fingerprint(train[0], options.calib_images)
-    props |= _with_precision(metadata, options.precision, detail).to_props()
-    sidecar = write_engine_metadata(target, props, build)
-    predictor = TensorRTPredictor(target)
-    chunks = [
-        predictor(check[i : i + build.max_batch]) for i in range(0, len(check), build.max_batch)
-    ]
-    engine_dets = Detections(
-        *(
-            np.concatenate([getattr(c, f) for c in chunks])
-            for f in ("num_dets", "boxes", "scores", "labels")
-        )
-    )
-    return [
-        f"wrote {target} and {sidecar.name} (TensorRT {build.tensorrt_version}, {build.gpu_name}, "
-        f"{build.precision}, batch 1..{build.max_batch}, {build.build['build_seconds']:.0f} s)",
-        _compare_line(f"engine {build.precision}", run_onnxruntime(out, check), engine_dets),
-    ]
 
 
 def at_input_size(payload: dict[str, Any], img_size: int | None) -> dict[str, Any]:
@@ -311,14 +272,9 @@ def run_export(
     """Export, check, and optionally convert; returns the summary lines for the CLI."""
     options = options or ExportOptions()
     _check_combination(options)
-    if options.trt:
-        from export.tensorrt import require_tensorrt
-
-        require_tensorrt()  # before any work: a CPU-only machine fails in a second
-    if options.openvino:
-        from export.openvino import require_openvino
-
-        require_openvino()
+    engine = engine_asked(options)
+    if engine.requirement is not None:  # before any work: --trt on a CPU fails in a second
+        named_object(engine.requirement)()
     if _by_nncf(options):
         from export.openvino_nncf import require_nncf
 
@@ -329,12 +285,8 @@ def run_export(
     paths = _outputs(out, options)
     _refuse_overwrite(paths, overwrite)
     post = options.postprocess()
-    metadata = replace(
-        metadata_from_checkpoint(payload),
-        score_threshold=post.score_threshold,
-        nms_iou=post.nms_iou,
-        max_detections=post.max_detections,
-    )  # what the graph applies, for eval and predict to read
+    # what the graph applies, for eval and predict to read
+    metadata = replace(metadata_from_checkpoint(payload), postprocess=post)
     # the model's own val split (or --data's) for parity, before writing: a bad one fails first
     val = model_split(data, metadata.extra, "val")
     images = split_parity_images(*val, metadata.img_size)
@@ -354,66 +306,50 @@ def run_export(
         f"max score diff {parity['max_score_diff']:.2e}, detections match: {parity['match']}",
         "TensorRT compatibility: " + ("ok" if not problems else "; ".join(problems)),
     ]
-    if options.trt:
-        lines += _engine(out, paths[1], options, metadata, train, images)
-    elif _by_nncf(options):
-        return "\n".join(lines + _openvino_nncf(out, paths[-1], options, metadata, train, images))
-    elif options.precision in ("fp16", "int8"):
-        lines += _onnx_variant(out, paths[1], options, metadata, train, images, val)
-    if options.openvino:
-        lines += _openvino_ir(out, paths[1] if options.precision == "int8" else out, paths[-1],
-                              options.precision, images)  # fmt: skip
+    variant = paths[1] if _writes_onnx_variant(options) else None
+    if variant is not None:
+        lines += _onnx_variant(out, variant, options, metadata, train, images, val)
+    if engine.exporter is not None:
+        job = EngineJob(
+            onnx=out,
+            target=paths[-1],
+            options=options,
+            quantized=variant if options.precision == "int8" else None,
+            stamp=lambda precision, detail: _with_precision(metadata, precision, detail).to_props(),
+            calibration=lambda: _calibration(train, metadata, options.calib_images),
+            fingerprint=lambda: _fingerprint(train, options.calib_images),
+        )
+        lines.append(named_object(engine.exporter)(job))
+        lines.append(_check_engine_file(engine, paths[-1], options.precision, out, images))
     return "\n".join(lines)
 
 
-def _openvino_nncf(
-    out: Path,
-    xml: Path,
-    options: ExportOptions,
-    metadata: ModelMetadata,
-    train: tuple[Path, Path],
-    check: np.ndarray,
-) -> list[str]:
-    """model.int8.xml/.bin quantized by NNCF from the fp32 model, then IR vs ONNX Runtime."""
-    from deploy.backends.openvino import PRECISION_KEY, RT_INFO_SECTION, OpenVinoPredictor
-    from export.openvino import save_ir
-    from export.openvino_nncf import quantize_with_nncf
+def _fingerprint(train: tuple[Path, Path], count: int) -> dict[str, Any]:
     from export.quantize import calibration_fingerprint
 
-    model, detail = quantize_with_nncf(out, _calibration(train, metadata, options.calib_images))
-    detail |= calibration_fingerprint(train[0], options.calib_images)
-    props = read_metadata_props(out) | _with_precision(metadata, "int8", detail).to_props()
-    save_ir(model, xml, props | {PRECISION_KEY: "int8"}, RT_INFO_SECTION)
-    predictor = OpenVinoPredictor(xml)
-    return [
-        f"wrote {xml} and {xml.with_suffix('.bin').name} (OpenVINO IR, int8 by NNCF "
-        f"{detail['nncf_version']}: {detail['fake_quantize_ops']} FakeQuantize, "
-        f"{detail['float_tail_ops']} post-processing ops kept float)",
-        _compare_line("OpenVINO int8 (NNCF)", run_onnxruntime(out, check), predictor(check)),
-    ]
+    return calibration_fingerprint(train[0], count)
 
 
-def _openvino_ir(
-    reference: Path, source: Path, xml: Path, precision: str, check: np.ndarray
-) -> list[str]:
-    """model.<precision>.xml/.bin from `source` (the QDQ ONNX for int8), then IR vs ONNX."""
-    from deploy.backends.openvino import PRECISION_KEY, RT_INFO_SECTION, OpenVinoPredictor
-    from export.openvino import convert_onnx_to_ir
+def _run_one_by_one(predictor: Any, images: np.ndarray) -> Detections:
+    """Every image on its own: any engine takes batch 1 (a TensorRT plan may take no more)."""
+    each = [predictor(images[i : i + 1]) for i in range(len(images))]
+    fields = ("num_dets", "boxes", "scores", "labels")
+    return Detections(*(np.concatenate([getattr(d, f) for d in each]) for f in fields))
 
-    props = read_metadata_props(source)
-    props[PRECISION_KEY] = precision
-    convert_onnx_to_ir(source, xml, props, RT_INFO_SECTION)
-    predictor = OpenVinoPredictor(xml)
-    detections = predictor(check)
-    fp32 = run_onnxruntime(reference, check)
-    lines = [f"wrote {xml} and {xml.with_suffix('.bin').name} (OpenVINO IR, {precision})"]
-    if precision == "fp32":
-        exact = compare_detections(fp32, detections)
-        lines.append(
-            f"OpenVINO fp32 vs ONNX Runtime fp32 on {len(check)} images: max box diff "
-            f"{exact['max_box_diff']:.2e} px, max score diff {exact['max_score_diff']:.2e}, "
-            f"detections match: {exact['match']}"
-        )
-    else:
-        lines.append(_compare_line(f"OpenVINO {precision}", fp32, detections))
-    return lines
+
+def _check_engine_file(
+    engine: Engine, target: Path, precision: str, reference: Path, images: np.ndarray
+) -> str:
+    """The written file opened by deploy's loader, as eval would, against the fp32 ONNX: exact
+    parity at fp32, the detections found again otherwise."""
+    detections = _run_one_by_one(open_deployed(target), images)
+    fp32 = run_onnxruntime(reference, images)
+    name = f"{engine.runtime} {precision}"
+    if precision != FP32:
+        return _compare_line(name, fp32, detections)
+    exact = compare_detections(fp32, detections)
+    return (
+        f"{name} vs ONNX Runtime fp32 on {len(images)} images: max box diff "
+        f"{exact['max_box_diff']:.2e} px, max score diff {exact['max_score_diff']:.2e}, "
+        f"detections match: {exact['match']}"
+    )

@@ -8,7 +8,7 @@ skipped with a warning and counted; when every image is unreadable, that is an e
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,9 +98,12 @@ def _run_torch_postprocess_at(predictor: Any, options: PredictOptions) -> None:
     and the cap as asked. The metadata states the values run, for the Detector's checks."""
     default = predictor.config
     predictor.run_thresholds(
-        score_threshold=min(options.conf, default.score_threshold),
-        nms_iou=default.nms_iou if options.iou is None else options.iou,
-        max_detections=max(options.max_dets or 0, default.max_detections),
+        replace(
+            default,
+            score_threshold=min(options.conf, default.score_threshold),
+            nms_iou=default.nms_iou if options.iou is None else options.iou,
+            max_detections=max(options.max_dets or 0, default.max_detections),
+        )
     )
 
 

@@ -16,47 +16,12 @@ here must be mirrored there. Order of operations, per image:
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
-
 import torch
 from torchvision.ops import batched_nms
 
-from common.contract import MAX_DETECTIONS, NMS_IOU, SCORE_THRESHOLD
+from common.contract import PostprocessConfig
 from common.errors import InputError
 from train.model.box_coder import decode_boxes
-
-
-@dataclass(frozen=True)
-class PostprocessConfig:
-    """Thresholds shared by training-time validation, the PyTorch predictor and the ONNX graph."""
-
-    score_threshold: float = SCORE_THRESHOLD
-    nms_iou: float = NMS_IOU
-    topk_per_level: int = 1000
-    max_detections: int = MAX_DETECTIONS
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.score_threshold < 1.0:
-            raise InputError(f"score_threshold must be in [0, 1), got {self.score_threshold}")
-        if not 0.0 <= self.nms_iou <= 1.0:
-            raise InputError(f"nms_iou must be in [0, 1], got {self.nms_iou}")
-        if self.topk_per_level < 1:
-            raise InputError(f"topk_per_level must be >= 1, got {self.topk_per_level}")
-        if self.max_detections < 1:
-            raise InputError(f"max_detections must be >= 1, got {self.max_detections}")
-
-    def to_json(self) -> str:
-        """Compact JSON, the form stored in the ONNX metadata under "postprocess"."""
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> PostprocessConfig:
-        try:
-            values = json.loads(text)
-            return cls(**values)
-        except (ValueError, TypeError) as exc:
-            raise InputError(f"bad post-processing config {text!r}: {exc}") from exc
 
 
 def candidates_per_level(

@@ -1,7 +1,7 @@
 """OpenVINO predictor: an IR (.xml + .bin) converted from the exported ONNX -> the predictor contract.
 
 The IR is the same graph as the ONNX file (decode and NMS inside); the model's metadata travels in
-its rt_info under RT_INFO_SECTION, so nothing beside the two files is needed. The precision the
+its rt_info under IR_RT_INFO_SECTION, so nothing beside the two files is needed. The precision the
 export chose (fp32, bf16, or int8 for a graph converted from the QDQ ONNX) is stored there too
 and becomes OpenVINO's inference precision hint: fp32 must be asked for explicitly, because on a
 CPU with bf16 units OpenVINO runs float graphs in bf16 by default.
@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from common.contract import INPUT_NAME, OUTPUT_NAMES, Detections
+from common.engine_files import IR_PRECISION_KEY, IR_RT_INFO_SECTION
 from common.engines import ENGINES_BY_NAME
 from common.optional import import_or_explain
 from deploy.backends.base import EngineBackend, RuntimeSettings
@@ -26,8 +27,6 @@ from deploy.metadata import ModelMetadata
 
 logger = logging.getLogger(__name__)
 
-RT_INFO_SECTION = "detector"
-PRECISION_KEY = "inference_precision"
 # OpenVINO's names for the precision of the float parts of the graph (int8's float tail in f32).
 INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
@@ -48,9 +47,9 @@ def shared_core() -> Any:
 
 def read_rt_info(model: Any) -> dict[str, str]:
     """The pipeline's key -> value pairs stored in an OpenVINO model's rt_info."""
-    if not model.has_rt_info([RT_INFO_SECTION]):
+    if not model.has_rt_info([IR_RT_INFO_SECTION]):
         return {}
-    section = model.get_rt_info([RT_INFO_SECTION])
+    section = model.get_rt_info([IR_RT_INFO_SECTION])
     return {str(key): value.astype(str) for key, value in section.astype(dict).items()}
 
 
@@ -100,7 +99,7 @@ class OpenVinoPredictor(EngineBackend):
             raise DeployError(f"{self.path}: not an OpenVINO IR ({reason})") from exc
         props = read_rt_info(model)
         self.metadata: ModelMetadata = ModelMetadata.from_props(props, str(self.path))
-        self.precision: str = precision or props.get(PRECISION_KEY, "fp32")
+        self.precision: str = precision or props.get(IR_PRECISION_KEY, "fp32")
         known = ENGINES_BY_NAME["openvino"].precisions
         if self.precision not in known:
             raise DeployError(f"{self.path}: precision {self.precision!r} is not one of {known}")

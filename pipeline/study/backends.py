@@ -113,7 +113,8 @@ def build_deployed_model(backend: str, weights: Path, run_dir: Path) -> Path:
     """Export `weights` for `backend` into `run_dir` (replacing partial files); the model path.
     Parity and calibration images come from the split files the run itself used (recorded in
     its checkpoint), so a carved --val-fraction split never calibrates int8."""
-    from pipeline.exporting import ExportOptions, run_export  # torch: on export
+    from export.options import ExportOptions
+    from pipeline.exporting import run_export  # torch: on export
 
     name, method = split_backend(backend)
     engine, precision = BACKENDS[name]

@@ -6,6 +6,7 @@ Every import statement counts, including the lazy ones inside functions.
 """
 
 import ast
+import importlib
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,51 @@ def test_no_stage_reaches_for_another_stage_s_private_names(package):
         for path in sorted((ROOT / package).rglob("*.py"))
     }
     assert {k: v for k, v in violations.items() if v} == {}
+
+
+STAGES_WITH_A_FACE = ("train", "export", "deploy")
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every absolute module an import statement of `path` names (lazy ones included)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def past_the_face(module: str, importer: str) -> bool:
+    """Whether `module` lies inside another stage without being (under) one listed in its FACE."""
+    stage, _, inner = module.partition(".")
+    if stage not in STAGES_WITH_A_FACE or stage == importer or not inner:
+        return False
+    face = importlib.import_module(stage).FACE
+    return not any(inner == entry or inner.startswith(entry + ".") for entry in face)
+
+
+@pytest.mark.parametrize("package", ["pipeline", *STAGES_WITH_A_FACE])
+def test_no_stage_reaches_past_another_stage_s_face(package):
+    """What a stage offers the others is the modules its __init__ lists in FACE (bench/ times
+    internals on purpose and is not held to it)."""
+    violations = {
+        str(path.relative_to(ROOT)): sorted(
+            m for m in imported_modules(path) if past_the_face(m, package)
+        )
+        for path in sorted((ROOT / package).rglob("*.py"))
+    }
+    assert {k: v for k, v in violations.items() if v} == {}
+
+
+def test_the_face_checker_sees_a_module_past_it(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("def f():\n    from train.step import TrainStep\n    import deploy.latency\n")
+    found = {m for m in imported_modules(sample) if past_the_face(m, "pipeline")}
+    assert found == {"train.step", "deploy.latency"}
+    assert not past_the_face("train.model.anchors", "export")  # under the face's "model"
+    assert not past_the_face("train.step", "train")  # a stage's own modules are its own
 
 
 def test_the_private_name_checker_sees_one(tmp_path):

@@ -73,7 +73,8 @@ def test_compare_backends_and_their_files_come_from_the_table(tmp_path: Path) ->
 @pytest.mark.parametrize("backend", list(EXPECTED_BACKENDS))
 def test_export_writes_the_file_compare_scores(backend: str, tmp_path: Path) -> None:
     """The file export names for an engine and precision is the one compare opens."""
-    from pipeline.exporting import ExportOptions, _outputs
+    from export.options import ExportOptions
+    from pipeline.exporting import _outputs
     from pipeline.study.backends import deployed_model_path
 
     engine, precision = BACKENDS[backend]
@@ -211,3 +212,73 @@ def test_every_error_opening_a_model_names_the_file_once(
         with pytest.raises(DeployError) as info:
             open_deployed(path)
         assert str(info.value) == said
+
+
+# A row a developer might add: written into the table's own source, as they would.
+NEW_ROW = '''    Engine(
+        name="ncnn",
+        runtime="ncnn",
+        suffix=".param",
+        precisions=("fp32", "fp16"),
+        study_precisions=("fp32", "fp16"),
+        needs_gpu=False,
+        export_flag="--ncnn",
+        export_help="an ncnn model (model.<precision>.param + .bin)",
+        exporter="export.ncnn:export_ncnn",
+        int8_from_qdq=False,
+        export_options=("--opset",),
+        backend="deploy.backends.ncnn:NcnnPredictor",
+        python_module="ncnn",
+        requirement="export.ncnn:require_ncnn",
+    ),
+'''
+WITH_NEW_ROW = r"""
+import json, sys, types
+from pathlib import Path
+import click
+import common
+
+source = Path("common/engines.py").read_text()
+marker = "ENGINES: tuple[Engine, ...] = (\n"
+table = types.ModuleType("common.engines")
+sys.modules["common.engines"] = common.engines = table
+exec(compile(source.replace(marker, marker + sys.argv[1]), "common/engines.py", "exec"), table.__dict__)
+
+from export.options import ExportOptions
+from pipeline.cli import cli
+from pipeline.doctor import engine_lines
+from pipeline.exporting import _outputs
+from pipeline.study.backends import deployed_model_path, parse_backends
+
+export = cli.commands["export"]
+options = {p.name: p for p in export.params}
+print(json.dumps({
+    "flag": options["ncnn"].opts,
+    "precisions": list(options["precision"].type.choices),
+    "backends": parse_backends("ncnn,ncnn-fp16"),
+    "files": [str(deployed_model_path(b, Path("run"))) for b in ("ncnn", "ncnn-fp16")],
+    "written": [str(p) for p in _outputs(Path("run/model.onnx"), ExportOptions(ncnn=True, precision="fp16"))],
+    "doctor": engine_lines(False)["engine ncnn"],
+}))
+"""
+
+
+def test_a_new_row_is_an_export_flag_a_precision_a_backend_and_a_file() -> None:
+    """Add a row to common/engines.py (and nothing else): export gets its flag and precisions,
+    compare its backends and files, doctor its line."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", WITH_NEW_ROW, NEW_ROW],
+        cwd=root, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["flag"] == ["--ncnn"]
+    assert found["precisions"] == ["fp32", "fp16", "int8", "bf16"]  # first seen order
+    assert found["backends"] == ["ncnn", "ncnn-fp16"]
+    assert found["files"] == ["run/model.fp32.param", "run/model.fp16.param"]
+    assert found["written"] == ["run/model.onnx", "run/model.fp16.param"]
+    assert found["doctor"] == "ncnn, *.param, fp32 fp16: no (not installed)"

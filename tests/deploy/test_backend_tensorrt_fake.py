@@ -31,9 +31,9 @@ import pytest
 import deploy.backends.cuda_memory as cm
 import deploy.backends.tensorrt as tb
 from common.contract import EngineInfo
-from deploy.engine_metadata import write_engine_metadata
 from deploy.errors import DeployError
 from deploy.metadata import ModelMetadata
+from export.tensorrt import write_engine_metadata
 
 SIZE = 8
 DETS = 3

@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from pycocotools.cocoeval import COCOeval
 
-from common.contract import Detections
+from common.contract import Detections, PostprocessConfig
 from common.image import letterbox
 from deploy.backends.onnxruntime import OnnxRuntimePredictor, resolve_providers
 from deploy.errors import DeployError
@@ -310,6 +310,47 @@ def test_metadata_errors_name_the_file(tmp_path: Path) -> None:
         DeployError, match="m.onnx: metadata key softsample.class_names is not valid JSON"
     ):
         ModelMetadata.from_props(props, "m.onnx")
+
+
+def test_metadata_stores_the_thresholds_under_one_key() -> None:
+    thresholds = PostprocessConfig(score_threshold=0.3, nms_iou=0.6, max_detections=20)
+    props = _metadata(postprocess=thresholds).to_props()
+    assert json.loads(props["softsample.postprocess"]) == {
+        "score_threshold": 0.3, "nms_iou": 0.6, "topk_per_level": 1000, "max_detections": 20
+    }  # fmt: skip
+    assert not {"softsample.score_threshold", "softsample.nms_iou", "postprocess"} & set(props)
+
+
+def test_metadata_of_a_file_from_before_the_one_thresholds_key() -> None:
+    """An older export wrote three threshold keys and top-k under a bare "postprocess" key
+    (these strings are such a file's, written out by hand)."""
+    old = {
+        "softsample.class_names": '["cat", "dog"]',
+        "softsample.category_ids": "[7, 3]",
+        "softsample.img_size": "64",
+        "softsample.pad_value": "114",
+        "softsample.input_format": '"rgb-0-255-letterbox-topleft"',
+        "softsample.loss": '"focal"',
+        "softsample.max_detections": "20",
+        "softsample.score_threshold": "0.3",
+        "softsample.nms_iou": "0.6",
+        "postprocess": '{"max_detections": 20, "nms_iou": 0.6, "score_threshold": 0.3, '
+        '"topk_per_level": 50}',
+    }
+    metadata = ModelMetadata.from_props(old, "old.onnx")
+    assert metadata.postprocess == PostprocessConfig(0.3, 0.6, 50, 20)
+    assert (metadata.loss, metadata.img_size) == ("focal", 64)
+    without_topk = {k: v for k, v in old.items() if k != "postprocess"}
+    assert ModelMetadata.from_props(without_topk, "old.onnx").postprocess.topk_per_level == 1000
+    missing = {k: v for k, v in old.items() if k != "softsample.nms_iou"}
+    with pytest.raises(DeployError, match="old.onnx: .*missing metadata key softsample.postproc"):
+        ModelMetadata.from_props(missing, "old.onnx")
+    bad = old | {"softsample.score_threshold": "1.5"}
+    with pytest.raises(DeployError, match="old.onnx: metadata key .*score_threshold.* invalid"):
+        ModelMetadata.from_props(bad, "old.onnx")
+    bad = _metadata().to_props() | {"softsample.postprocess": '{"nms_iou": "high"}'}
+    with pytest.raises(DeployError, match="new.onnx: metadata key softsample.postprocess has an"):
+        ModelMetadata.from_props(bad, "new.onnx")
 
 
 def test_onnxruntime_predictor_through_the_evaluator(

@@ -22,9 +22,8 @@ from tests.detecting_model import DetectingRun, detecting_run
 from tests.train.test_detecting_model import MIN_RECALL, _evaluate, recall_with_category
 
 openvino = pytest.importorskip("openvino")
+from common.engine_files import IR_PRECISION_KEY, IR_RT_INFO_SECTION  # noqa: E402
 from deploy.backends.openvino import (  # noqa: E402
-    PRECISION_KEY,
-    RT_INFO_SECTION,
     OpenVinoPredictor,
     cpu_capabilities,
     read_rt_info,
@@ -136,7 +135,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     props = TINY_METADATA.to_props()
     for precision in ("fp32", "bf16"):
         convert_onnx_to_ir(onnx_path, folder / f"model.{precision}.xml",
-                           {**props, PRECISION_KEY: precision}, RT_INFO_SECTION)  # fmt: skip
+                           {**props, IR_PRECISION_KEY: precision}, IR_RT_INFO_SECTION)  # fmt: skip
     return {"onnx": onnx_path, "fp32": folder / "model.fp32.xml", "bf16": folder / "model.bf16.xml"}
 
 
@@ -162,7 +161,7 @@ def test_the_ir_carries_the_metadata_and_the_precision(built: dict[str, Path]) -
     assert fp32.backend_name == "openvino-cpu" and fp32.hint == "latency"
     assert OpenVinoPredictor(built["bf16"], precision="fp32").precision == "fp32"  # overridden
     model = shared_core().read_model(str(built["bf16"]))
-    assert read_rt_info(model) == {**TINY_METADATA.to_props(), PRECISION_KEY: "bf16"}
+    assert read_rt_info(model) == {**TINY_METADATA.to_props(), IR_PRECISION_KEY: "bf16"}
     # the file format: where other tools (and older or newer versions of this one) look
     assert model.get_rt_info(["detector", "inference_precision"]).astype(str) == "bf16"
     assert model.get_rt_info(["detector", "softsample.category_ids"]).astype(str) == "[4, 9]"
@@ -265,18 +264,20 @@ def test_an_ir_not_written_by_this_pipeline_is_refused(tmp_path: Path) -> None:
     onnx.save(
         helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "o.onnx"
     )
-    convert_onnx_to_ir(tmp_path / "o.onnx", tmp_path / "o.xml", {}, RT_INFO_SECTION)
+    convert_onnx_to_ir(tmp_path / "o.onnx", tmp_path / "o.xml", {}, IR_RT_INFO_SECTION)
     with pytest.raises(DeployError, match="o.xml"):
         OpenVinoPredictor(tmp_path / "o.xml")
     props = TINY_METADATA.to_props()
-    convert_onnx_to_ir(tmp_path / "o.onnx", tmp_path / "m.xml", props, RT_INFO_SECTION)
+    convert_onnx_to_ir(tmp_path / "o.onnx", tmp_path / "m.xml", props, IR_RT_INFO_SECTION)
     with pytest.raises(DeployError, match="expected one input named 'images', got \\['x'\\]"):
         OpenVinoPredictor(tmp_path / "m.xml")
 
 
 def test_the_ir_is_written_whole_or_not_at_all(built: dict[str, Path], tmp_path: Path) -> None:
     """The pair appears only when both are written; no .partial files are left behind."""
-    convert_onnx_to_ir(built["onnx"], tmp_path / "m.xml", TINY_METADATA.to_props(), RT_INFO_SECTION)
+    convert_onnx_to_ir(
+        built["onnx"], tmp_path / "m.xml", TINY_METADATA.to_props(), IR_RT_INFO_SECTION
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.xml"]
 
 

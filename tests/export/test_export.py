@@ -13,8 +13,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from common.contract import Detections
+from common.contract import Detections, PostprocessConfig
 from common.errors import InputError
+from deploy.metadata import ModelMetadata
 from export.compat import check_tensorrt_compat
 from export.onnx import (
     check_parity,
@@ -27,7 +28,7 @@ from tests.oracles.model_files import build_postprocess_model
 from train.model.anchors import AnchorSpec, anchors_per_level, generate_anchors
 from train.model.box_coder import DELTA_CLAMP
 from train.model.retinanet import ModelConfig, RetinaDetector
-from train.postprocess import PostprocessConfig, postprocess
+from train.postprocess import postprocess
 from train.predict import TorchPredictor
 
 NUM_CLASSES, IMG_SIZE = 3, 64
@@ -174,12 +175,15 @@ def test_dynamic_batch_and_padding(exported: Path) -> None:
 
 def test_torch_predictor_contract(tiny_model: RetinaDetector) -> None:
     tiny_model.train()
-    predictor = TorchPredictor(tiny_model, metadata={"img_size": IMG_SIZE})
+    metadata = ModelMetadata(class_names=["a", "b", "c"], category_ids=[1, 2, 3], img_size=IMG_SIZE)
+    predictor = TorchPredictor(tiny_model, metadata=metadata)
     dets = predictor(_images(2))
     assert tiny_model.training, "predictor must restore the caller's mode"
     tiny_model.eval()
     assert predictor.backend_name == "pytorch" and predictor.precision == "fp32"
-    assert predictor.metadata == {"img_size": IMG_SIZE}
+    assert predictor.metadata == metadata  # the thresholds it runs: the defaults, as stated
+    tighter = PostprocessConfig(nms_iou=0.7)
+    assert TorchPredictor(tiny_model, metadata, config=tighter).metadata.postprocess == tighter
     assert dets.num_dets.shape == (2,) and dets.num_dets.dtype == np.int64
     assert dets.boxes.shape == (2, 100, 4) and dets.boxes.dtype == np.float32
     with pytest.raises(InputError, match="expects a numpy array"):
@@ -242,7 +246,6 @@ def test_io_binding_path_gives_the_same_detections(
 ) -> None:
     """IO binding (the default on CUDA/TensorRT) is checked here on the CPU provider."""
     from deploy.backends.onnxruntime import OnnxRuntimePredictor
-    from deploy.metadata import ModelMetadata
 
     metadata = ModelMetadata(class_names=["a", "b", "c"], category_ids=[1, 2, 3], img_size=IMG_SIZE)
     path = export_onnx(tiny_model, tmp_path / "model.onnx", metadata.to_props())

@@ -17,7 +17,7 @@ import torch
 from onnx import TensorProto, helper
 
 import export.onnx as export_module
-from common.contract import Detections
+from common.contract import POSTPROCESS_PROP, Detections, PostprocessConfig
 from export.onnx import (
     check_parity,
     compare_detections,
@@ -28,7 +28,6 @@ from export.onnx import (
 )
 from tests.oracles.model_files import build_postprocess_model
 from train.model.retinanet import ModelConfig, RetinaDetector
-from train.postprocess import PostprocessConfig
 
 Row = tuple[int, float, list[float]]  # label, score, box
 A, C = [10.0, 10.0, 50.0, 50.0], [100.0, 100.0, 300.0, 300.0]
@@ -155,14 +154,14 @@ def exported(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[RetinaDetector, Path, Path, list[logging.LogRecord]]:
     """(model, returned path, target path, log records) of one export into a folder that does
-    not exist yet, with a stale "postprocess" entry among the metadata passed in."""
+    not exist yet, with a stale thresholds entry among the metadata passed in."""
     model = _tiny_detector()
     target = tmp_path_factory.mktemp("export") / "new" / "dir" / "model.onnx"
     handler = _Records()
     logger = logging.getLogger("export.onnx")
     logger.addHandler(handler)
     try:
-        props = {"postprocess": "stale", "class_names": '["a", "b", "c"]'}
+        props = {POSTPROCESS_PROP: "stale", "class_names": '["a", "b", "c"]'}
         returned = export_onnx(model, target, props, postprocess=CONFIG)
     finally:
         logger.removeHandler(handler)
@@ -179,7 +178,7 @@ def test_export_writes_opset_17_the_graphs_thresholds_and_a_folded_network(
         ("", 17)
     ]
     props = {p.key: p.value for p in model.metadata_props}
-    assert props == {"class_names": '["a", "b", "c"]', "postprocess": CONFIG_JSON}
+    assert props == {"class_names": '["a", "b", "c"]', "softsample.postprocess": CONFIG_JSON}
     warnings = [r for r in records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "postprocess" in warnings[0].getMessage()
     # constant folding merged the backbone's batch norms into its convolutions
@@ -236,12 +235,23 @@ def test_atomic_save_closes_its_file_descriptor(tmp_path: Path) -> None:
     assert len(os.listdir("/proc/self/fd")) == before
 
 
+def test_read_postprocess_config_reads_a_file_from_before_the_one_key(tmp_path: Path) -> None:
+    """Files exported before `softsample.postprocess` kept the graph's thresholds under a bare
+    "postprocess" key: still read, the new key winning where both are present."""
+    old = _standalone_file(tmp_path / "old.onnx", {"postprocess": CONFIG_JSON})
+    assert read_postprocess_config(old) == CONFIG
+    both = {"postprocess": CONFIG_JSON, POSTPROCESS_PROP: '{"nms_iou": 0.7}'}
+    assert read_postprocess_config(_standalone_file(tmp_path / "both.onnx", both)) == (
+        PostprocessConfig(nms_iou=0.7)
+    )
+
+
 def test_read_postprocess_config_defaults_and_skips_external_weights(tmp_path: Path) -> None:
     assert read_postprocess_config(_standalone_file(tmp_path / "none.onnx", {})) == (
         PostprocessConfig()
     )
     # stored with its tensors in a side file, which is then gone: the metadata is still readable
-    model = onnx.load(str(_standalone_file(tmp_path / "big.onnx", {"postprocess": CONFIG_JSON})))
+    model = onnx.load(str(_standalone_file(tmp_path / "big.onnx", {POSTPROCESS_PROP: CONFIG_JSON})))
     onnx.save(
         model,
         str(tmp_path / "big.onnx"),

@@ -12,10 +12,10 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from common.contract import PostprocessConfig
 from export.graph_postprocess import append_postprocess
 from tests.oracles.model_files import build_postprocess_model
 from train.model.box_coder import DELTA_CLAMP
-from train.postprocess import PostprocessConfig
 
 # Two 10 x 10 anchors one pixel apart, two classes, a 10 px image (the hand-worked NMS example of
 # tests/export/test_export.py): centres (5, 5) and (6, 5), sizes 10 x 10.

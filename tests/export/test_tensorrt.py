@@ -23,27 +23,25 @@ import pytest
 from click.testing import CliRunner
 
 from common.contract import Detections, EngineInfo
+from common.engine_files import sidecar_path
 from common.errors import InputError
-from deploy.engine_metadata import (
-    check_engine_compat,
-    read_engine_metadata,
-    sidecar_path,
-    write_engine_metadata,
-)
+from deploy.engine_metadata import check_engine_compat, read_engine_metadata
 from deploy.errors import DeployError
 from deploy.metadata import ModelMetadata
 from export.compat import MIN_OPSET, TENSORRT_OPS, check_tensorrt_compat
 from export.errors import ExportError
 from export.onnx import compare_detections, export_onnx, run_onnxruntime
+from export.options import ExportOptions
 from export.tensorrt import (
     TAIL_PREFIX,
     describe_parser_error,
     pin_tail_fp32,
     plan_build,
     tensorrt_major,
+    write_engine_metadata,
 )
 from pipeline.cli import cli
-from pipeline.exporting import ExportOptions, agreement
+from pipeline.exporting import agreement
 from tests.export.test_quantize import IMG_SIZE, make_tiny_run, tiny_detector
 
 REPO = Path(__file__).parents[2]

@@ -9,9 +9,9 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
+from common.contract import PostprocessConfig
 from deploy.metadata import PROP_PREFIX, ModelMetadata
 from export.graph_postprocess import MIN_OPSET, build_postprocess_nodes, output_value_infos
-from train.postprocess import PostprocessConfig
 
 
 def write_onnx_metadata(model: Any, metadata: ModelMetadata) -> None:

@@ -54,8 +54,8 @@ def test_the_graph_applies_the_asked_size_threshold_iou_and_cap(
     dims = [d.dim_value or d.dim_param for d in graph.graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["batch", 3, 96, 96]
     metadata = read_onnx_metadata(out)
-    assert (metadata.img_size, metadata.score_threshold) == (96, 0.3)
-    assert (metadata.nms_iou, metadata.max_detections) == (0.6, 20)
+    assert (metadata.img_size, metadata.postprocess.score_threshold) == (96, 0.3)
+    assert (metadata.postprocess.nms_iou, metadata.postprocess.max_detections) == (0.6, 20)
 
     images = np.random.default_rng(0).uniform(0, 255, (4, 3, 96, 96)).astype(np.float32)
     found = run_onnxruntime(out, images)
@@ -187,7 +187,8 @@ def test_an_engine_option_for_an_engine_not_written_changes_nothing_and_says_so(
 
 def test_the_options_of_the_engine_asked_for_are_taken() -> None:
     """The same options pass the check when the export writes the engine that takes them."""
-    from pipeline.exporting import ExportOptions, _check_combination
+    from export.options import ExportOptions
+    from pipeline.exporting import _check_combination
 
     _check_combination(ExportOptions(trt=True, batch=4, workspace_gb=2.0))
     _check_combination(ExportOptions(openvino=True, precision="int8", calibration="entropy"))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from train.postprocess import PostprocessConfig, count_nms_candidates
+from common.contract import PostprocessConfig
+from train.postprocess import count_nms_candidates
 
 
 def test_counts_pairs_above_the_threshold_among_each_levels_top_k() -> None:
