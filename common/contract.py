@@ -8,6 +8,7 @@ PyTorch predictor returns the same detections; each used to keep its own copy.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -97,6 +98,23 @@ class Detections:
             scores=np.asarray(scores, dtype=np.float32),
             labels=np.asarray(labels).astype(np.int64),
         )
+
+
+def fixed_batch(input_shape: Any) -> int | None:
+    """The batch a graph's input is fixed at (the two-stage graph's 1), None when dynamic."""
+    first = input_shape[0] if len(input_shape) else None
+    return first if isinstance(first, int) and first > 0 else None
+
+
+def in_batches_of(
+    size: int | None, run: Callable[[np.ndarray], Detections], images: np.ndarray
+) -> Detections:
+    """`run` on `images` in chunks of `size` (None: all at once), the outputs concatenated."""
+    if size is None or len(images) <= size:
+        return run(images)
+    parts = [run(images[i : i + size]) for i in range(0, len(images), size)]
+    fields = ("num_dets", "boxes", "scores", "labels")
+    return Detections(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields))
 
 
 @dataclass

@@ -28,11 +28,15 @@ from common.contract import (
     RAW_OUTPUT_NAMES,
     Detections,
     PostprocessConfig,
+    fixed_batch,
+    in_batches_of,
 )
 from common.errors import InputError
 from common.files import replace_atomically
 from export.graph_postprocess import append_postprocess
+from export.onnx_two_stage import export_two_stage_graph
 from train.model.anchors import anchors_per_level
+from train.model.detectors import is_two_stage
 from train.predict import TorchPredictor
 
 log = logging.getLogger(__name__)
@@ -107,16 +111,19 @@ def export_onnx(
     out_path = Path(out_path)
     net = copy.deepcopy(model).float().cpu().eval()
     spec = net.anchor_spec
-    onnx_model = _export_raw(net, spec.img_size, opset)
-    append_postprocess(
-        onnx_model,
-        net.anchors,
-        anchors_per_level(spec),
-        int(net.config.num_classes),
-        int(spec.img_size),
-        config,
-        *RAW_OUTPUT_NAMES,
-    )
+    if is_two_stage(net):  # its second stage is its post-processing: traced whole
+        onnx_model = export_two_stage_graph(net, int(spec.img_size), opset, config)
+    else:
+        onnx_model = _export_raw(net, spec.img_size, opset)
+        append_postprocess(
+            onnx_model,
+            net.anchors,
+            anchors_per_level(spec),
+            int(net.config.num_classes),
+            int(spec.img_size),
+            config,
+            *RAW_OUTPUT_NAMES,
+        )
     props = dict(metadata_props)
     if props.get(POSTPROCESS_PROP, config.to_json()) != config.to_json():
         log.warning("metadata %r replaced by the graph's own thresholds", POSTPROCESS_PROP)
@@ -163,8 +170,12 @@ def run_onnxruntime(onnx_path: str | Path, images: np.ndarray) -> Detections:
             "machine), needed for the parity check"
         ) from exc
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    outputs = session.run(list(OUTPUT_NAMES), {INPUT_NAME: images.astype(np.float32)})
-    return Detections(**dict(zip(OUTPUT_NAMES, outputs, strict=True)))
+
+    def run(batch: np.ndarray) -> Detections:
+        outputs = session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch.astype(np.float32)})
+        return Detections(**dict(zip(OUTPUT_NAMES, outputs, strict=True)))
+
+    return in_batches_of(fixed_batch(session.get_inputs()[0].shape), run, images)
 
 
 def _match_image(ref: Detections, other: Detections, b: int) -> tuple[int, float, float]:

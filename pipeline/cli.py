@@ -30,6 +30,7 @@ from pipeline.options import (
     train_options,
 )
 from pipeline.study.options import COMPARE_DETAIL_PARAMS, compare_options
+from train.losses.names import DETECTORS
 from train.pretrain_config import PretrainConfig
 
 
@@ -228,12 +229,16 @@ def analyze(o: AnalyzeOptions) -> None:
 @cli.command()
 @click.argument("names", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable listing.")
+@click.option(
+    "--detector", type=click.Choice(DETECTORS), default=DETECTORS[0], show_default=True,
+    help="Whose losses: the one-stage detector's, or the two-stage one's R-CNN head samplers.",
+)  # fmt: skip
 @user_errors_exit_2
-def losses(names: tuple[str, ...], as_json: bool) -> None:
+def losses(names: tuple[str, ...], as_json: bool, detector: str) -> None:
     """List the losses (or only NAMES) with their options and defaults."""
     from train.losses import describe_losses
 
-    described = describe_losses()
+    described = describe_losses(detector)
     unknown = [n for n in names if n not in {entry["name"] for entry in described}]
     if unknown:
         valid = ", ".join(entry["name"] for entry in described)

@@ -19,9 +19,10 @@ from train.data.cache import CachedCocoDetection
 from train.data.coco import CocoDetection
 from train.data.splits import training_splits
 from train.fine_tune import init_from_checkpoint
-from train.losses import LOSSES, resolve_options
+from train.losses.registry import loss_spec, resolve_options
 from train.model.anchors import default_anchor_scale
-from train.model.retinanet import ModelConfig, RetinaDetector
+from train.model.detectors import detector_class
+from train.model.retinanet import ModelConfig
 from train.recipe import RECIPES, lr_factor, recipe_lr
 
 log = logging.getLogger(__name__)
@@ -57,10 +58,11 @@ def build_model(
     num_classes: int,
     device: torch.device,
     class_names: list[str] | None = None,
-) -> RetinaDetector:
+) -> nn.Module:
     """The detector on `device`, channels-last (faster convolutions on CPU and tensor cores);
     started from --init-from's detector when given (class_names: this run's, for its warnings)."""
     model_config = ModelConfig(
+        detector=config.detector,
         num_classes=num_classes,
         img_size=config.img_size,
         backbone=config.backbone,
@@ -72,7 +74,7 @@ def build_model(
         raise InputError(
             "--init-from loads the whole detector, backbone included: drop --pretrained"
         )
-    model = RetinaDetector(model_config, config.pretrained)
+    model = detector_class(model_config)(model_config, config.pretrained)
     if config.init_from is not None:
         init_from_checkpoint(model, Path(config.init_from), class_names or [])
     return model.to(device).to(memory_format=torch.channels_last)
@@ -143,7 +145,7 @@ def resolved_loss_options(config: TrainConfig) -> dict[str, Any]:
         # GHM-R harmonizes ASL1 only: another --reg-loss under ghm runs unweighted.
         if config.loss == "ghm" and config.reg_loss != "asl1":
             options.setdefault("ghm_r", "false")
-    return resolve_options(config.loss, options)
+    return resolve_options(config.loss, options, config.detector)
 
 
 def grad_clip_for(config: TrainConfig) -> float | None:
@@ -151,7 +153,7 @@ def grad_clip_for(config: TrainConfig) -> float | None:
     recipe that clips every loss (ours) and none under one that does not (paper)."""
     if config.grad_clip is not None:
         return config.grad_clip if config.grad_clip > 0 else None
-    own = getattr(LOSSES[config.loss], "grad_clip", None)
+    own = loss_spec(config.loss, config.detector).grad_clip
     if own:
         return own
     return DEFAULT_GRAD_CLIP if RECIPES[config.recipe].clip_every_loss else None

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from common.errors import InputError
 from common.files import replace_atomically, write_text_atomic
 from common.image import INPUT_FORMAT, PAD_VALUE
+from train.model.detectors import detector_class
 from train.model.retinanet import ModelConfig, RetinaDetector
 
 __all__ = ["write_text_atomic"]  # and the names below; trainer.py imports it from here
@@ -72,7 +74,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return payload
 
 
-def model_from_checkpoint(payload: dict[str, Any], source: Path) -> RetinaDetector:
+def model_from_checkpoint(payload: dict[str, Any], source: Path) -> nn.Module:
     """Rebuild the detector a checkpoint describes and load its weights."""
     try:
         config = ModelConfig(**payload["model_config"])
@@ -84,7 +86,7 @@ def model_from_checkpoint(payload: dict[str, Any], source: Path) -> RetinaDetect
             f"{source}: inconsistent number of classes ({len(payload['class_names'])} names, "
             f"{len(payload['category_ids'])} category ids, model built for {config.num_classes})"
         )
-    model = RetinaDetector(config)
+    model = detector_class(config)(config)
     try:
         model.load_state_dict(payload["state_dict"])
     except (RuntimeError, TypeError, AttributeError) as exc:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from common.settings import DEVICES, setting
-from train.losses.names import LOSS_NAMES, REG_LOSS_NAMES
+from train.losses.names import DETECTORS, LOSS_NAMES, REG_LOSS_NAMES
 from train.recipe import RECIPE_NAMES
 
 # The backbones train/model/backbone.py builds (a test keeps the two equal), named here so the
@@ -35,6 +35,13 @@ class TrainConfig:
         "focal", "Classification/sampling loss; options and defaults: `pipeline losses`.",
         choices=LOSS_NAMES, essential=True,
     )  # fmt: skip
+    detector: str = setting(
+        "retinanet",
+        "retinanet (one stage: --loss over all anchors) or faster-rcnn (two stages: --loss is "
+        "the R-CNN head's sampler, random, ohem or pisa; `pipeline losses --detector`).",
+        choices=DETECTORS,
+        essential=True,
+    )
     loss_options: dict[str, Any] = setting(
         help="Set a loss option, repeatable (e.g. --loss-opt gamma=1.5).",
         factory=dict,

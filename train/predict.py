@@ -14,10 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.contract import Detections
+from common.contract import Detections, PostprocessConfig
 from common.errors import InputError
 from train.model.anchors import anchors_per_level
-from train.postprocess import PostprocessConfig, count_nms_candidates, postprocess
+from train.model.detectors import is_two_stage
+from train.postprocess import count_nms_candidates, postprocess
 
 _PRECISION_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
@@ -47,29 +48,23 @@ class TorchPredictor:
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device)
-        self.metadata = metadata
         self.config = config or PostprocessConfig()
+        # the metadata states the thresholds run (None: a bare predictor, the parity check's)
+        self.metadata = (
+            None if metadata is None else dataclasses.replace(metadata, postprocess=self.config)
+        )
         self.img_size = int(model.anchor_spec.img_size)
         self._anchors_per_level = anchors_per_level(model.anchor_spec)
         # NMS candidates per image called on (warm-up calls included), when asked: eval reports
         # them; a long-lived predictor (a server) would otherwise grow this list forever.
         self.candidate_counts: list[int] | None = [] if count_candidates else None
 
-    def run_thresholds(self, score_threshold: float, nms_iou: float, max_detections: int) -> None:
-        """Run NMS at these values from now on, and say so in `.metadata` (a checkpoint's
-        post-processing is PyTorch, so any value is exact; the evaluator reads the metadata)."""
-        self.config = dataclasses.replace(
-            self.config,
-            score_threshold=score_threshold,
-            nms_iou=nms_iou,
-            max_detections=max_detections,
-        )
-        self.metadata = dataclasses.replace(
-            self.metadata,
-            score_threshold=score_threshold,
-            nms_iou=nms_iou,
-            max_detections=max_detections,
-        )
+    def run_thresholds(self, thresholds: PostprocessConfig) -> None:
+        """Run the post-processing at these values from now on, and say so in `.metadata` (a
+        checkpoint's post-processing is PyTorch, so any value is exact; the evaluator reads the
+        metadata)."""
+        self.config = thresholds
+        self.metadata = dataclasses.replace(self.metadata, postprocess=thresholds)
 
     @property
     def precision(self) -> str:
@@ -95,6 +90,9 @@ class TorchPredictor:
         try:
             with torch.inference_mode():
                 batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+                if is_two_stage(self.model):  # its post-processing is its own second stage
+                    out = self.model.detect(batch.to(self.device, dtype), self.config)
+                    return _detections(out)
                 cls_logits, box_deltas = self.model(batch.to(self.device, dtype))
                 if self.candidate_counts is not None:
                     counts = count_nms_candidates(cls_logits, self._anchors_per_level, self.config)
@@ -109,9 +107,13 @@ class TorchPredictor:
                 )
         finally:
             self.model.train(was_training)
-        return Detections(
-            num_dets=out["num_dets"].cpu().numpy().astype(np.int64),
-            boxes=out["boxes"].cpu().numpy().astype(np.float32),
-            scores=out["scores"].cpu().numpy().astype(np.float32),
-            labels=out["labels"].cpu().numpy().astype(np.int64),
-        )
+        return _detections(out)
+
+
+def _detections(out: dict[str, torch.Tensor]) -> Detections:
+    return Detections(
+        num_dets=out["num_dets"].cpu().numpy().astype(np.int64),
+        boxes=out["boxes"].cpu().numpy().astype(np.float32),
+        scores=out["scores"].cpu().numpy().astype(np.float32),
+        labels=out["labels"].cpu().numpy().astype(np.int64),
+    )

@@ -19,6 +19,7 @@ from train.assign import assign_anchors
 from train.distributed import all_ranks_true
 from train.ema import ModelEma
 from train.losses.base import DetectionLoss
+from train.model.detectors import is_two_stage
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,12 @@ class TrainStep:
         boxes = [t["boxes"].to(self.device, non_blocking=True) for t in targets]
         labels = [t["labels"].to(self.device, non_blocking=True) for t in targets]
         crowd = [t["crowd_boxes"].to(self.device, non_blocking=True) for t in targets]
-        assignment = assign_anchors(self.model.anchors, boxes, labels, crowd)
         enabled = self.amp_dtype is not None
+        if is_two_stage(self.model):  # it matches and samples its RoIs itself
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=enabled):
+                parts = self.forward(images, (boxes, labels), self.loss_fn)
+            return {k: v.float() for k, v in parts.items()}
+        assignment = assign_anchors(self.model.anchors, boxes, labels, crowd)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=enabled):
             cls_logits, box_deltas = self.forward(images)
         return self.loss_fn(cls_logits.float(), box_deltas.float(), assignment)

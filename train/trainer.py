@@ -89,7 +89,7 @@ class Trainer:
         seed_everything(config.seed)
         self.train_set, self.val_set = build_datasets(config)
         self.loss_options = resolved_loss_options(config)
-        self.loss_fn = build_loss(config.loss, self.loss_options)
+        self.loss_fn = build_loss(config.loss, self.loss_options, config.detector)
         if isinstance(self.loss_fn, nn.Module):  # a stateful loss: its state beside the model
             self.loss_fn.to(self.device)
         # A resumed run's weights come from its last.pt: --init-from's file is not needed again.

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from common.contract import INPUT_NAME, OUTPUT_NAMES, Detections
+from common.contract import INPUT_NAME, OUTPUT_NAMES, Detections, fixed_batch, in_batches_of
 from deploy.backends.base import EngineBackend, RuntimeSettings
 from deploy.errors import DeployError
 from deploy.metadata import ModelMetadata, read_onnx_metadata
@@ -271,6 +271,10 @@ class OnnxRuntimePredictor(EngineBackend):
         """images: float32 (B, 3, S, S) raw 0..255 letterboxed RGB -> padded Detections."""
         self.check_input(images)
         batch = np.ascontiguousarray(images, dtype=self._input_dtype)
+        fixed = fixed_batch(self._session.get_inputs()[0].shape)  # the two-stage graph's 1
+        return in_batches_of(fixed, self._run, batch)
+
+    def _run(self, batch: np.ndarray) -> Detections:
         if self.io_binding:
             num_dets, boxes, scores, labels = self._run_bound(batch)
         else:

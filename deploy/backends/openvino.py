@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from common.contract import INPUT_NAME, OUTPUT_NAMES, Detections
+from common.contract import INPUT_NAME, OUTPUT_NAMES, Detections, in_batches_of
 from common.engine_files import IR_PRECISION_KEY, IR_RT_INFO_SECTION
 from common.engines import ENGINES_BY_NAME
 from common.optional import import_or_explain
@@ -134,6 +134,11 @@ class OpenVinoPredictor(EngineBackend):
         """images: float32 (B, 3, S, S) raw 0..255 letterboxed RGB -> padded Detections."""
         self.check_input(images)
         batch = np.ascontiguousarray(images, dtype=np.float32)
+        first = self._model.input(INPUT_NAME).get_partial_shape()[0]
+        fixed = first.get_length() if first.is_static else None  # the two-stage graph's 1
+        return in_batches_of(fixed, self._run, batch)
+
+    def _run(self, batch: np.ndarray) -> Detections:
         compiled, request = self._for_batch(len(batch))
         results = request.infer({INPUT_NAME: batch})
         by_name = {name: results[compiled.output(name)] for name in OUTPUT_NAMES}

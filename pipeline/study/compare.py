@@ -41,7 +41,8 @@ from pipeline.training import run_training
 from train.checkpoint import load_checkpoint
 from train.config import RUNTIME_FIELDS, TrainConfig
 from train.errors import NonFiniteLossError
-from train.losses import LOSSES, resolve_options
+from train.losses import resolve_options
+from train.losses.registry import LOSS_TABLES
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,10 @@ DEFAULT_BASELINE = "focal"
 TRAINED_MARKER = "trained.json"
 
 
-def parse_losses(text: str, variants: Iterable[str] = ()) -> list[str]:
-    """'ce, focal,ghm' -> ['ce', 'focal', 'ghm'] (order kept, repeats dropped, names checked)."""
-    return parse_names(text, [*LOSSES, *variants], "--losses")
+def parse_losses(text: str, variants: Iterable[str] = (), detector: str = "retinanet") -> list[str]:
+    """'ce, focal,ghm' -> ['ce', 'focal', 'ghm'] (order kept, repeats dropped, names checked
+    against `detector`'s losses: the two-stage detector's are its head's samplers)."""
+    return parse_names(text, [*LOSS_TABLES[detector], *variants], "--losses")
 
 
 @dataclass(frozen=True)
@@ -66,19 +68,18 @@ class Variant:
     options: dict[str, str]
 
 
-def parse_variant(text: str) -> Variant:
+def parse_variant(text: str, detector: str = "retinanet") -> Variant:
     """'ghm-r-alone=ghm:ghm_c=false,reg_weight=1' -> Variant (options checked now)."""
     name, eq, rest = text.partition("=")
     loss, _, pairs = rest.partition(":")
     name, loss = name.strip(), loss.strip()
     if not eq or not name or not loss:
         raise PipelineError(f"--variant {text!r}: expected NAME=LOSS:KEY=VALUE,...")
-    if name in LOSSES:
+    table = LOSS_TABLES[detector]
+    if name in table:
         raise PipelineError(f"--variant {text!r}: {name!r} is already a loss; pick another name")
-    if loss not in LOSSES:
-        raise PipelineError(
-            f"--variant {text!r}: unknown loss {loss!r}; valid: {', '.join(LOSSES)}"
-        )
+    if loss not in table:
+        raise PipelineError(f"--variant {text!r}: unknown loss {loss!r}; valid: {', '.join(table)}")
     options = {}
     for pair in filter(None, (p.strip() for p in pairs.split(","))):
         key, eq, value = pair.partition("=")
@@ -88,14 +89,17 @@ def parse_variant(text: str) -> Variant:
     if not options:
         raise PipelineError(f"--variant {text!r}: a variant needs at least one KEY=VALUE")
     try:
-        resolve_options(loss, options)
+        resolve_options(loss, options, detector)
     except ValueError as exc:
         raise PipelineError(f"--variant {text!r}: {exc}") from exc
     return Variant(name, loss, options)
 
 
 def split_loss_options(
-    raw: dict[str, str], losses: list[str], variants: dict[str, Variant] | None = None
+    raw: dict[str, str],
+    losses: list[str],
+    variants: dict[str, Variant] | None = None,
+    detector: str = "retinanet",
 ) -> dict[str, dict[str, str]]:
     """`loss.key=value` applies to that loss, `key=value` to every compared loss that has `key`.
 
@@ -109,28 +113,30 @@ def split_loss_options(
         scope, dot, option = key.rpartition(".")
         if dot and scope not in per_loss:
             raise PipelineError(f"--loss-opt {key}={value}: {scope!r} is not a compared loss")
-        targets = [scope] if dot else [n for n in losses if option in LOSSES[registry[n]].defaults]
+        table = LOSS_TABLES[detector]
+        targets = [scope] if dot else [n for n in losses if option in table[registry[n]].defaults]
         if not targets:
             raise PipelineError(f"--loss-opt {key}={value}: no compared loss has option {key!r}")
         for loss in targets:
             per_loss[loss][option] = value
     for loss, options in per_loss.items():
-        resolve_options(registry[loss], options)
+        resolve_options(registry[loss], options, detector)
     return per_loss
 
 
 def spec_from_options(options: dict[str, Any]) -> CompareSpec:
     """CompareSpec from the click options of `pipeline compare`."""
-    variants = {v.name: v for v in map(parse_variant, options.get("variants") or ())}
-    losses = parse_losses(str(options["losses"]), variants)
+    detector = str(options.get("detector") or "retinanet")
+    parsed = [parse_variant(text, detector) for text in options.get("variants") or ()]
+    variants = {v.name: v for v in parsed}
+    losses = parse_losses(str(options["losses"]), variants, detector)
     unused = [name for name in variants if name not in losses]
     if unused:
         raise PipelineError(
             f"--variant {', '.join(unused)}: not in --losses, so it would not run; add it there"
         )
-    baseline = options["baseline"] or (
-        DEFAULT_BASELINE if DEFAULT_BASELINE in losses else losses[0]
-    )
+    default = DEFAULT_BASELINE if detector == "retinanet" else "random"
+    baseline = options["baseline"] or (default if default in losses else losses[0])
     if baseline not in losses:
         raise PipelineError(f"--baseline {baseline!r} is not one of --losses {', '.join(losses)}")
     out = Path(options["out"])
@@ -147,7 +153,7 @@ def spec_from_options(options: dict[str, Any]) -> CompareSpec:
         baseline=baseline,
         resamples=int(options["resamples"]),
         base=replace(base, loss_options={}),
-        loss_options=split_loss_options(base.loss_options, losses, variants),
+        loss_options=split_loss_options(base.loss_options, losses, variants, detector),
         variants={name: v.loss for name, v in variants.items()},
         reference=options.get("reference"),
         launch=launch_from_options(options),

@@ -215,7 +215,7 @@ def test_every_error_opening_a_model_names_the_file_once(
 
 
 # A row a developer might add: written into the table's own source, as they would.
-NEW_ROW = '''    Engine(
+NEW_ROW = """    Engine(
         name="ncnn",
         runtime="ncnn",
         suffix=".param",
@@ -231,7 +231,7 @@ NEW_ROW = '''    Engine(
         python_module="ncnn",
         requirement="export.ncnn:require_ncnn",
     ),
-'''
+"""
 WITH_NEW_ROW = r"""
 import json, sys, types
 from pathlib import Path

@@ -6,3 +6,6 @@ train.losses.registry refuses to import if its table of losses has other names t
 LOSS_NAMES = ("ce", "balanced-ce", "focal", "focal-star", "ghm", "pisa", "pisa-center", "random",
               "ohem")  # fmt: skip
 REG_LOSS_NAMES = ("smooth-l1", "l1", "asl1", "giou")
+# The detectors (--detector), and the R-CNN head losses the two-stage one takes as --loss.
+DETECTORS = ("retinanet", "faster-rcnn")
+HEAD_LOSS_NAMES = ("random", "ohem", "pisa")

@@ -15,7 +15,7 @@ from train.errors import LossSettingError
 from train.losses.base import DetectionLoss
 from train.losses.focal import FocalDetectionLoss, FocalStarDetectionLoss
 from train.losses.ghm import GhmDetectionLoss
-from train.losses.names import LOSS_NAMES
+from train.losses.names import DETECTORS, HEAD_LOSS_NAMES, LOSS_NAMES
 from train.losses.pisa import PisaCenterDetectionLoss, PisaDetectionLoss
 from train.losses.sampling import OhemLoss, RandomSamplingLoss
 
@@ -83,6 +83,30 @@ if tuple(LOSSES) != LOSS_NAMES:  # the CLI offers LOSS_NAMES without importing t
     raise RuntimeError(f"train/losses/names.py lists {LOSS_NAMES}, the registry {tuple(LOSSES)}")
 
 
+def _head_losses() -> dict[str, LossSpec]:
+    """The two-stage detector's R-CNN head losses (train/rcnn/head_losses.py)."""
+    from train.rcnn.head_losses import OhemHeadLoss, PisaHeadLoss, RandomHeadLoss
+
+    specs = [
+        _spec("random", "R-CNN head: 512 random RoIs per image, 1:3 (Faster R-CNN's standard)",
+              RandomHeadLoss),
+        _spec("ohem", "R-CNN head: the 512 RoIs of highest classification loss, 1:3 (OHEM)",
+              OhemHeadLoss),
+        _spec("pisa", "R-CNN head: Score-HLR negatives with ISR-N, ISR-P, CARL (Cao et al. 2020)",
+              PisaHeadLoss, grad_clip=REFERENCE_GRAD_CLIP),
+    ]  # fmt: skip
+    return {spec.name: spec for spec in specs}
+
+
+HEAD_LOSSES = _head_losses()
+if tuple(HEAD_LOSSES) != HEAD_LOSS_NAMES:
+    raise RuntimeError(f"names.py lists {HEAD_LOSS_NAMES}, the registry {tuple(HEAD_LOSSES)}")
+# Each detector's losses: the one-stage detector's over its anchors, the two-stage one's head's.
+LOSS_TABLES: dict[str, dict[str, LossSpec]] = {"retinanet": LOSSES, "faster-rcnn": HEAD_LOSSES}
+if tuple(LOSS_TABLES) != DETECTORS:
+    raise RuntimeError(f"names.py lists {DETECTORS}, the registry {tuple(LOSS_TABLES)}")
+
+
 def _coerce(key: str, raw: Any, default: Any) -> Any:
     """Parse a `--loss-opt` string against the type of the option's default."""
     if not isinstance(raw, str):
@@ -104,15 +128,24 @@ def _coerce(key: str, raw: Any, default: Any) -> Any:
     return raw
 
 
-def _spec_for(name: str) -> LossSpec:
-    if name not in LOSSES:
-        raise LossSettingError(f"unknown loss {name!r}; valid: {', '.join(sorted(LOSSES))}")
-    return LOSSES[name]
+def loss_spec(name: str, detector: str = "retinanet") -> LossSpec:
+    """The registered loss `name` of `detector`; one line naming the valid ones otherwise."""
+    table = LOSS_TABLES[detector]
+    if name in table:
+        return table[name]
+    if detector != "retinanet" and name in LOSSES:
+        raise LossSettingError(
+            f"--loss {name}: the two-stage detector (--detector {detector}) trains its R-CNN "
+            f"head with {', '.join(table)}; {name} is a one-stage loss (--detector retinanet)"
+        )
+    raise LossSettingError(f"unknown loss {name!r}; valid: {', '.join(sorted(table))}")
 
 
-def resolve_options(name: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+def resolve_options(
+    name: str, options: dict[str, Any] | None = None, detector: str = "retinanet"
+) -> dict[str, Any]:
     """The full option dict for `name`: defaults overridden by `options` (strings are parsed)."""
-    spec = _spec_for(name)
+    spec = loss_spec(name, detector)
     resolved = dict(spec.defaults)
     for key, raw in (options or {}).items():
         if key not in spec.defaults:
@@ -122,11 +155,13 @@ def resolve_options(name: str, options: dict[str, Any] | None = None) -> dict[st
     return resolved
 
 
-def build_loss(name: str, options: dict[str, Any] | None = None) -> DetectionLoss:
+def build_loss(
+    name: str, options: dict[str, Any] | None = None, detector: str = "retinanet"
+) -> DetectionLoss:
     """A ready loss callable for `name` with `options` (unknown names, keys and values raise)."""
-    resolved = resolve_options(name, options)
+    resolved = resolve_options(name, options, detector)
     try:
-        return LOSSES[name].factory(**resolved)
+        return loss_spec(name, detector).factory(**resolved)
     except ValueError as exc:
         raise LossSettingError(f"loss {name!r}: {exc}") from exc
 
@@ -136,10 +171,11 @@ def _shared_last(item: tuple[str, Any]) -> bool:
     return item[0].startswith(("reg_", "sync_"))
 
 
-def describe_losses() -> list[dict[str, Any]]:
-    """Every loss with its summary, recommended grad clip and options (default, help, choices)."""
+def describe_losses(detector: str = "retinanet") -> list[dict[str, Any]]:
+    """Every loss of `detector` with its summary, recommended grad clip and options (default,
+    help, choices)."""
     described = []
-    for spec in LOSSES.values():
+    for spec in LOSS_TABLES[detector].values():
         meta = {f.name: f.metadata for f in fields(spec.factory)}
         options = [
             {

@@ -50,6 +50,7 @@ class ModelConfig:
     head_convs: int = 2
     anchor_scale: float = 2.0
     prior_prob: float = 0.01
+    detector: str = "retinanet"  # or "faster-rcnn" (train/model/faster_rcnn.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
