@@ -153,6 +153,29 @@ def _check_nms_size(model: onnx.ModelProto) -> list[str]:
     return problems
 
 
+# Ops TensorRT's ONNX parser builds from a plugin of libnvinfer_plugin, which the builder and
+# the runtime load first (trt.init_libnvinfer_plugins; export/tensorrt.py and deploy do).
+PLUGIN_OPS = {"RoiAlign": "ROIAlign_TRT"}
+
+
+def tensorrt_plugins(model: onnx.ModelProto) -> list[str]:
+    """What a TensorRT build of `model` needs beyond the parser: one line per plugin op."""
+    used = {node.op_type for node in _all_nodes(model.graph)}
+    return [
+        f"{op} runs as TensorRT's {plugin} plugin (libnvinfer_plugin, TensorRT >= 8.6)"
+        for op, plugin in PLUGIN_OPS.items()
+        if op in used
+    ]
+
+
+def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(attribute.g)
+
+
 def check_tensorrt_compat(onnx_path: str | Path | onnx.ModelProto) -> list[str]:
     """Problems that would stop (or silently change) a TensorRT 10 build; empty means none found.
 

@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from common.contract import INPUT_NAME
+from common.contract import INPUT_NAME, fixed_batch
 from common.errors import InputError
 from common.image import PAD_VALUE
 from export.entropy import entropy_threshold
@@ -38,6 +38,7 @@ from export.onnx import _save_atomic
 log = logging.getLogger(__name__)
 
 RAW_OUTPUTS = ("cls_logits", "box_deltas")
+FPN_SCOPE = "/fpn/"  # the traced two-stage graph's FPN nodes (export/onnx_two_stage.py)
 TARGETS = ("cpu", "tensorrt")
 # Ops that only move data: the head's per-anchor layout chain between its last convs and outputs.
 _LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
@@ -93,22 +94,54 @@ def named_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def network_outputs(model: onnx.ModelProto) -> list[str]:
+    """Where the convolutional network ends: the one-stage head's cls_logits and box_deltas,
+    or, in the two-stage graph, the FPN's levels (the tensors of the /fpn/ scope that the RPN
+    and RoIAlign read); what follows (RPN, RoIAlign, R-CNN head, NMS) stays float."""
+    produced = {out for node in model.graph.node for out in node.output}
+    if all(name in produced for name in RAW_OUTPUTS):
+        return list(RAW_OUTPUTS)
+    inside = {
+        out for node in model.graph.node if node.name.startswith(FPN_SCOPE) for out in node.output
+    }
+    read_outside = [
+        name
+        for node in model.graph.node
+        if not node.name.startswith(FPN_SCOPE)
+        for name in node.input
+        if name in inside
+    ]
+    if not read_outside:
+        missing = [name for name in RAW_OUTPUTS if name not in produced]
+        raise ValueError(f"model has no tensors {missing}: not an export of this pipeline")
+    return list(dict.fromkeys(read_outside))
+
+
+def _names_read(nodes: Iterable[onnx.NodeProto]) -> set[str]:
+    """Every tensor name the nodes read, inside their If/Loop branches too."""
+    names: set[str] = set()
+    for node in nodes:
+        names.update(node.input)
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                names |= _names_read(attribute.g.node)
+    return names
+
+
 def split_raw_and_tail(
     model: onnx.ModelProto,
 ) -> tuple[onnx.ModelProto, list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """(network up to cls_logits/box_deltas as its own model, tail nodes, tail initializers).
+    """(network up to `network_outputs` as its own model, tail nodes, tail initializers).
 
-    The tail is every node the raw outputs do not depend on, i.e. the appended post-processing.
+    The tail is every node the network's outputs do not depend on: the appended
+    post-processing, or the two-stage graph's RPN, RoI stage and NMS.
     """
-    produced = {out for node in model.graph.node for out in node.output}
-    missing = [name for name in RAW_OUTPUTS if name not in produced]
-    if missing:
-        raise ValueError(f"model has no tensors {missing}: not an export of this pipeline")
+    outputs = network_outputs(model)
     inferred = onnx.shape_inference.infer_shapes(model)  # the extractor needs their value_info
-    raw = onnx.utils.Extractor(inferred).extract_model([INPUT_NAME], list(RAW_OUTPUTS))
+    raw = onnx.utils.Extractor(inferred).extract_model([INPUT_NAME], outputs)
     raw_names = {node.name for node in raw.graph.node}
     tail = [node for node in model.graph.node if node.name not in raw_names]
-    used = {name for node in tail for name in node.input}
+    used = _names_read(tail)
     tail_inits = [init for init in model.graph.initializer if init.name in used]
     raw.opset_import.extend(o for o in model.opset_import if o.domain not in ("", "ai.onnx"))
     return raw, tail, tail_inits
@@ -313,7 +346,10 @@ def quantize_int8(
     excluded += [name for name in options.float_nodes if name not in excluded]
     if options.method == "entropy":  # two passes over the images: keep them
         calibration_images = list(calibration_images)
-    reader = BatchReader(calibration_images, calibration_batch_size(options))
+    fixed = fixed_batch(
+        [d.dim_value or None for d in raw.graph.input[0].type.tensor_type.shape.dim]
+    )
+    reader = BatchReader(calibration_images, fixed or calibration_batch_size(options))
     with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
         raw_path, q_path = Path(tmp) / "raw.onnx", Path(tmp) / "raw.int8.onnx"
         onnx.save(raw, str(raw_path))

@@ -302,6 +302,8 @@ def _start_builder(trt: Any, logger: Any) -> Any:
     is missing or too old for the CUDA this TensorRT was built with. (deploy's runtime says the
     same for trt.Runtime; export may not import deploy.)
     """
+    # the two-stage graph's RoiAlign is built from TensorRT's ROIAlign_TRT plugin
+    trt.init_libnvinfer_plugins(logger, "")
     try:
         builder = trt.Builder(logger)
     except TypeError as exc:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from common.contract import Detections
 from common.engines import ENGINES, FP32, Engine, named_object
@@ -26,7 +27,7 @@ from common.errors import InputError
 from deploy.evaluate import letterboxed_images
 from deploy.metadata import ModelMetadata
 from deploy.runtimes import open_deployed
-from export.compat import check_tensorrt_compat
+from export.compat import check_tensorrt_compat, tensorrt_plugins
 from export.engine_job import EngineJob
 from export.onnx import (
     check_parity,
@@ -42,6 +43,7 @@ from pipeline.models import metadata_from_checkpoint
 from pipeline.options import option_flags
 from pipeline.outputs import check_output_file
 from train.checkpoint import load_checkpoint, model_from_checkpoint
+from train.model.detectors import is_two_stage
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +152,22 @@ def _check_combination(options: ExportOptions) -> None:
         raise PipelineError(
             f"--precision {options.precision}: {' and '.join(takers)} {verb} "
             f"{', '.join(engine.precisions)}"
+        )
+
+
+def _check_detector(model: Any, options: ExportOptions) -> None:
+    """What is written for the one-stage graph only (its head's outputs are where they start)."""
+    if not is_two_stage(model):
+        return
+    if options.max_ap_drop is not None:
+        raise PipelineError(
+            "--max-ap-drop: the budget search ranks the one-stage network's layers; the "
+            "two-stage detector's int8 is plain --precision int8 (its FPN quantized)"
+        )
+    if _by_nncf(options):
+        raise PipelineError(
+            "--int8-method nncf: written for the one-stage graph; the two-stage detector's "
+            "OpenVINO int8 is converted from its QDQ model (--int8-method qdq)"
         )
 
 
@@ -281,6 +299,7 @@ def run_export(
         require_nncf()
     payload = at_input_size(load_checkpoint(weights), options.img_size)
     model = model_from_checkpoint(payload, weights)
+    _check_detector(model, options)
     out = out or weights.parent / "model.onnx"
     paths = _outputs(out, options)
     _refuse_overwrite(paths, overwrite)
@@ -300,11 +319,14 @@ def run_export(
     parity = check_parity(model, out, images)
     update_metadata(out, {"parity": json.dumps(parity, default=float)})  # travels with the model
     problems = check_tensorrt_compat(out)
+    plugins = tensorrt_plugins(onnx.load(str(out), load_external_data=False))
     lines = [
         f"wrote {out}",
         f"parity on {len(images)} images: max box diff {parity['max_box_diff']:.2e} px, "
         f"max score diff {parity['max_score_diff']:.2e}, detections match: {parity['match']}",
-        "TensorRT compatibility: " + ("ok" if not problems else "; ".join(problems)),
+        "TensorRT compatibility: "
+        + ("ok" if not problems else "; ".join(problems))
+        + "".join(f"; needs: {p}" for p in plugins),
     ]
     variant = paths[1] if _writes_onnx_variant(options) else None
     if variant is not None:

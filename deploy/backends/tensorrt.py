@@ -238,6 +238,10 @@ class TensorRTPredictor(EngineBackend):
         check_engine_compat(info, self._trt.__version__, *self._cuda.device_info(), self.path)
         self._logger = _python_logger(self._trt)
         try:
+            # the two-stage graph's RoiAlign runs as TensorRT's ROIAlign_TRT plugin
+            init_plugins = getattr(self._trt, "init_libnvinfer_plugins", None)
+            if init_plugins is not None:
+                init_plugins(self._logger, "")
             self._runtime = start_tensorrt(self._trt.Runtime, self._logger, self._trt.__version__)
         except DeployError as exc:
             raise DeployError(f"{self.path}: {exc}") from exc

@@ -13,9 +13,11 @@ from typing import Any
 from deploy.eval_report import write_json_atomic
 from pipeline.analysis.plots import plot_focal_cdf, plot_ghm_gradients, plot_pisa_samples
 from pipeline.datasets import model_split
+from pipeline.errors import PipelineError
 from pipeline.models import metadata_from_checkpoint
 from train.checkpoint import load_checkpoint, model_from_checkpoint
 from train.data.coco import CocoDetection
+from train.model.detectors import is_two_stage
 from train.paper_analyses import (
     collect_samples,
     focal_loss_cdfs,
@@ -43,6 +45,11 @@ def analyze_checkpoint(
     """Every analysis's numbers for the checkpoint `weights` on the validation split."""
     payload = load_checkpoint(weights)
     model = model_from_checkpoint(payload, weights)
+    if is_two_stage(model):
+        raise PipelineError(
+            f"{weights}: pipeline analyze's analyses are the one-stage papers' (losses over every "
+            "anchor); this is a two-stage detector (--detector faster-rcnn)"
+        )
     ann_file, img_dir = model_split(data, metadata_from_checkpoint(payload).extra, "val")
     dataset = CocoDetection(
         ann_file, img_dir, int(payload["img_size"]), category_ids=payload["category_ids"]

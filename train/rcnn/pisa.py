@@ -26,8 +26,9 @@ for the positive's own class with its object), rescaled to keep the positives' s
 cross-entropy sum (`rcnn_isr_p_weights`). CARL needs nothing new: `carl_loss` takes the softmax
 probability of each positive's class (`softmax_class_probability`).
 
-Where mmdetection's ScoreHLRSampler (the reference) differs from the paper, the paper is the
-default and the reference an option:
+Where mmdetection's ScoreHLRSampler (the reference) differs from the paper as summarized to us,
+that reading is the default and the reference an option (the paper's section 3 itself could not
+be read here; docs/two-stage-pisa.md says which parts are unchecked):
 - Grouping: the paper ranks each predicted class's negatives separately; the reference clusters
   and ranks all negatives together, whatever their class. Option `per_class=False`.
 - Scope: the ranking here covers the whole mini-batch, as IoU-HLR does (clusters never cross
