@@ -27,6 +27,7 @@ def metadata_from_checkpoint(payload: dict[str, Any]) -> ModelMetadata:
         loss=str(payload.get("loss", "unknown")),
         extra={
             "backbone": payload["model_config"].get("backbone", ""),
+            "detector": payload["model_config"].get("detector", "retinanet"),
             "loss_options": payload.get("loss_options", {}),
             # the training dataset, so eval and export default to it (None: the built-in one)
             "data": train_config.get("data"),

@@ -91,7 +91,9 @@ class TorchPredictor:
             with torch.inference_mode():
                 batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
                 if is_two_stage(self.model):  # its post-processing is its own second stage
-                    out = self.model.detect(batch.to(self.device, dtype), self.config)
+                    out = self.model.detect(
+                        batch.to(self.device, dtype), self.config, self.candidate_counts
+                    )
                     return _detections(out)
                 cls_logits, box_deltas = self.model(batch.to(self.device, dtype))
                 if self.candidate_counts is not None:

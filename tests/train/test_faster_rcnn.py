@@ -173,3 +173,23 @@ def test_pipeline_losses_lists_the_head_samplers() -> None:
 
     names = [entry["name"] for entry in json.loads(result.output)]
     assert names == ["random", "ohem", "pisa"]
+
+
+def test_the_predictor_counts_the_final_nms_candidates_per_image() -> None:
+    """What the deployed graph's last NMS ranks: every (RoI, class) pair above the threshold,
+    one count per image, never fewer than the detections it returns."""
+    import numpy as np
+
+    from train.model.faster_rcnn import FasterRcnnDetector
+    from train.model.retinanet import ModelConfig
+    from train.predict import TorchPredictor
+
+    torch.manual_seed(0)
+    config = ModelConfig(num_classes=3, img_size=64, fpn_channels=16, anchor_scale=2.0,
+                         detector="faster-rcnn")  # fmt: skip
+    predictor = TorchPredictor(FasterRcnnDetector(config), None, count_candidates=True)
+    images = np.random.default_rng(0).uniform(0, 255, (3, 3, 64, 64)).astype(np.float32)
+    found = predictor(images)
+    assert len(predictor.candidate_counts) == 3
+    assert all(c >= n for c, n in zip(predictor.candidate_counts, found.num_dets, strict=True))
+    assert sum(predictor.candidate_counts) > 0  # an untrained head scores everything ~1/(K+1)

@@ -146,9 +146,13 @@ class FasterRcnnDetector(nn.Module):
 
     @torch.no_grad()
     def detect(
-        self, images: torch.Tensor, thresholds: PostprocessConfig | None = None
+        self,
+        images: torch.Tensor,
+        thresholds: PostprocessConfig | None = None,
+        nms_candidates: list[int] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Padded detections: num_dets (B,), boxes (B, D, 4), scores (B, D), labels (B, D)."""
+        """Padded detections: num_dets (B,), boxes (B, D, 4), scores (B, D), labels (B, D).
+        `nms_candidates` gets, per image, the (RoI, class) pairs the final NMS ranks."""
         thresholds = thresholds or PostprocessConfig()
         features = self.features(images)
         rpn_features = OrderedDict((k, v.float()) for k, v in features.items())
@@ -156,7 +160,7 @@ class FasterRcnnDetector(nn.Module):
         logits, deltas = self.head(features, proposals)
         per_image = [p.shape[0] for p in proposals]
         found = [
-            self._image_detections(lg, dl, props, thresholds)
+            self._image_detections(lg, dl, props, thresholds, nms_candidates)
             for lg, dl, props in zip(
                 logits.split(per_image), deltas.split(per_image), proposals, strict=True
             )
@@ -174,6 +178,7 @@ class FasterRcnnDetector(nn.Module):
         deltas: torch.Tensor,
         proposals: torch.Tensor,
         thresholds: PostprocessConfig,
+        nms_candidates: list[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """One image: every (RoI, class) pair above the threshold, class-aware NMS, padded."""
         size, classes = float(self.config.img_size), self.num_classes
@@ -187,6 +192,8 @@ class FasterRcnnDetector(nn.Module):
         keep = torch.nonzero(scores > thresholds.score_threshold).squeeze(1)
         widths, heights = boxes[keep, 2] - boxes[keep, 0], boxes[keep, 3] - boxes[keep, 1]
         keep = keep[(widths > 1e-2) & (heights > 1e-2)]
+        if nms_candidates is not None:
+            nms_candidates.append(int(keep.numel()))
         kept = batched_nms(boxes[keep], scores[keep], labels[keep], thresholds.nms_iou)
         kept = keep[kept[: thresholds.max_detections]]
         return pad_detections(boxes[kept], scores[kept], labels[kept], thresholds.max_detections)
