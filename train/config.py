@@ -37,8 +37,7 @@ class TrainConfig:
     )  # fmt: skip
     detector: str = setting(
         "retinanet",
-        "retinanet (one stage: --loss over all anchors) or faster-rcnn (two stages: --loss is "
-        "the R-CNN head's sampler, random, ohem or pisa; `pipeline losses --detector`).",
+        "One or two stages (faster-rcnn: --loss random, ohem or pisa).",
         choices=DETECTORS,
         essential=True,
     )
@@ -53,15 +52,15 @@ class TrainConfig:
     backbone: str = setting("resnet18", "Backbone network.", choices=BACKBONE_NAMES, essential=True)
     pretrained: Path | None = setting(
         None,
-        "Backbone weights: a local file (e.g. from `pipeline pretrain`), or imagenet for "
-        "torchvision's weights from the torch hub cache (downloaded once if missing).",
+        "Backbone weights: a local file (`pipeline pretrain`'s), or imagenet (torchvision's, "
+        "from the torch hub cache; downloaded once if missing).",
         path_kind="file",
         essential=True,
     )
     init_from: Path | None = setting(
         None,
-        "Fine-tune: start the whole detector from this checkpoint (best.pt or last.pt of "
-        "another run; a different class count starts the classifier's last layer fresh).",
+        "Fine-tune: start the whole detector from this run's checkpoint (another class "
+        "count starts the classifier's last layer fresh).",
         path_kind="file",
         essential=True,
     )
@@ -161,8 +160,8 @@ class TrainConfig:
     # Scale-out and speed (train/distributed.py, train/resume.py, train/step.py).
     nproc_per_node: int = setting(
         1,
-        "Train with this many DDP processes (one per GPU; gloo on CPU). --batch-size is the "
-        "global batch. Several machines: torchrun (see README).",
+        "DDP processes (one per GPU; gloo on CPU); --batch-size is global. Several "
+        "machines: torchrun (README).",
         min=1,
         runtime=True,
         essential=True,

@@ -42,8 +42,7 @@ COMPARE_OPTIONS: list[Callable] = [
         "variants",
         multiple=True,
         metavar="NAME=LOSS:KEY=VALUE,...",
-        help="A named loss setting to compare like a loss, repeatable; list NAME in --losses. "
-        "E.g. --variant ghm-r-alone=ghm:ghm_c=false",
+        help="A named loss setting compared like a loss, repeatable; NAME goes in --losses.",
     ),
     click.option(
         "--seeds",
@@ -58,14 +57,14 @@ COMPARE_OPTIONS: list[Callable] = [
         show_default=True,
         help="Deployed engines to score, comma-separated, from: "
         + ", ".join(BACKENDS)
-        + ". An int8 engine may name its calibration (onnx-int8:percentile; minmax, entropy "
-        "or percentile), which makes the calibrator an axis. PyTorch is always scored too; the "
-        "first engine is the one the losses are ranked on.",
+        + ". An int8 engine may name its calibrator (onnx-int8:percentile), which makes it an "
+        "axis. PyTorch is always scored too; the first engine ranks the losses.",
     ),
     click.option(
         "--baseline",
         default=None,
-        help="Loss the others are compared against (default: focal if compared, else the first).",
+        help="Loss the others are compared against (default: focal, or random for faster-rcnn, "
+        "else the first).",
     ),
     click.option(
         "--reference",

@@ -256,7 +256,9 @@ class _FakeSession:
         return self._ran
 
     def get_inputs(self) -> list[SimpleNamespace]:
-        return [SimpleNamespace(name="images", type="tensor(float)")]
+        return [
+            SimpleNamespace(name="images", type="tensor(float)", shape=["batch", 3, SIZE, SIZE])
+        ]
 
     def get_outputs(self) -> list[SimpleNamespace]:
         return [SimpleNamespace(name=n) for n in ("labels", "scores", "boxes", "num_dets")]

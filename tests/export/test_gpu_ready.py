@@ -206,6 +206,10 @@ class FakeTensorRT:
 
     Builder = Runtime
 
+    @staticmethod
+    def init_libnvinfer_plugins(logger: object, namespace: str) -> bool:
+        return True
+
 
 def test_tensorrt_factory_returning_nullptr_is_one_line_naming_the_driver() -> None:
     with pytest.raises(DeployError) as caught:

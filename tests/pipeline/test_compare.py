@@ -303,6 +303,27 @@ def test_no_detections_scores_zero(tmp_path):
     assert weighted_ap(match_run(coco_gt, [], ids)) == 0.0
 
 
+def test_compare_checks_the_losses_of_the_detector_it_trains(monkeypatch, tmp_path):
+    """--detector faster-rcnn: --losses and --loss-opt are its head samplers' (random is the
+    baseline); a one-stage loss is refused naming the valid ones."""
+    captured = []
+    monkeypatch.setattr(pipeline.study.compare, "run_compare",
+                        lambda s: captured.append(s) or tmp_path / "report.md")  # fmt: skip
+    (tmp_path / "report.json").write_text(json.dumps({"backends": ["onnx"], "per_loss": {},
+        "primary_backend": "onnx", "baseline": "random", "effects": {"onnx": {}}}))  # fmt: skip
+    base = ["compare", "--out", str(tmp_path), "--detector", "faster-rcnn"]
+    result = CliRunner().invoke(cli, [*base, "--losses", "random,ohem,pisa",
+                                      "--loss-opt", "num_samples=128", "--loss-opt", "pisa.carl_k=2"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    spec = captured[0]
+    assert (spec.base.detector, spec.baseline) == ("faster-rcnn", "random")
+    assert spec.loss_options == {"random": {"num_samples": "128"}, "ohem": {"num_samples": "128"},
+                                 "pisa": {"num_samples": "128", "carl_k": "2"}}  # fmt: skip
+    refused = CliRunner().invoke(cli, [*base, "--losses", "random,focal"])
+    assert refused.exit_code == 2
+    assert "unknown focal; valid: random, ohem, pisa" in refused.output
+
+
 def test_every_compare_option_reaches_the_spec(monkeypatch, tmp_path):
     from tests.pipeline.test_train_options_reach_config import NON_DEFAULTS
 
@@ -317,8 +338,10 @@ def test_every_compare_option_reaches_the_spec(monkeypatch, tmp_path):
     )
     params = cli.commands["compare"].params
     flags = {flag for param in params for flag in param.opts + param.secondary_opts}
-    shared = {k: v for k, v in NON_DEFAULTS.items() if k in flags}
-    assert set(NON_DEFAULTS) - set(shared) <= {"--loss", "--overwrite", "--resume"}
+    # --detector changes which losses exist: its own test below
+    shared = {k: v for k, v in NON_DEFAULTS.items() if k in flags and k != "--detector"}
+    assert set(NON_DEFAULTS) - set(shared) <= {"--loss", "--overwrite", "--resume", "--detector"}
+    assert "--detector" in flags
     args = ["compare", "--out", str(tmp_path), "--losses", "ghm,pisa", "--seeds", "2",
             "--backend", "onnx-int8", "--baseline", "pisa", "--resamples", "50",
             "--launcher", "slurm", "--parallel", "3", "--gpus-per-run", "1", "--slurm-partition",

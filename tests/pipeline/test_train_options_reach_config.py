@@ -51,6 +51,7 @@ NON_DEFAULTS = {
     "--cache-images": (None, "cache_images", True),
     "--compile": (None, "compile", True),
     "--keep-state": (None, "keep_state", True),
+    "--detector": ("faster-rcnn", "detector", "faster-rcnn"),
 }
 
 
