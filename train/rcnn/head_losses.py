@@ -128,7 +128,9 @@ class RandomHeadLoss:
         return F.smooth_l1_loss(predicted, targets, beta=SMOOTH_L1_BETA, reduction="none").sum(-1)
 
 
-def head_scores(model: Any, features: OrderedDict, matched: MatchedRois, rows: torch.Tensor):
+def head_scores(
+    model: Any, features: OrderedDict, matched: MatchedRois, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The head's logits and deltas for `rows` of one image, without gradient."""
     image = int(matched.image[rows[0]]) if rows.numel() else 0
     batch = image + 1
