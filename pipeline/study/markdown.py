@@ -265,10 +265,19 @@ def _variant_lines(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def _candidates_meaning(training: dict[str, Any]) -> str:
+    """What the NMS-candidates column counts for the study's detector."""
+    if training.get("detector", "retinanet") == "faster-rcnn":
+        return "(RoI, class) pairs above the score threshold that the final NMS ranks"
+    return "(anchor, class) pairs above the score threshold after the per-level top-k"
+
+
 def format_markdown(report: dict[str, Any]) -> str:
     """The whole report.md."""
     training = report["training"]
     budget = ", ".join(f"{k} {_budget_value(k, training[k])}" for k in BUDGET_KEYS if k in training)
+    if training.get("detector", "retinanet") != "retinanet":
+        budget = f"detector {training['detector']}, {budget}"
     env = report.get("environment", {})
     baseline = report["baseline"]
     effects = []
@@ -294,9 +303,9 @@ def format_markdown(report: dict[str, Any]) -> str:
         *_results_table(report),
         "",
         "APs/APm/APl show '-' when the validation set has no object of that size. "
-        "NMS candidates: (anchor, class) pairs above the score threshold after the per-level "
-        "top-k, counted on the PyTorch model. A run whose PyTorch AP is under 0.1 points "
-        "learned nothing and is marked 'did not learn' rather than ranked.",
+        f"NMS candidates: {_candidates_meaning(training)}, counted on the PyTorch model. A run "
+        "whose PyTorch AP is under 0.1 points learned nothing and is marked 'did not learn' "
+        "rather than ranked.",
         "",
         *effects,
         *_reference_section(report),
