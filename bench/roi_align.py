@@ -14,7 +14,6 @@ difference of their outputs (they compute the same values).
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torchvision.ops import MultiScaleRoIAlign  # noqa: E402
 
+from deploy.evaluate import cpu_name  # noqa: E402
 from train.model.faster_rcnn import ROI_LEVELS, ROI_SIZE, roi_canonical_scale  # noqa: E402
 from train.model.roi_align import TrainingRoIAlign  # noqa: E402
 
@@ -75,7 +75,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, pool in pools.items():
             times[name].append(_time(pool, features, boxes, args.img_size))
-    cpu = platform.processor() or platform.machine()
+    cpu = cpu_name()
     print(f"{args.batch} images x {args.rois} RoIs, {args.img_size} px, {args.channels} channels, "
           f"{torch.get_num_threads()} threads, {cpu}")  # fmt: skip
     base = statistics.median(times[next(iter(pools))])

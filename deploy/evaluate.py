@@ -388,7 +388,7 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     """platform.processor() is often empty on Linux; /proc/cpuinfo has the model name."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -487,7 +487,7 @@ def environment_info() -> dict[str, Any]:
         "pillow": _version("pillow"),
         **gpu_stack_versions(),
         "platform": platform.platform(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_flags": cpu_speed_flags(),
         "cpu_count": os.cpu_count(),
         "gpus": nvidia_gpu_names(),

@@ -604,13 +604,13 @@ def test_cpu_name_from_cpuinfo_else_platform(monkeypatch: pytest.MonkeyPatch) ->
         return real_read_text(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "read_text", fake_read_text)
-    assert ev._cpu_name() == "Acme CPU 9000 @ 3.0GHz"
+    assert ev.cpu_name() == "Acme CPU 9000 @ 3.0GHz"
     cpuinfo = None  # type: ignore[assignment]
     monkeypatch.setattr(platform, "processor", lambda: "")
     monkeypatch.setattr(platform, "machine", lambda: "riscv64")
-    assert ev._cpu_name() == "riscv64"
+    assert ev.cpu_name() == "riscv64"
     monkeypatch.setattr(platform, "processor", lambda: "Acme")
-    assert ev._cpu_name() == "Acme"
+    assert ev.cpu_name() == "Acme"
 
 
 def test_cpu_speed_flags_name_what_decides_bf16_and_int8_speed(tmp_path: Path) -> None:
