@@ -9,7 +9,7 @@ a newer TensorRT might take it, so that widening the list is a deliberate, revie
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import onnx
@@ -56,27 +56,27 @@ IO_TYPES = {
 }
 
 
-def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    """Every node, including those in If/Loop/Scan bodies."""
-    for node in graph.node:
+def all_nodes(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.NodeProto]:
+    """These nodes and every node inside their If/Loop/Scan bodies."""
+    for node in nodes:
         yield node
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(attr.g)
+                yield from all_nodes(attr.g.node)
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 for sub in attr.graphs:
-                    yield from _all_nodes(sub)
+                    yield from all_nodes(sub.node)
 
 
 def _constant_names(graph: onnx.GraphProto) -> set[str]:
     """Initializers, Constant outputs, and Identity outputs of those (the legacy exporter's)."""
     names = {init.name for init in graph.initializer}
-    names |= {o for n in _all_nodes(graph) if n.op_type == "Constant" for o in n.output}
+    names |= {o for n in all_nodes(graph.node) if n.op_type == "Constant" for o in n.output}
     changed = True
     while changed:
         more = {
             n.output[0]
-            for n in _all_nodes(graph)
+            for n in all_nodes(graph.node)
             if n.op_type == "Identity" and n.input[0] in names
         }
         changed = not more <= names
@@ -95,7 +95,7 @@ def _check_ops(model: onnx.ModelProto) -> list[str]:
     graph = model.graph
     constants = _constant_names(graph)
     seen_unsupported: set[str] = set()
-    for node in _all_nodes(graph):
+    for node in all_nodes(graph.node):
         where = f"{node.op_type} node {node.name or '(unnamed)'}"
         if node.domain not in ("", "ai.onnx"):
             problems.append(f"{where}: custom domain {node.domain!r} needs a TensorRT plugin")
@@ -160,20 +160,12 @@ PLUGIN_OPS = {"RoiAlign": "ROIAlign_TRT"}
 
 def tensorrt_plugins(model: onnx.ModelProto) -> list[str]:
     """What a TensorRT build of `model` needs beyond the parser: one line per plugin op."""
-    used = {node.op_type for node in _all_nodes(model.graph)}
+    used = {node.op_type for node in all_nodes(model.graph.node)}
     return [
         f"{op} runs as TensorRT's {plugin} plugin (libnvinfer_plugin, TensorRT >= 8.6)"
         for op, plugin in PLUGIN_OPS.items()
         if op in used
     ]
-
-
-def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    for node in graph.node:
-        yield node
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(attribute.g)
 
 
 def check_tensorrt_compat(onnx_path: str | Path | onnx.ModelProto) -> list[str]:

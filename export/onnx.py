@@ -10,9 +10,7 @@ post-processing, and `check_parity` holds the file to the PyTorch predictor.
 from __future__ import annotations
 
 import copy
-import io
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ from common.errors import InputError
 from common.files import replace_atomically
 from export.graph_postprocess import append_postprocess
 from export.onnx_two_stage import export_two_stage_graph
+from export.tracing import trace_to_onnx
 from train.model.anchors import anchors_per_level
 from train.model.detectors import is_two_stage
 from train.predict import TorchPredictor
@@ -50,24 +49,8 @@ SCORE_ATOL = 1e-3
 def _export_raw(model: nn.Module, img_size: int, opset: int) -> onnx.ModelProto:
     """The network alone: `images` (B, 3, S, S) -> cls_logits (B, N, K), box_deltas (B, N, 4)."""
     dummy = torch.rand(2, 3, img_size, img_size) * 255.0
-    buffer = io.BytesIO()
     dynamic = {name: {0: "batch"} for name in (INPUT_NAME, *RAW_OUTPUT_NAMES)}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.onnx.export(
-            model,
-            (dummy,),
-            buffer,
-            dynamo=False,
-            input_names=[INPUT_NAME],
-            output_names=list(RAW_OUTPUT_NAMES),
-            dynamic_axes=dynamic,
-            opset_version=opset,
-            do_constant_folding=True,
-        )
-    for warning in caught:  # tracer chatter about shape arithmetic; kept for debugging only
-        log.debug("torch.onnx.export: %s: %s", warning.category.__name__, warning.message)
-    return onnx.load_from_string(buffer.getvalue())
+    return trace_to_onnx(model, dummy, list(RAW_OUTPUT_NAMES), opset, dynamic)
 
 
 def _check_metadata(metadata_props: dict[str, str]) -> None:

@@ -11,17 +11,13 @@ backends read the fixed batch from the input shape). RoIAlign becomes ONNX `RoiA
 
 from __future__ import annotations
 
-import io
-import logging
-import warnings
-
 import onnx
 import torch
 from torch import nn
 
-from common.contract import INPUT_NAME, OUTPUT_NAMES, PostprocessConfig
+from common.contract import OUTPUT_NAMES, PostprocessConfig
+from export.tracing import trace_to_onnx
 
-log = logging.getLogger(__name__)
 TWO_STAGE_BATCH = 1  # the batch the graph is traced at, and takes
 
 
@@ -42,19 +38,5 @@ def export_two_stage_graph(
 ) -> onnx.ModelProto:
     """The traced graph of `model` (float32 CPU, eval mode) at batch TWO_STAGE_BATCH."""
     dummy = torch.rand(TWO_STAGE_BATCH, 3, img_size, img_size) * 255.0
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.onnx.export(
-            _DetectionGraph(model, thresholds).eval(),
-            (dummy,),
-            buffer,
-            dynamo=False,
-            input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
-            opset_version=opset,
-            do_constant_folding=True,
-        )
-    for warning in caught:
-        log.debug("torch.onnx.export: %s: %s", warning.category.__name__, warning.message)
-    return onnx.load_from_string(buffer.getvalue())
+    graph = _DetectionGraph(model, thresholds).eval()
+    return trace_to_onnx(graph, dummy, list(OUTPUT_NAMES), opset)

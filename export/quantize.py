@@ -32,6 +32,7 @@ from onnx import helper, numpy_helper
 from common.contract import INPUT_NAME, fixed_batch
 from common.errors import InputError
 from common.image import PAD_VALUE
+from export.compat import all_nodes
 from export.entropy import entropy_threshold
 from export.onnx import _save_atomic
 
@@ -117,17 +118,6 @@ def network_outputs(model: onnx.ModelProto) -> list[str]:
     return list(dict.fromkeys(read_outside))
 
 
-def _names_read(nodes: Iterable[onnx.NodeProto]) -> set[str]:
-    """Every tensor name the nodes read, inside their If/Loop branches too."""
-    names: set[str] = set()
-    for node in nodes:
-        names.update(node.input)
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                names |= _names_read(attribute.g.node)
-    return names
-
-
 def split_raw_and_tail(
     model: onnx.ModelProto,
 ) -> tuple[onnx.ModelProto, list[onnx.NodeProto], list[onnx.TensorProto]]:
@@ -141,7 +131,7 @@ def split_raw_and_tail(
     raw = onnx.utils.Extractor(inferred).extract_model([INPUT_NAME], outputs)
     raw_names = {node.name for node in raw.graph.node}
     tail = [node for node in model.graph.node if node.name not in raw_names]
-    used = _names_read(tail)
+    used = {name for node in all_nodes(tail) for name in node.input}  # If branches too
     tail_inits = [init for init in model.graph.initializer if init.name in used]
     raw.opset_import.extend(o for o in model.opset_import if o.domain not in ("", "ai.onnx"))
     return raw, tail, tail_inits

@@ -10,6 +10,7 @@ from pathlib import Path
 import onnx
 import pytest
 
+from export.compat import all_nodes
 from tests.cli_support import invoke
 from tests.detecting_model import write_easy_dataset
 
@@ -38,17 +39,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return data, run
 
 
-def _op_types(graph: onnx.GraphProto) -> set[str]:
-    """Every op of a graph, those inside If/Loop branches included (NMS sits in an If)."""
-    found = set()
-    for node in graph.node:
-        found.add(node.op_type)
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                found |= _op_types(attribute.g)
-    return found
-
-
 def _ap(model: Path, data: Path, report: Path) -> float:
     result = invoke("eval", "--model", model, "--data", data, "--json", report, "--warmup", 0)
     assert result.exit_code == 0, result.output
@@ -62,7 +52,7 @@ def test_faster_rcnn_learns_exports_and_scores_the_same_everywhere(trained) -> N
     assert "detections match: True" in exported.output.splitlines()[1]  # PyTorch vs ONNX
     assert "OpenVINO fp32 vs ONNX Runtime fp32" in exported.output
     assert exported.output.rstrip().endswith("detections match: True")
-    ops = _op_types(onnx.load(str(run / "model.onnx")).graph)
+    ops = {n.op_type for n in all_nodes(onnx.load(str(run / "model.onnx")).graph.node)}
     assert {"RoiAlign", "NonMaxSuppression"} <= ops
     ap_torch = _ap(run / "best.pt", data, run / "pt.json")
     assert ap_torch >= MIN_AP

@@ -46,6 +46,37 @@ class Sample:
     weights: torch.Tensor  # (S,) classification loss weights (1 unless ISR-N set them)
 
 
+@dataclass(frozen=True)
+class HeadTerms:
+    """What every head loss computes on the sampled RoIs: their labels, number (at least 1),
+    per-RoI softmax CE, the positives' positions and their per-RoI smooth-L1 box loss."""
+
+    labels: torch.Tensor
+    count: int
+    ce: torch.Tensor
+    positive: torch.Tensor
+    box: torch.Tensor
+
+    @classmethod
+    def of(
+        cls,
+        model: Any,
+        matched: MatchedRois,
+        sample: Sample,
+        logits: torch.Tensor,
+        deltas: torch.Tensor,
+    ) -> HeadTerms:
+        labels = matched.labels[sample.index]
+        positive = torch.nonzero(labels < matched.num_classes).squeeze(1)
+        # smooth L1 of each positive's deltas for its own class, summed over x, y, w, h
+        rows = sample.index[positive]
+        targets = model.box_coder.encode_single(matched.gt_boxes[rows], matched.rois[rows])
+        predicted = deltas[positive, labels[positive]]
+        box = F.smooth_l1_loss(predicted, targets, beta=SMOOTH_L1_BETA, reduction="none").sum(-1)
+        ce = F.cross_entropy(logits, labels, reduction="none")
+        return cls(labels, max(sample.index.numel(), 1), ce, positive, box)
+
+
 def sample_counts(positives: int, negatives: int, num: int, fraction: float) -> tuple[int, int]:
     """(positives taken, negatives taken): positives up to num * fraction, negatives fill the rest."""
     taken = min(positives, int(num * fraction))
@@ -105,27 +136,11 @@ class RandomHeadLoss:
         deltas: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         """CE (weighted) and smooth L1 over the sampled RoIs, each / the number sampled."""
-        labels = matched.labels[sample.index]
-        count = max(sample.index.numel(), 1)
-        ce = F.cross_entropy(logits, labels, reduction="none")
-        positive = torch.nonzero(labels < matched.num_classes).squeeze(1)
-        box = self.box_loss(model, matched, sample, deltas, positive, labels)
-        return {"rcnn_cls": (sample.weights * ce).sum() / count, "rcnn_box": box.sum() / count}
-
-    @staticmethod
-    def box_loss(
-        model: Any,
-        matched: MatchedRois,
-        sample: Sample,
-        deltas: torch.Tensor,
-        positive: torch.Tensor,
-        labels: torch.Tensor,
-    ) -> torch.Tensor:
-        """(P,) smooth-L1 of each positive's deltas for its own class (summed over x, y, w, h)."""
-        rows = sample.index[positive]
-        targets = model.box_coder.encode_single(matched.gt_boxes[rows], matched.rois[rows])
-        predicted = deltas[positive, labels[positive]]
-        return F.smooth_l1_loss(predicted, targets, beta=SMOOTH_L1_BETA, reduction="none").sum(-1)
+        terms = HeadTerms.of(model, matched, sample, logits, deltas)
+        return {
+            "rcnn_cls": (sample.weights * terms.ce).sum() / terms.count,
+            "rcnn_box": terms.box.sum() / terms.count,
+        }
 
 
 def head_scores(
@@ -223,30 +238,26 @@ class PisaHeadLoss(RandomHeadLoss):
         logits: torch.Tensor,
         deltas: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        labels = matched.labels[sample.index]
-        count = max(sample.index.numel(), 1)
-        ce = F.cross_entropy(logits, labels, reduction="none")
-        positive = torch.nonzero(labels < matched.num_classes).squeeze(1)
-        negative = torch.nonzero(labels == matched.num_classes).squeeze(1)
-        weights = sample.weights.to(ce.device).clone()
-        weights[negative] = keep_loss_sum(weights[negative], ce[negative])
-        box = self.box_loss(model, matched, sample, deltas, positive, labels)
-        parts = {"rcnn_box": box.sum() / count}
-        if positive.numel():
-            rows, own = sample.index[positive], labels[positive]
+        """CE with ISR-N (negatives) and ISR-P (positives) weights, both keeping their loss
+        sums; smooth L1; CARL on the positives."""
+        t = HeadTerms.of(model, matched, sample, logits, deltas)
+        negative = torch.nonzero(t.labels == matched.num_classes).squeeze(1)
+        weights = sample.weights.to(t.ce.device).clone()
+        weights[negative] = keep_loss_sum(weights[negative], t.ce[negative])
+        parts = {"rcnn_box": t.box.sum() / t.count, "rcnn_carl": logits.sum() * 0.0}
+        if t.positive.numel():
+            rows, own = sample.index[t.positive], t.labels[t.positive]
             regressed = model.box_coder.decode_single(
-                deltas[positive, own].detach(), matched.rois[rows]
+                deltas[t.positive, own].detach(), matched.rois[rows]
             )
             ious = aligned_iou(regressed, matched.gt_boxes[rows])
-            weights[positive] = rcnn_isr_p_weights(
-                ious, own, matched.gt_ids[rows], ce[positive], self.isr_p_k, self.isr_p_bias,
+            weights[t.positive] = rcnn_isr_p_weights(
+                ious, own, matched.gt_ids[rows], t.ce[t.positive], self.isr_p_k, self.isr_p_bias,
                 self.normalizer,
             )  # fmt: skip
-            probability = softmax_class_probability(logits[positive], own)
+            probability = softmax_class_probability(logits[t.positive], own)
             parts["rcnn_carl"] = carl_loss(
-                probability, box, self.carl_k, self.carl_bias, avg_factor=float(count)
+                probability, t.box, self.carl_k, self.carl_bias, avg_factor=float(t.count)
             )
-        else:
-            parts["rcnn_carl"] = logits.sum() * 0.0
-        parts["rcnn_cls"] = (weights.detach() * ce).sum() / count
+        parts["rcnn_cls"] = (weights.detach() * t.ce).sum() / t.count
         return parts
