@@ -318,8 +318,8 @@ def run_export(
     export_onnx(model, out, metadata.to_props(), opset=options.opset, postprocess=post)
     parity = check_parity(model, out, images)
     update_metadata(out, {"parity": json.dumps(parity, default=float)})  # travels with the model
-    problems = check_tensorrt_compat(out)
-    plugins = tensorrt_plugins(onnx.load(str(out), load_external_data=False))
+    written = onnx.load(str(out), load_external_data=False)  # read once for both checks
+    problems, plugins = check_tensorrt_compat(written), tensorrt_plugins(written)
     lines = [
         f"wrote {out}",
         f"parity on {len(images)} images: max box diff {parity['max_box_diff']:.2e} px, "

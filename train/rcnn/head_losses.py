@@ -24,13 +24,15 @@ import torch
 import torch.nn.functional as F
 
 from train.losses.base import check_choices, option
-from train.losses.pisa import aligned_iou, carl_loss
+from train.losses.pisa import carl_loss
 from train.model.faster_rcnn import MatchedRois
 from train.rcnn.pisa import (
     isr_n_weights,
     keep_loss_sum,
     max_foreground_probability,
+    own_class_boxes,
     rcnn_isr_p_weights,
+    regressed_ious,
     score_hlr_sample,
     softmax_class_probability,
 )
@@ -226,8 +228,7 @@ class PisaHeadLoss(RandomHeadLoss):
         """Each negative's score, predicted class and the box regressed for that class."""
         logits, deltas = head_scores(model, features, matched, rows)
         scores, labels = max_foreground_probability(logits)
-        own = deltas[torch.arange(rows.numel()), labels]
-        boxes = model.box_coder.decode_single(own, matched.rois[rows])
+        boxes = model.box_coder.decode_single(own_class_boxes(deltas, labels), matched.rois[rows])
         return boxes, scores, labels
 
     def head_loss(
@@ -250,7 +251,7 @@ class PisaHeadLoss(RandomHeadLoss):
             regressed = model.box_coder.decode_single(
                 deltas[t.positive, own].detach(), matched.rois[rows]
             )
-            ious = aligned_iou(regressed, matched.gt_boxes[rows])
+            ious = regressed_ious(regressed, own, matched.gt_boxes[rows])
             weights[t.positive] = rcnn_isr_p_weights(
                 ious, own, matched.gt_ids[rows], t.ce[t.positive], self.isr_p_k, self.isr_p_bias,
                 self.normalizer,
